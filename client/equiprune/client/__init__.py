@@ -1,0 +1,1 @@
+"""The equiprune client: SDK and CLI. Imports neither torch nor ray."""

@@ -1,0 +1,1 @@
+"""Fine-tuning after pruning: naive, Equalized Loss, CEAG and the held-out-constraint variant."""

@@ -1,0 +1,232 @@
+"""The fine-tuning loop: one readable function, masks fixed, resumable to the exact bit.
+
+Per mini-batch: forward, let the objective observe the outcomes, draw a constraint batch if
+the objective wants one, dual step, primal step, re-apply the masks. Everything random is
+derived from (seed, epoch) or (seed, step), so a run resumed from a checkpoint replays the
+same batches as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InvalidConfigError
+from ..evaluation import Evaluation
+from ..groups import GroupedData
+from ..modes import mode, try_set_mode
+from ..pruning.masks import Masks, apply_masks, mask_gradients
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import FinetuneConfig
+from .objectives import CEAG, EqualizedLoss, HeldOutCEAG, Objective
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """What the loop reports after every step; a callback may raise to cancel the run."""
+
+    phase: str
+    epoch: int
+    step: int
+    steps_per_epoch: int
+    epochs: int
+    loss: float
+    multipliers: dict[str, float]
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int
+    mean_loss: float
+    seconds: float
+    samples: int
+    multipliers: dict[str, float]
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    config: FinetuneConfig
+    epochs: tuple[EpochStats, ...]
+    resumed_from_step: int
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "epochs": [vars(e) for e in self.epochs],
+            "resumed_from_step": self.resumed_from_step,
+            "notes": list(self.notes),
+        }
+
+
+def build_objective(
+    config: FinetuneConfig,
+    train: GroupedData,
+    train_reference: Evaluation | None,
+    constraint: GroupedData | None,
+    constraint_reference: Evaluation | None,
+) -> Objective:
+    """The objective for `config.method`, with the dense references it needs."""
+    g = train.num_groups
+    if config.method == "naive":
+        return Objective(g)
+    if config.method == "equalized_loss":
+        return EqualizedLoss(g, config.dual_lr, config.replay_size if config.el_replay else None)
+    if config.method == "ceag":
+        if train_reference is None:
+            raise InvalidConfigError("finetune.method", "ceag needs the dense model's evaluation on the training data")
+        return CEAG(
+            g,
+            dual_lr=config.dual_lr,
+            tolerance=config.tolerance,
+            buffer_size=config.replay_size,
+            reference_group_accuracy=_group_mean(train_reference.group_correct(), train_reference.group_counts()),
+            reference_group_loss=_group_mean(train_reference.group_loss_sum(), train_reference.group_counts()),
+            group_weights=train.group_counts().double(),
+        )
+    if constraint is None or constraint_reference is None or len(constraint) == 0:
+        raise InvalidConfigError("finetune.method", "heldout_ceag needs a non-empty constraint split and the dense model's evaluation on it")
+    if train_reference is None:
+        raise InvalidConfigError("finetune.method", "heldout_ceag needs the dense model's evaluation on the training data")
+    return HeldOutCEAG(
+        g,
+        dual_lr=config.dual_lr,
+        tolerance=config.tolerance,
+        buffer_size=config.constraint_window,
+        reference_group_accuracy=_group_mean(constraint_reference.group_correct(), constraint_reference.group_counts()),
+        # The primal proxy compares training losses with the dense training losses.
+        reference_group_loss=_group_mean(train_reference.group_loss_sum(), train_reference.group_counts()),
+        group_weights=constraint.group_counts().double(),
+    )
+
+
+def finetune(
+    model: nn.Module,
+    masks: Masks,
+    train: GroupedData,
+    config: FinetuneConfig,
+    *,
+    train_reference: Evaluation | None = None,
+    constraint: GroupedData | None = None,
+    constraint_reference: Evaluation | None = None,
+    device: torch.device | str | None = None,
+    checkpoint_path: str | Path | None = None,
+    on_progress: Callable[[ProgressEvent], None] | None = None,
+    phase: str = "finetune",
+) -> FinetuneResult:
+    """Fine-tune `model` in place with `masks` held fixed; resume from `checkpoint_path` if it exists."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    objective = build_objective(config, train, train_reference, constraint, constraint_reference)
+    model.to(device)
+    use_cuda_extras = device.type == "cuda"
+    if use_cuda_extras and config.channels_last and train.inputs.dim() == 4:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    apply_masks(model, masks)
+
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    start_step = 0
+    if checkpoint_path is not None and Path(checkpoint_path).exists():
+        start_step = load_checkpoint(checkpoint_path, model, optimizer, objective)
+    notes = []
+    if not try_set_mode(model, True):
+        notes.append(
+            "the model is a torch.export program: it was fine-tuned in the mode it was exported in "
+            f"({'train' if model.training else 'eval'}), which torch cannot switch"
+        )
+
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if use_cuda_extras and config.mixed_precision
+        else nullcontext()
+    )
+    names = train.group_names
+    history: list[EpochStats] = []
+    step = start_step
+    for epoch in range(start_step // steps_per_epoch, config.epochs):
+        started, loss_sum, samples = time.perf_counter(), 0.0, 0
+        order = _epoch_order(len(train), config.seed, epoch)
+        for batch_index in range(step - epoch * steps_per_epoch, steps_per_epoch):
+            idx = order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]
+            x, y, g = _to_device(train.subset(idx), device, use_cuda_extras and config.channels_last)
+
+            with autocast:
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, reduction="none")
+            correct = logits.detach().argmax(dim=1) == y
+            objective.observe(loss.detach(), correct, g)
+            if objective.uses_constraint_split:
+                objective.observe_constraint(*_constraint_outcomes(model, constraint, config, step, device, autocast))
+            objective.dual_step(g)
+
+            optimizer.zero_grad(set_to_none=True)
+            objective.primal_loss(loss, g).backward()
+            mask_gradients(model, masks)
+            optimizer.step()
+            apply_masks(model, masks)
+
+            step += 1
+            loss_sum += loss.detach().sum().item()
+            samples += int(y.numel())
+            if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and checkpoint_path:
+                save_checkpoint(checkpoint_path, model, optimizer, objective, step)
+            if on_progress is not None:
+                on_progress(ProgressEvent(phase, epoch, step, steps_per_epoch, config.epochs,
+                                          loss.detach().mean().item(), _named(objective.multipliers, names)))
+        history.append(EpochStats(epoch, loss_sum / max(samples, 1), time.perf_counter() - started,
+                                  samples, _named(objective.multipliers, names)))
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, model, optimizer, objective, step)
+    return FinetuneResult(config, tuple(history), start_step, tuple(notes))
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled sample order of one epoch, a pure function of (seed, epoch)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def _to_device(batch: GroupedData, device: torch.device, channels_last: bool):
+    x = batch.inputs.to(device, non_blocking=True)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, batch.labels.to(device), batch.groups.to(device)
+
+
+@torch.no_grad()
+def _constraint_outcomes(model, constraint: GroupedData, config: FinetuneConfig, step: int, device, autocast):
+    """Correctness on a balanced draw of constraint samples, a pure function of (seed, step).
+
+    Balanced (the same count from every group) so a small group's estimate fills as fast as a
+    large one's. Evaluated in eval mode: in train mode BatchNorm would fold the constraint
+    samples into its running statistics, and the primal side must never see them.
+    """
+    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    picks = []
+    for g in range(constraint.num_groups):
+        members = torch.nonzero(constraint.groups == g).flatten()
+        if members.numel():
+            picks.append(members[torch.randint(members.numel(), (config.constraint_batch_per_group,), generator=gen)])
+    idx = torch.cat(picks)
+    x, y, g = _to_device(constraint.subset(idx), device, False)
+    with autocast, mode(model, training=False):
+        logits = model(x)
+    return (logits.argmax(dim=1) == y), g
+
+
+def _group_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    count = count.double()
+    return torch.where(count > 0, total.double() / count.clamp(min=1), torch.full_like(count, float("nan")))
+
+
+def _named(values: torch.Tensor, names: tuple[str, ...]) -> dict[str, float]:
+    return {name: float(v) for name, v in zip(names, values.tolist())}

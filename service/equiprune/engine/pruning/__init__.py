@@ -1,0 +1,1 @@
+"""Pruning: masks, magnitude and N:M selection, schedules, structured channel pruning."""

@@ -1,0 +1,116 @@
+import pytest
+import torch
+from torch import nn
+
+from equiprune.engine.errors import InvalidConfigError
+from equiprune.engine.evaluation import evaluate
+from equiprune.engine.finetune.config import FinetuneConfig
+from equiprune.engine.finetune.loop import finetune
+from equiprune.engine.groups import GroupedData
+from equiprune.engine.pruning.masks import measure_sparsity
+
+
+def two_group_data(n=600, seed=0):
+    """Group b (15 %) follows a different rule, so pruning and naive training neglect it."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 10, generator=gen)
+    groups = (torch.rand(n, generator=gen) < 0.15).long()
+    y = torch.where(groups == 0, (x[:, 0] > 0).long(), (x[:, 1] > 0).long())
+    x[:, 9] = groups.float()
+    return GroupedData(x, y, groups, ("major", "minor"))
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
+
+
+def half_masks(model):
+    return {name: (torch.arange(p.numel()) % 2 == 0).reshape(p.shape)
+            for name, p in model.named_parameters() if p.dim() == 2}
+
+
+def test_naive_finetune_lowers_loss_and_keeps_masks_fixed():
+    data, model = two_group_data(), mlp()
+    masks = half_masks(model)
+    before = evaluate(model, data).mean_loss()
+    result = finetune(model, masks, data, FinetuneConfig(epochs=3, batch_size=32, lr=0.05))
+    assert evaluate(model, data).mean_loss() < before
+    sparsity = measure_sparsity(model, masks)
+    assert sparsity.prunable_sparsity == pytest.approx(0.5, abs=0.01)
+    for name, p in model.named_parameters():
+        if name in masks:
+            assert torch.all(p[~masks[name]] == 0)
+    assert len(result.epochs) == 3 and result.epochs[-1].samples == len(data)
+
+
+@pytest.mark.parametrize("method", ["naive", "equalized_loss", "ceag", "heldout_ceag"])
+def test_resume_is_exact(tmp_path, method):
+    data = two_group_data()
+    train, constraint = data.split_off(0.2, seed=0)
+    dense = mlp()
+    refs = dict(train_reference=evaluate(dense, train), constraint=constraint,
+                constraint_reference=evaluate(dense, constraint))
+    config = FinetuneConfig(method=method, epochs=2, batch_size=64, dual_lr=0.5, el_replay=True,
+                            replay_size=8, constraint_window=8, checkpoint_every_steps=3)
+
+    straight = mlp()
+    finetune(straight, half_masks(straight), train, config, **refs)
+
+    interrupted = mlp()
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_step_7(event):
+        if event.step == 7:  # mid first epoch is step 4; 7 is in the second epoch
+            raise Stop
+
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(Stop):
+        finetune(interrupted, half_masks(interrupted), train, config, **refs, checkpoint_path=ckpt,
+                 on_progress=stop_at_step_7)
+    resumed = mlp(seed=123)  # different init: everything must come from the checkpoint
+    result = finetune(resumed, half_masks(resumed), train, config, **refs, checkpoint_path=ckpt)
+    assert result.resumed_from_step == 6
+    for (n1, p1), (_, p2) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(p1, p2), n1
+
+
+def test_ceag_multiplier_grows_for_the_hurt_group():
+    data = two_group_data(n=1000)
+    dense = mlp()
+    finetune(dense, {}, data, FinetuneConfig(epochs=15, batch_size=32, lr=0.05))
+    ref = evaluate(dense, data)
+    assert ref.group_accuracies()["minor"] > 0.8
+    pruned = mlp()
+    pruned.load_state_dict(dense.state_dict())
+    masks = {name: torch.rand(p.shape, generator=torch.Generator().manual_seed(0)) < 0.15
+             for name, p in pruned.named_parameters() if p.dim() == 2}
+    result = finetune(pruned, masks, data, FinetuneConfig(method="ceag", epochs=1, batch_size=32, lr=0.01,
+                                                           dual_lr=0.5, replay_size=10),
+                      train_reference=ref)
+    lam = result.epochs[-1].multipliers
+    assert lam["minor"] > lam["major"]
+
+
+def test_methods_need_their_references():
+    data, model = two_group_data(), mlp()
+    with pytest.raises(InvalidConfigError) as err:
+        finetune(model, {}, data, FinetuneConfig(method="ceag"))
+    assert err.value.field == "finetune.method"
+    with pytest.raises(InvalidConfigError, match="constraint split"):
+        finetune(model, {}, data, FinetuneConfig(method="heldout_ceag"), train_reference=evaluate(model, data))
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"method": "fancy"}, "finetune.method"),
+    ({"epochs": 0}, "finetune.epochs"),
+    ({"lr": 0}, "finetune.lr"),
+    ({"tolerance": 1.5}, "finetune.tolerance"),
+    ({"dual_lr": -1}, "finetune.dual_lr"),
+])
+def test_config_errors_name_the_field(kwargs, field):
+    with pytest.raises(InvalidConfigError) as err:
+        FinetuneConfig(**kwargs)
+    assert err.value.field == field
