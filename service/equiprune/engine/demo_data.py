@@ -1,0 +1,85 @@
+"""A small offline dataset for demos: scikit-learn's bundled digits with group attributes.
+
+The group attributes are synthetic (see `digits_group_dataset`); the data is real and ships
+inside scikit-learn, so the demo runs without network or downloads.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .dataset import GroupDataset, dataset_from_arrays
+
+SPLIT_NAMES = ("train", "test")
+
+
+def stratified_subsample(strata: np.ndarray, size: int | None, seed: int) -> np.ndarray:
+    """Sorted row indices of about `size` rows keeping every stratum's share.
+
+    Each stratum gets floor(share * size) rows, and the rows left over go to the strata with
+    the largest remainders, so the total is exactly `size` and small strata are not dropped
+    by chance. `size=None` (or one at least the row count) keeps every row.
+    """
+    if size is None or size >= len(strata):
+        return np.arange(len(strata))
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    values, counts = np.unique(strata, return_counts=True)
+    quotas = counts * size / len(strata)
+    taken = np.floor(quotas).astype(np.int64)
+    leftover = size - int(taken.sum())
+    taken[np.argsort(-(quotas - taken), kind="stable")[:leftover]] += 1
+    rng = np.random.default_rng(seed)
+    chosen = [
+        rng.choice(np.flatnonzero(strata == value), size=int(k), replace=False)
+        for value, k in zip(values, taken, strict=True)
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
+DIGITS_MINORITY_LABELS = (8, 9)
+DIGITS_HEAVY_INK_QUANTILE = 0.8
+DIGITS_TEST_FRACTION = 0.25
+
+
+@functools.lru_cache(maxsize=4)
+def digits_group_dataset(seed: int = 0) -> GroupDataset:
+    """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes) as (N, 1, 8, 8) float32.
+
+    The group attributes are SYNTHETIC, made up for tests, not a property of the people or
+    data behind the images:
+    - "cohort": "minority" for digits 8 and 9 (about 20 %), "majority" for the rest;
+    - "ink": "heavy" for the fifth of images with the most total ink, "light" otherwise.
+    The split ("train"/"test", 25 % test) is stratified by label and drawn with `seed`;
+    normalisation uses the train rows' mean and std.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise RuntimeError("the digits demo needs scikit-learn: pip install 'equiprune[dev]'") from None
+
+    digits = load_digits()
+    images = (digits.images[:, None, :, :] / 16.0).astype(np.float32)
+    labels = digits.target.astype(np.int64)
+    ink = images.sum(axis=(1, 2, 3))
+    test_rows = stratified_subsample(labels, round(DIGITS_TEST_FRACTION * len(labels)), seed)
+    is_test = np.zeros(len(labels), dtype=bool)
+    is_test[test_rows] = True
+    train = images[~is_test]
+    return dataset_from_arrays(
+        {
+            "inputs": images,
+            "input_mean": np.array([train.mean()]),
+            "input_std": np.array([train.std()]),
+            "labels": labels,
+            "label_names": np.array([str(d) for d in range(10)]),
+            "attr__cohort": np.isin(labels, DIGITS_MINORITY_LABELS).astype(np.int8),
+            "attr__cohort__names": np.array(["majority", "minority"]),
+            "attr__ink": (ink > np.quantile(ink, DIGITS_HEAVY_INK_QUANTILE)).astype(np.int8),
+            "attr__ink__names": np.array(["light", "heavy"]),
+            "split": is_test.astype(np.int8),
+            "split__names": np.array(SPLIT_NAMES),
+        }
+    )
