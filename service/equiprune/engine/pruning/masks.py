@@ -21,11 +21,15 @@ Masks = Mapping[str, torch.Tensor]
 
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: Masks) -> None:
-    """Zero every pruned weight in place."""
+    """Zero every pruned weight in place.
+
+    masked_fill (not multiplication) so pruned negative weights become +0.0, not -0.0: the
+    sparse format is bit-exact and would otherwise have to store their sign bits.
+    """
     params = dict(model.named_parameters())
     for name, mask in masks.items():
         param = params[name]
-        param.mul_(mask.to(device=param.device, dtype=param.dtype))
+        param.masked_fill_(~mask.to(device=param.device, dtype=torch.bool), 0.0)
 
 
 def mask_gradients(model: nn.Module, masks: Masks) -> None:

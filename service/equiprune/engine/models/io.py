@@ -1,0 +1,617 @@
+"""Reading and writing models: safetensors weights with an architecture spec, or a
+``torch.export`` program (.pt2). Nothing here ever unpickles what a client sent.
+
+Safetensors is the preferred format: plain tensors plus a JSON header, into which we write the
+`ArchitectureSpec` (``__metadata__["equiprune.spec"]``) so that one file says what to build.
+Everything a file could get wrong (keys, shapes, dtypes, NaN/inf) is checked against the
+architecture before loading and reported with the offending tensor names.
+
+A .pt2 file carries its own graph, so it needs no registered architecture, but it is frozen
+in the mode it was exported in: torch cannot switch an exported module between train and eval
+(``.train()``/``.eval()`` raise). `LoadedModel.exported_training` records that mode.
+
+On the safety of ``torch.export.load`` (read in the torch 2.13 source, ``torch/export/
+__init__.py``, ``torch/export/pt2_archive/_package.py``, ``torch/_export/serde/serialize.py``,
+``torch/export/_unlift.py``): it is *not* safe for untrusted files. Its docstring says it uses
+pickle, and concretely:
+  * weights or constants whose payload config says ``use_pickle`` (tensor subclasses) are read
+    with ``torch.load(weights_only=False)``; torchbind objects with
+    ``torch._C._pickle_load_obj``; "opaque" objects with ``pickle.loads``;
+  * the sample inputs are read with ``torch.load(weights_only=True)`` but on *any* failure it
+    retries with ``weights_only=False``; legacy-layout archives take the same path;
+  * AOTInductor artifacts under ``data/aotinductor/`` load a compiled shared library;
+  * symbolic shape expressions (``expr_str``) go through ``sympy.sympify``, which calls eval;
+  * ``guards_code`` strings are exec'ed when ``ExportedProgram.module()`` builds the module;
+  * a graph node's target is any attribute path under ``torch``/``operator``/``math``
+    (``torch.load`` would do), called when the module runs;
+  * pytree specs may carry ``__enum__`` entries that make it import an arbitrary module.
+Plain tensor weights are safe: raw bytes plus JSON metadata, no unpickling.
+So before handing bytes to ``torch.export.load`` we inspect the zip ourselves
+(`_check_pt2_archive`) and refuse any of the above: only the known entries of a plain
+archive, no pickled payloads, sample inputs that ``torch.load(weights_only=True)`` accepts (so
+torch's fallback never runs), empty guards, ATen/prims/operator-arithmetic targets only,
+symbolic expressions made of an allow-list of sympy names, and no enum hooks. The bytes
+checked are the bytes loaded (both come from one in-memory buffer).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import struct
+import tokenize
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Union
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from equiprune.engine.errors import InvalidModelError
+from equiprune.engine.models.registry import ArchitectureSpec, build_model, example_input_shape
+
+ModelSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
+
+WEIGHTS_FIELD = "model.weights"
+EXPORTED_FIELD = "model.exported_program"
+SPEC_METADATA_KEY = "equiprune.spec"
+FORMAT_METADATA_KEY = "equiprune.format"
+DENSE_FORMAT = "dense-v1"
+EXPORT_METADATA_FILE = "equiprune.json"
+MAX_NAMES_IN_MESSAGE = 5
+# torch stores .pt2 entries uncompressed; a much larger expansion is a crafted archive.
+ZIP_EXPANSION_LIMIT = 4
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to use, with what is known about where it came from.
+
+    `format` is "safetensors" (eager module built from a registered architecture, returned in
+    eval mode) or "exported" (a ``torch.export`` module whose mode is fixed).
+    `exported_training` is the mode a .pt2 was exported in (None for safetensors, or when
+    neither the graph nor our metadata tells). `example_input_shape` is the shape of an input
+    batch the model accepts (for .pt2 the batch the export was traced with).
+    """
+
+    module: nn.Module
+    format: str
+    spec: ArchitectureSpec | None
+    exported_training: bool | None
+    example_input_shape: tuple[int, ...] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "spec": self.spec.to_dict() if self.spec is not None else None,
+            "exported_training": self.exported_training,
+            "example_input_shape": list(self.example_input_shape) if self.example_input_shape else None,
+            "num_parameters": sum(p.numel() for p in self.module.parameters()),
+        }
+
+
+# --- reading and writing bytes -------------------------------------------------------------
+
+
+def read_source(source: ModelSource, field: str) -> bytes:
+    """All bytes of a path, a bytes-like object or a readable binary file object."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, "rb") as handle:
+                return handle.read()
+        except OSError as exc:
+            raise InvalidModelError(field, f"cannot read {os.fspath(source)!r}: {exc.strerror or exc}") from None
+    if hasattr(source, "read"):
+        data = source.read()
+        if not isinstance(data, (bytes, bytearray)):
+            raise InvalidModelError(field, "file object must be opened in binary mode")
+        return bytes(data)
+    raise InvalidModelError(field, f"expected a path, bytes or a binary file object, got {type(source).__name__}")
+
+
+def write_target(data: bytes, target: str | os.PathLike | BinaryIO) -> None:
+    """Write to a path (atomically, via a temporary file) or to a writable file object."""
+    if hasattr(target, "write"):
+        target.write(data)
+        return
+    path = os.fspath(target)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+    os.replace(temporary, path)
+
+
+def describe_foreign_bytes(data: bytes) -> str:
+    """What a file that is not the expected format most likely is, for error messages."""
+    if data[:4] == b"PK\x03\x04" or data[:4] == b"PK\x05\x06":
+        if _is_torch_save_zip(data):
+            return "a torch.save checkpoint (a pickle inside a zip), which equiprune never unpickles"
+        return "a zip archive"
+    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle (legacy torch.save), which equiprune never unpickles"
+    if not data:
+        return "empty"
+    return "unrecognised content"
+
+
+def _is_torch_save_zip(data: bytes) -> bool:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+# --- safetensors -----------------------------------------------------------------------------
+
+
+def looks_like_safetensors(data: bytes) -> bool:
+    """Cheap sniff: an 8-byte little-endian header length followed by a JSON object."""
+    if len(data) < 10:
+        return False
+    (header_length,) = struct.unpack("<Q", data[:8])
+    return 2 <= header_length <= len(data) - 8 and data[8:9] == b"{"
+
+
+def read_safetensors(data: bytes, field: str = WEIGHTS_FIELD) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and ``__metadata__`` of a safetensors file, with a clear error for anything
+    that is not one (never falling back to another deserialiser)."""
+    metadata = safetensors_metadata(data, field)
+    try:
+        tensors = safetensors.torch.load(data)
+    except Exception as exc:  # the Rust parser raises its own SafetensorError and others
+        raise InvalidModelError(field, f"not a valid safetensors file: {exc}") from None
+    return tensors, metadata
+
+
+def safetensors_metadata(data: bytes, field: str = WEIGHTS_FIELD) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file, after checking its header (no tensors read)."""
+    if not looks_like_safetensors(data):
+        raise InvalidModelError(
+            field, f"not a safetensors file ({describe_foreign_bytes(data)}); save weights with safetensors"
+        )
+    header_length = struct.unpack("<Q", data[:8])[0]
+    header = _parse_safetensors_header(data[8 : 8 + header_length], field)
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise InvalidModelError(field, "not a valid safetensors file: __metadata__ must map strings to strings")
+    _check_data_size(header, len(data) - 8 - header_length, field)
+    return metadata
+
+
+def _parse_safetensors_header(raw: bytes, field: str) -> dict[str, Any]:
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidModelError(field, "not a safetensors file: its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise InvalidModelError(field, "not a safetensors file: its header is not a JSON object")
+    return header
+
+
+def _check_data_size(header: Mapping[str, Any], available: int, field: str) -> None:
+    try:
+        declared = max((int(entry["data_offsets"][1]) for entry in header.values()), default=0)
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise InvalidModelError(field, "not a valid safetensors file: a tensor entry lacks data_offsets") from None
+    if declared > available:
+        raise InvalidModelError(
+            field, f"truncated safetensors file: header declares {declared} bytes of tensor data, file has {available}"
+        )
+
+
+def state_dict_for_saving(module_or_state: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU copies (copies, so tied weights do not share storage, which
+    safetensors refuses)."""
+    state = module_or_state.state_dict() if isinstance(module_or_state, nn.Module) else module_or_state
+    return {name: tensor.detach().cpu().contiguous().clone() for name, tensor in state.items()}
+
+
+def save_safetensors(module: nn.Module, spec: ArchitectureSpec, path: str | os.PathLike | BinaryIO) -> None:
+    """Weights and buffers of `module`, plus `spec` in the header metadata."""
+    metadata = {FORMAT_METADATA_KEY: DENSE_FORMAT, SPEC_METADATA_KEY: json.dumps(spec.to_dict())}
+    write_target(safetensors.torch.save(state_dict_for_saving(module), metadata=metadata), path)
+
+
+def spec_from_metadata(metadata: Mapping[str, str], field: str = WEIGHTS_FIELD) -> ArchitectureSpec | None:
+    raw = metadata.get(SPEC_METADATA_KEY)
+    if raw is None:
+        return None
+    try:
+        return ArchitectureSpec.from_dict(json.loads(raw))
+    except json.JSONDecodeError:
+        raise InvalidModelError(field, f"metadata {SPEC_METADATA_KEY!r} is not valid JSON") from None
+
+
+def resolve_spec(given: ArchitectureSpec | None, stored: ArchitectureSpec | None) -> ArchitectureSpec:
+    """The spec to build: the caller's, else the one the file carries."""
+    if given is not None:
+        return given
+    if stored is not None:
+        return stored
+    raise InvalidModelError(
+        "model.architecture",
+        "no architecture given and the weights file carries none; pass an architecture name and kwargs",
+    )
+
+
+def load_safetensors(source: ModelSource, spec: ArchitectureSpec | None = None) -> LoadedModel:
+    """Build the architecture and load checked weights into it (returned in eval mode)."""
+    tensors, metadata = read_safetensors(read_source(source, WEIGHTS_FIELD))
+    spec = resolve_spec(spec, spec_from_metadata(metadata))
+    return LoadedModel(
+        module=model_from_state_dict(spec, tensors),
+        format="safetensors",
+        spec=spec,
+        exported_training=None,
+        example_input_shape=example_input_shape(spec),
+    )
+
+
+def model_from_state_dict(spec: ArchitectureSpec, state: Mapping[str, torch.Tensor],
+                          field: str = WEIGHTS_FIELD) -> nn.Module:
+    """A fresh model of `spec` holding `state`, after checking that `state` fits it."""
+    model = build_model(spec)
+    check_state_dict(model.state_dict(), state, field)
+    model.load_state_dict(dict(state), strict=True)
+    return model.eval()
+
+
+def check_state_dict(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], field: str) -> None:
+    """Raise naming the first offending tensors: key sets, shapes, dtype kinds, finiteness."""
+    missing = [name for name in expected if name not in given]
+    unexpected = [name for name in given if name not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing ({_first(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected ({_first(unexpected)})")
+        raise InvalidModelError(field, f"tensor names do not match the architecture: {'; '.join(parts)}")
+    wrong_shapes = [
+        f"{name}: file {tuple(given[name].shape)} vs architecture {tuple(want.shape)}"
+        for name, want in expected.items()
+        if given[name].shape != want.shape
+    ]
+    if wrong_shapes:
+        raise InvalidModelError(field, f"{len(wrong_shapes)} tensors have the wrong shape: {_first(wrong_shapes)}")
+    wrong_kinds = [
+        f"{name}: {given[name].dtype} where {want.dtype} is expected"
+        for name, want in expected.items()
+        if _dtype_kind(given[name].dtype) != _dtype_kind(want.dtype)
+    ]
+    if wrong_kinds:
+        raise InvalidModelError(field, f"{len(wrong_kinds)} tensors have the wrong dtype: {_first(wrong_kinds)}")
+    _check_finite(given, field)
+
+
+def _check_finite(tensors: Mapping[str, torch.Tensor], field: str) -> None:
+    non_finite = [n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if non_finite:
+        raise InvalidModelError(field, f"{len(non_finite)} tensors contain NaN or inf: {_first(non_finite)}")
+
+
+def _dtype_kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_floating_point:
+        return "float"
+    if dtype.is_complex:
+        return "complex"
+    return "integer"
+
+
+def _first(items: list[str]) -> str:
+    shown = ", ".join(items[:MAX_NAMES_IN_MESSAGE])
+    return shown + (", ..." if len(items) > MAX_NAMES_IN_MESSAGE else "")
+
+
+# --- torch.export programs (.pt2) --------------------------------------------------------------
+
+
+def save_exported(module: nn.Module, example_input: torch.Tensor, path: str | os.PathLike | BinaryIO,
+                  training: bool, *, spec: ArchitectureSpec | None = None, dynamic_batch: bool = True) -> None:
+    """Export `module` in train (`training=True`) or eval mode and save it as .pt2.
+
+    The batch dimension is exported as dynamic unless `dynamic_batch` is False, so the
+    program accepts any batch size. The mode (and `spec`, if given) is also written to an
+    extra file of the archive, for graphs whose ops do not reveal the mode. The module's own
+    mode is restored afterwards.
+    """
+    if example_input.dim() == 0:
+        raise InvalidModelError("model.example_input", "needs a batch dimension")
+    if dynamic_batch and example_input.shape[0] == 1:
+        # A batch of 1 makes torch.export specialise the dimension to 1.
+        example_input = torch.cat([example_input, example_input])
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+    was_training = module.training
+    module.train(training)
+    try:
+        program = torch.export.export(module, (example_input,), dynamic_shapes=dynamic_shapes)
+    finally:
+        module.train(was_training)
+    extra = {EXPORT_METADATA_FILE: json.dumps(
+        {"training": bool(training), "spec": spec.to_dict() if spec is not None else None})}
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files=extra)
+    write_target(buffer.getvalue(), path)
+
+
+def load_exported(source: ModelSource, spec: ArchitectureSpec | None = None) -> LoadedModel:
+    """Load a .pt2 after checking it cannot run code on load (see the module docstring)."""
+    data = read_source(source, EXPORTED_FIELD)
+    _check_pt2_archive(data)
+    extra_files = {EXPORT_METADATA_FILE: ""}
+    try:
+        program = torch.export.load(io.BytesIO(data), extra_files=extra_files)
+        module = program.module()
+    except Exception as exc:  # deserialisation failures come in many exception types
+        raise InvalidModelError(
+            EXPORTED_FIELD, f"torch.export.load could not read the program: {type(exc).__name__}: {exc}"
+        ) from None
+    _check_exported_weights(program)
+    metadata = _export_metadata(extra_files.get(EXPORT_METADATA_FILE, ""))
+    stored_spec = ArchitectureSpec.from_dict(metadata["spec"]) if metadata.get("spec") else None
+    training = exported_training_mode(program)
+    if training is None and isinstance(metadata.get("training"), bool):
+        training = metadata["training"]
+    return LoadedModel(
+        module=module,
+        format="exported",
+        spec=spec if spec is not None else stored_spec,
+        exported_training=training,
+        example_input_shape=_example_shape(program),
+    )
+
+
+def _export_metadata(raw: str) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        metadata = json.loads(raw)
+    except json.JSONDecodeError:
+        raise InvalidModelError(EXPORTED_FIELD, f"extra file {EXPORT_METADATA_FILE!r} is not valid JSON") from None
+    if not isinstance(metadata, dict):
+        raise InvalidModelError(EXPORTED_FIELD, f"extra file {EXPORT_METADATA_FILE!r} must hold a JSON object")
+    return metadata
+
+
+def _check_exported_weights(program: torch.export.ExportedProgram) -> None:
+    constants = {k: v for k, v in program.constants.items() if isinstance(v, torch.Tensor)}
+    _check_finite({**program.state_dict, **constants}, EXPORTED_FIELD)
+
+
+def _example_shape(program: torch.export.ExportedProgram) -> tuple[int, ...] | None:
+    examples = program.example_inputs
+    if not examples:
+        return None
+    args, _ = examples
+    first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    return tuple(first.shape) if first is not None else None
+
+
+# Ops whose behaviour depends on the mode carry a bool argument named like this in their schema
+# (batch_norm's `training`, dropout's `train`); this one encodes eval mode in its name.
+_MODE_ARGUMENT_NAMES = ("training", "train")
+_EVAL_ONLY_OPS = ("aten::_native_batch_norm_legit_no_training",)
+
+
+def exported_training_mode(program: torch.export.ExportedProgram) -> bool | None:
+    """The mode a program was exported in, read from its mode-dependent ops.
+
+    True if any batch-norm/dropout op runs in training mode, False if all of them run in
+    eval mode, None if the graph has none (then the mode makes no difference to outputs).
+    Works for programs exported by anyone, not only by `save_exported`.
+    """
+    seen: set[bool] = set()
+    for graph_module in program.graph_module.modules():
+        graph = getattr(graph_module, "graph", None)
+        if not isinstance(graph, torch.fx.Graph):
+            continue
+        for node in graph.nodes:
+            mode = _node_mode(node)
+            if mode is not None:
+                seen.add(mode)
+    if True in seen:
+        return True
+    return False if seen else None
+
+
+def _node_mode(node: torch.fx.Node) -> bool | None:
+    if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+        return None
+    schema = node.target._schema
+    if schema.name in _EVAL_ONLY_OPS:
+        return False
+    for index, argument in enumerate(schema.arguments):
+        if argument.name in _MODE_ARGUMENT_NAMES and isinstance(argument.type, torch.BoolType):
+            value = node.args[index] if index < len(node.args) else node.kwargs.get(argument.name)
+            return value if isinstance(value, bool) else None
+    return None
+
+
+# --- .pt2 archive inspection (see the module docstring for why) --------------------------------
+
+_ALLOWED_ARCHIVE_ENTRIES = tuple(re.compile(p) for p in (
+    r"archive_format", r"archive_version", r"byteorder", r"\.data/version", r"\.data/serialization_id",
+    r"models/model\.json",
+    r"data/weights/model_weights_config\.json", r"data/weights/weight_\d+",
+    r"data/constants/model_constants_config\.json", r"data/constants/tensor_\d+",
+    r"data/sample_inputs/model\.pt",
+    r"extra/[A-Za-z0-9_.\-]+",
+))
+_ALLOWED_TARGET = re.compile(
+    r"torch\.ops\.(aten|prims)\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*"
+    r"|_operator\.(getitem|add|sub|mul|floordiv|truediv|mod|neg|eq|ne|lt|le|gt|ge|and_|or_|not_)"
+    r"|torch\.sym_(max|min|not|float|int|ite)"
+)
+# ATen ops that touch the file system.
+_DENIED_ATEN_OPS = frozenset({"from_file"})
+# Names a symbolic shape expression may use: sympy constructors and torch's sympy functions.
+_SAFE_EXPRESSION_NAMES = frozenset({
+    "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Mod", "Max", "Min", "Abs",
+    "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "StrictLessThan", "StrictGreaterThan", "LessThan",
+    "GreaterThan", "Equality", "Unequality", "And", "Or", "Not", "true", "false", "True", "False",
+    "oo", "zoo", "nan", "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv",
+    "CeilToInt", "FloorToInt", "CeilDiv", "Identity", "ToFloat", "TruncToFloat", "TruncToInt",
+    "RoundToInt", "FloatTrueDiv", "IntTrueDiv", "IsNonOverlappingAndDenseIndicator",
+    "positive", "negative", "nonnegative", "nonpositive", "integer", "real", "finite",
+    "zero", "nonzero", "even", "odd", "commutative", "precision",
+})  # Pow and its torch variants are left out: Pow(10, 10**18) would exhaust memory.
+_SAFE_EXPRESSION_OPERATORS = frozenset(
+    {"(", ")", ",", "=", "+", "-", "*", "/", "//", "%", "<", ">", "<=", ">=", "==", "!="}
+)
+_SYMBOL_NAME = re.compile(r"'[A-Za-z_][A-Za-z0-9_]*'|\"[A-Za-z_][A-Za-z0-9_]*\"")
+_MAX_EXPRESSION_LENGTH = 2000
+
+
+def _check_pt2_archive(data: bytes) -> None:
+    """Refuse archives that are not plain torch.export programs or could run code on load."""
+    entries = _archive_entries(data)
+    _require(entries.get("archive_format") == b"pt2",
+             "not a torch.export .pt2 archive (no 'archive_format: pt2' entry)")
+    _require("models/model.json" in entries, "the archive holds no program named 'model' (models/model.json)")
+    for name in entries:
+        _require(any(p.fullmatch(name) for p in _ALLOWED_ARCHIVE_ENTRIES),
+                 f"archive entry {name!r} is not allowed (only plain exported programs are accepted: "
+                 "no AOTInductor libraries, pickled objects or legacy layouts)")
+    _check_payload_config(entries.get("data/weights/model_weights_config.json"), "weight_", "weights")
+    _check_payload_config(entries.get("data/constants/model_constants_config.json"), "tensor_", "constants")
+    _check_sample_inputs(entries.get("data/sample_inputs/model.pt", b""))
+    _check_program_json(entries["models/model.json"])
+
+
+def _require(condition: bool, problem: str) -> None:
+    if not condition:
+        raise InvalidModelError(EXPORTED_FIELD, problem)
+
+
+def _archive_entries(data: bytes) -> dict[str, bytes]:
+    """Entries by path below the archive's single top-level folder (torch ignores its name)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            names = [n for n in archive.namelist() if not n.endswith("/")]
+            roots = {name.split("/", 1)[0] for name in names}
+            if _is_torch_save_zip(data):
+                raise InvalidModelError(EXPORTED_FIELD,
+                                        f"not a .pt2 program: the file is {describe_foreign_bytes(data)}")
+            declared = sum(info.file_size for info in archive.infolist())
+            if declared > ZIP_EXPANSION_LIMIT * len(data) + 2**20:
+                raise InvalidModelError(EXPORTED_FIELD, f"archive expands to {declared} bytes; refusing a zip bomb")
+            if len(roots) != 1 or any("/" not in n for n in names):
+                raise InvalidModelError(EXPORTED_FIELD,
+                                        "not a torch.export .pt2 archive (expected one top-level folder)")
+            return {name.split("/", 1)[1]: archive.read(name) for name in names}
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError, OSError,
+            RuntimeError) as exc:  # RuntimeError: encrypted entries
+        raise InvalidModelError(EXPORTED_FIELD, f"not a readable .pt2 (zip) archive: {exc}") from None
+
+
+def _check_payload_config(raw: bytes | None, prefix: str, kind: str) -> None:
+    if raw is None:
+        return
+    try:
+        config = json.loads(raw)["config"]
+        items = config.items()
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        raise InvalidModelError(EXPORTED_FIELD, f"the {kind} config of the archive is malformed") from None
+    for name, payload in items:
+        _require(isinstance(payload, dict) and payload.get("use_pickle") is False,
+                 f"{kind} entry {name!r} is stored as a pickle, which equiprune never loads")
+        _require(str(payload.get("path_name", "")).startswith(prefix),
+                 f"{kind} entry {name!r} is not a plain tensor")
+
+
+def _check_sample_inputs(raw: bytes) -> None:
+    # torch retries a failed weights_only load with weights_only=False: make sure it never fails.
+    if not raw:
+        return
+    try:
+        torch.load(io.BytesIO(raw), weights_only=True)
+    except Exception:
+        raise InvalidModelError(
+            EXPORTED_FIELD, "the archive's sample inputs are not plain tensors (they need full unpickling)"
+        ) from None
+
+
+def _check_program_json(raw: bytes) -> None:
+    text = raw.decode("utf-8", errors="replace")
+    _require("__enum__" not in text, "the program's input/output specs reference enum types, which are not accepted")
+    try:
+        program = json.loads(text)
+    except json.JSONDecodeError:
+        raise InvalidModelError(EXPORTED_FIELD, "models/model.json is not valid JSON") from None
+    _require(isinstance(program, dict), "models/model.json must hold a JSON object")
+    _require(not program.get("guards_code"),
+             "the program carries guard code, which torch would execute; re-export it without guards")
+    for key in program.get("range_constraints") or {}:
+        _require(bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(key))), f"malformed symbol name {key!r}")
+    for key, value in _walk_strings(program):
+        if key == "target":
+            _check_target(value)
+        elif key == "expr_str":
+            _check_expression(value)
+
+
+def _walk_strings(node: Any, key: str | None = None):
+    """(key, value) for every string value in a JSON tree, with the key it sits under."""
+    if isinstance(node, dict):
+        for child_key, child in node.items():
+            yield from _walk_strings(child, child_key)
+    elif isinstance(node, list):
+        for child in node:
+            yield from _walk_strings(child, key)
+    elif isinstance(node, str) and key is not None:
+        yield key, node
+
+
+def _check_target(target: str) -> None:
+    _require(bool(_ALLOWED_TARGET.fullmatch(target)),
+             f"graph calls {target!r}; only ATen/prims operators and basic arithmetic are accepted")
+    parts = target.split(".")
+    _require(not (parts[:3] == ["torch", "ops", "aten"] and parts[3] in _DENIED_ATEN_OPS),
+             f"graph calls {target!r}, which reads files")
+
+
+def _check_expression(expression: str) -> None:
+    problem = f"symbolic shape expression {expression[:80]!r} is not a plain arithmetic expression"
+    _require(len(expression) <= _MAX_EXPRESSION_LENGTH, problem)
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(expression).readline))
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        raise InvalidModelError(EXPORTED_FIELD, problem) from None
+    for token in tokens:
+        if token.type == tokenize.NAME:
+            _require(token.string in _SAFE_EXPRESSION_NAMES, problem)
+        elif token.type == tokenize.OP:
+            _require(token.string in _SAFE_EXPRESSION_OPERATORS, problem)
+        elif token.type == tokenize.STRING:
+            _require(bool(_SYMBOL_NAME.fullmatch(token.string)), problem)
+        elif token.type == tokenize.NUMBER:
+            _require(len(token.string) <= 20, problem)
+        else:
+            _require(token.type in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER), problem)
+
+
+# --- format dispatch ---------------------------------------------------------------------------
+
+
+def load_model(source: ModelSource, spec: ArchitectureSpec | None = None) -> LoadedModel:
+    """Load whatever the bytes are: a .pt2 (zip), a sparse or a dense safetensors file."""
+    data = read_source(source, WEIGHTS_FIELD)
+    if data[:4] in (b"PK\x03\x04", b"PK\x05\x06") and not _is_torch_save_zip(data):
+        return load_exported(data, spec)
+    if looks_like_safetensors(data):
+        metadata = safetensors_metadata(data)
+        # Imported here: sparse builds on this module.
+        from equiprune.engine.models import sparse
+
+        if sparse.is_sparse_metadata(metadata):
+            return sparse.load_sparse_model(data, spec)
+    return load_safetensors(data, spec)
