@@ -114,3 +114,18 @@ def test_config_errors_name_the_field(kwargs, field):
     with pytest.raises(InvalidConfigError) as err:
         FinetuneConfig(**kwargs)
     assert err.value.field == field
+
+
+def test_replay_buffers_keep_the_last_k_and_report_when_ready():
+    from equiprune.engine.finetune.replay import ReplayBuffers
+
+    buffers = ReplayBuffers(num_groups=2, size=4, min_count=2)
+    buffers.push(torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0, 0, 1]))
+    assert buffers.ready().tolist() == [True, False]
+    assert buffers.means()[0] == pytest.approx(0.5) and torch.isnan(buffers.means()[1])
+    buffers.push(torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0]), torch.tensor([0, 0, 0, 0, 0]))
+    # Group 0 saw 1,0,0,0,0,0,1: its ring holds the last four (0,0,0,1).
+    assert buffers.means()[0] == pytest.approx(0.25)
+    full = ReplayBuffers(num_groups=1, size=3)  # the paper's rule: ready only when full
+    full.push(torch.tensor([1.0, 1.0]), torch.tensor([0, 0]))
+    assert not full.ready()[0]

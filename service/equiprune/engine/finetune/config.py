@@ -35,7 +35,7 @@ class FinetuneConfig:
     replay_size: int = 40
     el_replay: bool = False
     constraint_window: int = 200
-    constraint_batch_per_group: int = 8
+    constraint_batch_per_group: int = 4
     seed: int = 0
     mixed_precision: bool = True  # bf16 autocast, used only on CUDA
     channels_last: bool = True  # used only on CUDA with 4-D inputs

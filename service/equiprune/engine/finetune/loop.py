@@ -101,6 +101,7 @@ def build_objective(
         dual_lr=config.dual_lr,
         tolerance=config.tolerance,
         buffer_size=config.constraint_window,
+        min_count=config.replay_size,
         reference_group_accuracy=_group_mean(constraint_reference.group_correct(), constraint_reference.group_counts()),
         # The primal proxy compares training losses with the dense training losses.
         reference_group_loss=_group_mean(train_reference.group_loss_sum(), train_reference.group_counts()),
@@ -150,6 +151,8 @@ def finetune(
         if use_cuda_extras and config.mixed_precision
         else nullcontext()
     )
+    sampler = (ConstraintSampler(constraint, config.constraint_batch_per_group, config.seed)
+               if objective.uses_constraint_split else None)
     names = train.group_names
     history: list[EpochStats] = []
     step = start_step
@@ -165,8 +168,8 @@ def finetune(
             loss = F.cross_entropy(logits.float(), y, reduction="none")
             correct = logits.detach().argmax(dim=1) == y
             objective.observe(loss.detach(), correct, g)
-            if objective.uses_constraint_split:
-                objective.observe_constraint(*_constraint_outcomes(model, constraint, config, step, device, autocast))
+            if sampler is not None:
+                objective.observe_constraint(*sampler.outcomes(model, step, device, autocast))
             objective.dual_step(g)
 
             optimizer.zero_grad(set_to_none=True)
@@ -202,25 +205,29 @@ def _to_device(batch: GroupedData, device: torch.device, channels_last: bool):
     return x, batch.labels.to(device), batch.groups.to(device)
 
 
-@torch.no_grad()
-def _constraint_outcomes(model, constraint: GroupedData, config: FinetuneConfig, step: int, device, autocast):
-    """Correctness on a balanced draw of constraint samples, a pure function of (seed, step).
+class ConstraintSampler:
+    """Balanced draws of constraint samples, each a pure function of (seed, step).
 
     Balanced (the same count from every group) so a small group's estimate fills as fast as a
-    large one's. Evaluated in eval mode: in train mode BatchNorm would fold the constraint
-    samples into its running statistics, and the primal side must never see them.
+    large one's. Outcomes are measured in eval mode: in train mode BatchNorm would fold the
+    constraint samples into its running statistics, and the primal side must never see them.
     """
-    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-    picks = []
-    for g in range(constraint.num_groups):
-        members = torch.nonzero(constraint.groups == g).flatten()
-        if members.numel():
-            picks.append(members[torch.randint(members.numel(), (config.constraint_batch_per_group,), generator=gen)])
-    idx = torch.cat(picks)
-    x, y, g = _to_device(constraint.subset(idx), device, False)
-    with autocast, mode(model, training=False):
-        logits = model(x)
-    return (logits.argmax(dim=1) == y), g
+
+    def __init__(self, constraint: GroupedData, per_group: int, seed: int) -> None:
+        self.data = constraint
+        self.per_group = per_group
+        self.seed = seed
+        self.members = [torch.nonzero(constraint.groups == g).flatten() for g in range(constraint.num_groups)]
+        self.members = [m for m in self.members if m.numel()]
+
+    @torch.no_grad()
+    def outcomes(self, model: nn.Module, step: int, device, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        idx = torch.cat([m[torch.randint(m.numel(), (self.per_group,), generator=gen)] for m in self.members])
+        x, y, g = _to_device(self.data.subset(idx), device, False)
+        with autocast, mode(model, training=False):
+            logits = model(x)
+        return logits.argmax(dim=1) == y, g
 
 
 def _group_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:

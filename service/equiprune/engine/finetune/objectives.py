@@ -81,8 +81,8 @@ class EqualizedLoss(Objective):
             violation, active = self._batch_violation, self._batch_present
         else:
             means = self.replay.means()
-            active = self.replay.full() & self._batch_present
-            overall = torch.nanmean(means) if bool(self.replay.full().any()) else torch.tensor(0.0)
+            active = self.replay.ready() & self._batch_present
+            overall = torch.nanmean(means) if bool(self.replay.ready().any()) else torch.tensor(0.0)
             violation = (means - overall).abs().nan_to_num(0.0)
         self.multipliers += torch.where(active, self.dual_lr * violation, torch.zeros_like(violation))
 
@@ -120,6 +120,7 @@ class CEAG(Objective):
         dual_lr: float,
         tolerance: float,
         buffer_size: int,
+        min_count: int | None = None,
         reference_group_accuracy: torch.Tensor,
         reference_group_loss: torch.Tensor,
         group_weights: torch.Tensor,
@@ -127,7 +128,7 @@ class CEAG(Objective):
         super().__init__(num_groups)
         self.dual_lr = dual_lr
         self.tolerance = tolerance
-        self.buffers = ReplayBuffers(num_groups, buffer_size)
+        self.buffers = ReplayBuffers(num_groups, buffer_size, min_count)
         self.ref_acc = reference_group_accuracy.double().nan_to_num(0.0)
         self.ref_loss = reference_group_loss.double().nan_to_num(0.0)
         self.weights = group_weights.double()
@@ -138,13 +139,13 @@ class CEAG(Objective):
         self._present = torch.bincount(groups.cpu(), minlength=self.num_groups) > 0
 
     def excess_gaps(self) -> torch.Tensor:
-        """Current ψ_g estimate from the buffers (NaN where a buffer is not full).
+        """Current ψ_g estimate from the buffers (NaN where a buffer is not ready).
 
         The overall accuracies, current and dense, are share-weighted over the groups whose
-        buffers are full, so both sides of Δ average over the same groups.
+        buffers are ready, so both sides of Δ average over the same groups.
         """
         acc = self.buffers.means()
-        weights = self.weights * self.buffers.full()
+        weights = self.weights * self.buffers.ready()
         if not bool(weights.sum() > 0):
             return acc  # all NaN
         overall = (acc.nan_to_num(0.0) * weights).sum() / weights.sum()
@@ -153,7 +154,7 @@ class CEAG(Objective):
 
     def dual_step(self, groups):
         psi = self.excess_gaps()
-        active = self.buffers.full() & self._present
+        active = self.buffers.ready() & self._present
         step = torch.where(active, self.dual_lr * (psi - self.tolerance), torch.zeros_like(psi))
         self.multipliers = (self.multipliers + step.nan_to_num(0.0)).clamp(min=0)
 

@@ -10,8 +10,15 @@ import torch
 
 
 class ReplayBuffers:
-    def __init__(self, num_groups: int, size: int) -> None:
+    """`size` outcomes kept per group; a group's estimate counts once it holds `min_count`.
+
+    CEAG uses min_count = size (the paper's "full buffer" rule); the held-out variant keeps a
+    longer window for a tighter estimate but starts its dual updates once k outcomes are in.
+    """
+
+    def __init__(self, num_groups: int, size: int, min_count: int | None = None) -> None:
         self.size = size
+        self.min_count = size if min_count is None else min(min_count, size)
         self.values = torch.zeros(num_groups, size, dtype=torch.float64)
         self.count = torch.zeros(num_groups, dtype=torch.int64)  # total ever pushed
 
@@ -25,13 +32,16 @@ class ReplayBuffers:
             self.values[g, positions] = new
             self.count[g] += int((groups == g).sum())
 
-    def full(self) -> torch.Tensor:
-        return self.count >= self.size
+    def ready(self) -> torch.Tensor:
+        """Groups holding at least `min_count` outcomes."""
+        return self.count >= self.min_count
 
     def means(self) -> torch.Tensor:
-        """Mean of each full buffer; NaN for groups whose buffer is not full yet."""
-        means = self.values.mean(dim=1)
-        return torch.where(self.full(), means, torch.full_like(means, float("nan")))
+        """Mean of the outcomes held per group; NaN for groups that are not ready."""
+        held = self.count.clamp(max=self.size)
+        # Unfilled slots are zero, so the sum over the row is the sum of what is held.
+        means = self.values.sum(dim=1) / held.clamp(min=1)
+        return torch.where(self.ready(), means, torch.full_like(means, float("nan")))
 
     def state_dict(self) -> dict:
         return {"values": self.values.clone(), "count": self.count.clone()}

@@ -1,0 +1,264 @@
+"""The compression workflow: measure dense → diagnose → prune → measure → repair → measure.
+
+This is what a prune-and-fine-tune job runs, in the CLI and (through a thin adapter) in the
+service. It takes a loaded model and dataset, returns every report, and knows nothing of
+where they came from or where they go; `write_outputs` saves the artifacts.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .dataset import GroupDataset
+from .diagnostics import Diagnostics, DiagnosticsConfig, diagnose, rank_agreement
+from .errors import InvalidConfigError
+from .evaluation import Evaluation, evaluate
+from .finetune.config import FinetuneConfig
+from .finetune.loop import FinetuneResult, finetune
+from .groups import GroupedData
+from .modes import is_exported_module
+from .models.io import LoadedModel, save_exported, save_safetensors
+from .models.sparse import save_sparse
+from .prune import PruneOutcome, PruningConfig, prune
+from .pruning.batchnorm import recalibrate_batchnorm
+from .pruning.masks import Masks
+from .report import GroupReport, build_report
+
+Progress = Callable[[str, dict], None]
+
+
+@dataclass(frozen=True)
+class CompressionJob:
+    """What to do with one model on one dataset.
+
+    constraint_split: the split the held-out variant's dual step reads; when None, a
+        stratified `constraint_fraction` of the training split is set aside (the dense model
+        may have trained on it: the report says so).
+    """
+
+    group_by: tuple[str, ...]
+    train_split: str | None = "train"
+    eval_split: str | None = "test"
+    constraint_split: str | None = None
+    constraint_fraction: float = 0.2
+    pruning: PruningConfig | None = field(default_factory=PruningConfig)
+    finetune: FinetuneConfig | None = field(default_factory=FinetuneConfig)
+    diagnostics: DiagnosticsConfig | None = None
+    recalibrate_batchnorm: bool = True
+    tolerance: float = 0.01
+    min_group_size: int = 30
+    eval_batch_size: int = 512
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.group_by:
+            raise InvalidConfigError("job.group_by", "name at least one group attribute")
+        if not 0 < self.constraint_fraction < 1:
+            raise InvalidConfigError("job.constraint_fraction", f"must be in (0, 1), got {self.constraint_fraction}")
+        if self.pruning is None and self.finetune is None and self.diagnostics is None:
+            raise InvalidConfigError("job", "nothing to do: give pruning, finetune or diagnostics")
+
+
+@dataclass(frozen=True)
+class StageReports:
+    """A model's report on the training split and, when there is one, the evaluation split."""
+
+    train: GroupReport
+    eval: GroupReport | None
+
+    def to_dict(self) -> dict:
+        return {"train": self.train.to_dict(), "eval": self.eval.to_dict() if self.eval else None}
+
+
+@dataclass(frozen=True)
+class CompressionResult:
+    module: nn.Module
+    masks: Masks
+    dense: StageReports
+    pruned: StageReports | None
+    pruned_without_recalibration: StageReports | None
+    finetuned: StageReports | None
+    pruning: PruneOutcome | None
+    diagnostics: Diagnostics | None
+    prediction: dict | None  # predicted vs measured R(a) and their rank agreement
+    finetune: FinetuneResult | None
+    notes: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        def opt(x):
+            return x.to_dict() if x is not None else None
+
+        return {
+            "dense": self.dense.to_dict(),
+            "pruned": opt(self.pruned),
+            "pruned_without_recalibration": opt(self.pruned_without_recalibration),
+            "finetuned": opt(self.finetuned),
+            "pruning": opt(self.pruning),
+            "diagnostics": opt(self.diagnostics),
+            "prediction": self.prediction,
+            "finetune": opt(self.finetune),
+            "notes": list(self.notes),
+        }
+
+
+def run_compression(
+    loaded: LoadedModel,
+    dataset: GroupDataset,
+    job: CompressionJob,
+    *,
+    checkpoint_path: str | Path | None = None,
+    on_progress: Progress | None = None,
+) -> CompressionResult:
+    say = on_progress or (lambda phase, payload: None)
+    device = torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    notes: list[str] = []
+    dense = loaded.module.to(device)
+    train, evaluation, constraint = _splits(dataset, job, notes)
+
+    def measure(model: nn.Module, reference: dict[str, Evaluation] | None) -> tuple[StageReports, dict[str, Evaluation]]:
+        evals = {"train": evaluate(model, train, batch_size=job.eval_batch_size, device=device)}
+        if evaluation is not None:
+            evals["eval"] = evaluate(model, evaluation, batch_size=job.eval_batch_size, device=device)
+        reports = {
+            key: build_report(ev, reference[key] if reference else None, tolerance=job.tolerance,
+                              min_group_size=job.min_group_size)
+            for key, ev in evals.items()
+        }
+        return StageReports(reports["train"], reports.get("eval")), evals
+
+    say("evaluate_dense", {})
+    dense_reports, dense_evals = measure(dense, None)
+
+    diagnostics = None
+    if job.diagnostics is not None:
+        say("diagnose", {})
+        diagnostics = diagnose(dense, train, job.diagnostics)
+
+    module, masks, outcome = dense, {}, None
+    pruned_reports = raw_reports = prediction = None
+    if job.pruning is not None:
+        say("prune", {"sparsity": job.pruning.sparsity, "kind": job.pruning.kind})
+        outcome = prune(dense, job.pruning, example_input=train.inputs[:2].to(device),
+                        train_between=_between_steps(train, job, device, say))
+        module, masks = outcome.module, outcome.masks
+        raw_reports, _ = measure(module, dense_evals)
+        if job.recalibrate_batchnorm and not is_exported_module(module):
+            recalibrate_batchnorm(module, train.inputs.to(device))
+            pruned_reports, _ = measure(module, dense_evals)
+        else:
+            pruned_reports, raw_reports = raw_reports, None
+            if is_exported_module(module):
+                notes.append("BatchNorm statistics were not re-estimated after pruning: a torch.export "
+                             "program cannot be switched to train mode to recompute them")
+        if diagnostics is not None and masks:
+            prediction = _check_prediction(dense, train, masks, job.diagnostics, diagnostics, pruned_reports.train)
+
+    finetuned_reports = ft_result = None
+    if job.finetune is not None:
+        say("finetune", {"method": job.finetune.method})
+        ft_train = train
+        constraint_ref = None
+        if job.finetune.method == "heldout_ceag":
+            if constraint is None:
+                ft_train, constraint = _carve_constraint(train, job, notes)
+            constraint_ref = evaluate(dense, constraint, batch_size=job.eval_batch_size, device=device)
+        train_ref = evaluate(dense, ft_train, batch_size=job.eval_batch_size, device=device) if job.finetune.needs_reference else None
+        ft_result = finetune(
+            module, masks, ft_train, job.finetune,
+            train_reference=train_ref, constraint=constraint, constraint_reference=constraint_ref,
+            device=device, checkpoint_path=checkpoint_path,
+            on_progress=lambda event: say("finetune_step", vars(event)),
+        )
+        notes.extend(ft_result.notes)
+        finetuned_reports, _ = measure(module, dense_evals)
+
+    say("done", {})
+    return CompressionResult(
+        module=module, masks=masks, dense=dense_reports, pruned=pruned_reports,
+        pruned_without_recalibration=raw_reports, finetuned=finetuned_reports, pruning=outcome,
+        diagnostics=diagnostics, prediction=prediction, finetune=ft_result, notes=tuple(notes),
+    )
+
+
+def write_outputs(result: CompressionResult, loaded: LoadedModel, out_dir: str | Path,
+                  example_input: torch.Tensor) -> dict[str, str]:
+    """Save the model in its input format (plus compact sparse storage) and the report."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    module = result.module.to("cpu")
+    written: dict[str, str] = {}
+    if loaded.format == "exported":
+        path = out / "model.pt2"
+        save_exported(module, example_input.cpu(), path, training=bool(loaded.exported_training))
+        written["model"] = str(path)
+    else:
+        spec = loaded.spec
+        if result.pruning is not None and result.pruning.masks == {} and result.pruning.params_after < result.pruning.params_before:
+            # Structured pruning changed the layer shapes: the registered architecture no longer
+            # describes the weights, so the shrunk model travels as a .pt2 program.
+            path = out / "model.pt2"
+            save_exported(module, example_input.cpu(), path, training=False)
+        else:
+            path = out / "model.safetensors"
+            save_safetensors(module, spec, path)
+            if result.masks:
+                sparse = out / "model.sparse.safetensors"
+                save_sparse(module, spec, sparse)
+                written["sparse_model"] = str(sparse)
+        written["model"] = str(path)
+    report = out / "report.json"
+    report.write_text(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+    written["report"] = str(report)
+    return written
+
+
+def _splits(dataset: GroupDataset, job: CompressionJob, notes: list[str]):
+    train = dataset.select(job.group_by, split=job.train_split)
+    evaluation = dataset.select(job.group_by, split=job.eval_split) if job.eval_split else None
+    constraint = None
+    if job.constraint_split is not None:
+        constraint = dataset.select(job.group_by, split=job.constraint_split)
+    if evaluation is None:
+        notes.append("no evaluation split: every number is measured on training data")
+    return train, evaluation, constraint
+
+
+def _carve_constraint(train: GroupedData, job: CompressionJob, notes: list[str]) -> tuple[GroupedData, GroupedData]:
+    notes.append(
+        f"held-out constraint split carved from the training split ({job.constraint_fraction:.0%}, stratified "
+        "per group); the dense model may have trained on it, so its reference accuracies there are optimistic"
+    )
+    seed = job.finetune.seed if job.finetune else 0
+    return train.split_off(job.constraint_fraction, seed=seed)
+
+
+def _between_steps(train: GroupedData, job: CompressionJob, device, say: Progress):
+    """Training between gradual pruning steps: one naive epoch with the job's optimiser settings."""
+    base = job.finetune or FinetuneConfig()
+
+    def train_between(module: nn.Module, step: int, masks: Masks) -> None:
+        config = FinetuneConfig(method="naive", epochs=1, batch_size=base.batch_size, lr=base.lr,
+                                momentum=base.momentum, weight_decay=base.weight_decay, seed=base.seed + step)
+        finetune(module, masks, train, config, device=device,
+                 on_progress=lambda event: say("gradual_prune_step", {"prune_step": step, **vars(event)}))
+
+    return train_between
+
+
+def _check_prediction(dense, train, masks, config, diagnostics, measured: GroupReport) -> dict:
+    """Second-order predicted R(a) next to the measured R(a), and how well it ranked them."""
+    predicted = {p.group: p.predicted for p in diagnostics.predict_excess_loss(dense, train, masks)}
+    observed = {g.group: g.excess_loss for g in measured.groups if g.excess_loss is not None}
+    common = {k: predicted[k] for k in observed if k in predicted}
+    return {
+        "predicted_excess_loss": common,
+        "measured_excess_loss": observed,
+        "rank_agreement": rank_agreement(common, observed).to_dict(),
+    }
