@@ -1,8 +1,10 @@
 """Train/eval mode handling that also works for torch.export modules.
 
-A module from ``ExportedProgram.module()`` has its mode baked in at export time and raises
-NotImplementedError on ``.train()`` / ``.eval()`` (torch 2.11–2.13). Evaluation and
-fine-tuning still run on it; they just cannot switch, and reports say so.
+A module from ``ExportedProgram.module()`` has its mode baked into the graph at export time
+and raises NotImplementedError on ``.train()`` / ``.eval()`` (torch 2.11–2.13). A deep copy
+of it loses that guard but not the baked-in graph, so detection goes by type: every
+``torch.fx.GraphModule`` is treated as a fixed graph whose mode cannot be switched.
+Evaluation and fine-tuning still run on it; reports say in which mode.
 """
 
 from __future__ import annotations
@@ -10,20 +12,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import nn
 
 
 def is_exported_module(module: nn.Module) -> bool:
-    """True for the GraphModule that ``ExportedProgram.module()`` returns."""
-    try:
-        module.train(module.training)
-    except NotImplementedError:
-        return True
-    return False
+    """True for a GraphModule (what ``ExportedProgram.module()`` returns, or a copy of it)."""
+    return isinstance(module, torch.fx.GraphModule)
 
 
 def try_set_mode(module: nn.Module, training: bool) -> bool:
     """Switch the mode if the module allows it; return whether it did."""
+    if is_exported_module(module):
+        return False
     try:
         module.train(training)
     except NotImplementedError:

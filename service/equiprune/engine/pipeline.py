@@ -119,6 +119,10 @@ def run_compression(
     say = on_progress or (lambda phase, payload: None)
     device = torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     notes: list[str] = []
+    if loaded.format == "exported":
+        exported_mode = {True: "train", False: "eval", None: "an unknown"}[loaded.exported_training]
+        notes.append(f"the .pt2 program was exported in {exported_mode} mode; it is evaluated and "
+                     "fine-tuned in that mode (torch 2.13 cannot switch an exported program)")
     dense = loaded.module.to(device)
     train, evaluation, constraint = _splits(dataset, job, notes)
 
@@ -176,7 +180,6 @@ def run_compression(
             device=device, checkpoint_path=checkpoint_path,
             on_progress=lambda event: say("finetune_step", vars(event)),
         )
-        notes.extend(ft_result.notes)
         finetuned_reports, _ = measure(module, dense_evals)
 
     say("done", {})

@@ -8,6 +8,7 @@ reported sparsity is always measured from the weights after pruning.
 from __future__ import annotations
 
 import copy
+from fnmatch import fnmatchcase
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import InvalidConfigError
+from .modes import is_exported_module
 from .pruning.counting import count_macs, count_parameters
 from .pruning.magnitude import SCOPES, magnitude_masks, validate_sparsity
 from .pruning.masks import Masks, SparsityReport, apply_masks, measure_sparsity
@@ -109,12 +111,7 @@ def prune(
     if config.kind == "structured":
         return _prune_structured(model, config, example_input)
     pruned = copy.deepcopy(model)
-    params = prunable_parameters(
-        pruned,
-        exclude_names=config.exclude_names,
-        exclude_types=config.exclude_types,
-        keep_first_and_last=config.keep_first_and_last,
-    )
+    params = _prunable(pruned, config)
     skipped: tuple[str, ...] = ()
     if config.kind == "n_m":
         result = nm_masks(pruned, params, n=config.n, m=config.m)
@@ -145,6 +142,34 @@ def prune(
         skipped_layers=skipped,
         notes=notes,
     )
+
+
+def _prunable(model: nn.Module, config: PruningConfig) -> list[str]:
+    if not is_exported_module(model):
+        return prunable_parameters(model, exclude_names=config.exclude_names, exclude_types=config.exclude_types,
+                                   keep_first_and_last=config.keep_first_and_last)
+    return exported_prunable_parameters(model, config)
+
+
+def exported_prunable_parameters(model: nn.Module, config: PruningConfig) -> list[str]:
+    """Weights to prune in a torch.export program, which has parameters but no layer modules.
+
+    Conv and linear weights are the parameters with two or more dimensions; their order is
+    the original model's, so the first and last can still be kept dense. Names are matched
+    against the layer path (the parameter name without ``.weight``).
+    """
+    if config.exclude_types:
+        raise InvalidConfigError("pruning.exclude_types", "a torch.export program has no layer types to match; "
+                                 "exclude layers by name (pruning.exclude_names) instead")
+    names = [name for name, p in model.named_parameters() if p.dim() >= 2]
+    if config.keep_first_and_last:
+        names = names[1:-1]
+    for pattern in config.exclude_names:
+        hits = [n for n in names if fnmatchcase(n.rsplit(".", 1)[0], pattern)]
+        if not hits:
+            raise InvalidConfigError("pruning.exclude_names", f"pattern {pattern!r} matches no prunable weight")
+        names = [n for n in names if n not in hits]
+    return names
 
 
 def _prune_structured(model: nn.Module, config: PruningConfig, example_input: torch.Tensor | None) -> PruneOutcome:

@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -56,14 +56,14 @@ class FinetuneResult:
     config: FinetuneConfig
     epochs: tuple[EpochStats, ...]
     resumed_from_step: int
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    mode_fixed: bool = False  # a torch.export program: trained in the mode it was exported in
 
     def to_dict(self) -> dict:
         return {
             "config": self.config.to_dict(),
             "epochs": [vars(e) for e in self.epochs],
             "resumed_from_step": self.resumed_from_step,
-            "notes": list(self.notes),
+            "mode_fixed": self.mode_fixed,
         }
 
 
@@ -139,12 +139,7 @@ def finetune(
     start_step = 0
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         start_step = load_checkpoint(checkpoint_path, model, optimizer, objective)
-    notes = []
-    if not try_set_mode(model, True):
-        notes.append(
-            "the model is a torch.export program: it was fine-tuned in the mode it was exported in "
-            f"({'train' if model.training else 'eval'}), which torch cannot switch"
-        )
+    mode_fixed = not try_set_mode(model, True)
 
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
@@ -190,7 +185,7 @@ def finetune(
                                   samples, _named(objective.multipliers, names)))
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, model, optimizer, objective, step)
-    return FinetuneResult(config, tuple(history), start_step, tuple(notes))
+    return FinetuneResult(config, tuple(history), start_step, mode_fixed)
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

@@ -1,0 +1,182 @@
+"""The compression workflow end to end on small real data (scikit-learn digits)."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from equiprune.engine.budget import BudgetConfig, search_budget
+from equiprune.engine.cli import main as cli_main
+from equiprune.engine.demo_data import digits_group_dataset
+from equiprune.engine.diagnostics import DiagnosticsConfig
+from equiprune.engine.errors import InvalidConfigError, UnsupportedOperationError
+from equiprune.engine.finetune.config import FinetuneConfig
+from equiprune.engine.finetune.loop import finetune
+from equiprune.engine.models.io import load_model, save_exported, save_safetensors
+from equiprune.engine.models.registry import ArchitectureSpec, build_model
+from equiprune.engine.models.sparse import load_sparse
+from equiprune.engine.pipeline import CompressionJob, run_compression, write_outputs
+from equiprune.engine.prune import PruningConfig
+from equiprune.engine.report import build_report
+from equiprune.engine.evaluation import evaluate
+
+SPEC = ArchitectureSpec("mlp", {"num_classes": 10, "in_features": 64, "hidden": [64, 32]})
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return digits_group_dataset()
+
+
+@pytest.fixture(scope="module")
+def dense_path(digits, tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model(SPEC)
+    train = digits.select(("cohort",), split="train")
+    finetune(model, {}, train, FinetuneConfig(epochs=8, lr=0.05))
+    path = tmp_path_factory.mktemp("dense") / "dense.safetensors"
+    save_safetensors(model, SPEC, path)
+    return path
+
+
+def job(**overrides):
+    base = dict(group_by=("cohort",), pruning=PruningConfig(sparsity=0.8),
+                finetune=FinetuneConfig(method="ceag", epochs=1, dual_lr=0.1), min_group_size=10)
+    return CompressionJob(**{**base, **overrides})
+
+
+def test_full_workflow_reports_every_stage_and_writes_artifacts(digits, dense_path, tmp_path):
+    loaded = load_model(dense_path)
+    events = []
+    result = run_compression(loaded, digits, job(diagnostics=DiagnosticsConfig(probes=2, power_iterations=3)),
+                             on_progress=lambda phase, payload: events.append(phase))
+    assert {"evaluate_dense", "diagnose", "prune", "finetune", "finetune_step", "done"} <= set(events)
+    assert result.pruning.sparsity.prunable_sparsity == pytest.approx(0.8, abs=0.005)
+    for stage in (result.dense, result.pruned, result.pruned_without_recalibration, result.finetuned):
+        assert stage.train.overall.n == 1348 and stage.eval.overall.n == 449
+    assert result.dense.eval.summary.max_excess_accuracy_gap is None  # no reference for the dense model
+    assert result.finetuned.eval.group("minority").excess_accuracy_gap is not None
+    assert set(result.prediction["predicted_excess_loss"]) == {"majority", "minority"}
+    assert result.finetune.epochs[-1].multipliers.keys() == {"majority", "minority"}
+    json.dumps(result.to_dict(), allow_nan=False)
+
+    written = write_outputs(result, loaded, tmp_path, digits.select(("cohort",), split="train").inputs[:2])
+    assert set(written) == {"model", "sparse_model", "report"}
+    state, spec = load_sparse(written["sparse_model"])
+    assert spec == SPEC
+    for name, tensor in result.module.state_dict().items():
+        assert torch.equal(state[name], tensor)
+    reloaded = load_model(written["model"])
+    test = digits.select(("cohort",), split="test")
+    assert evaluate(reloaded.module, test).accuracy() == pytest.approx(result.finetuned.eval.overall.accuracy)
+    assert json.loads(open(written["report"]).read())["finetuned"]["eval"]["overall"]["n"] == 449
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_exported_program_is_pruned_and_finetuned_in_its_own_mode(digits, tmp_path, training):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                          nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+    save_exported(model, torch.randn(2, 1, 8, 8), tmp_path / "m.pt2", training=training)
+    loaded = load_model(tmp_path / "m.pt2")
+    result = run_compression(loaded, digits, job(finetune=FinetuneConfig(epochs=1)))
+    mode = "train" if training else "eval"
+    assert any(f"exported in {mode} mode" in note for note in result.notes)
+    assert any("BatchNorm statistics were not re-estimated" in note for note in result.notes)
+    assert result.finetune.mode_fixed
+    # Only the middle linear layer is prunable: first and last stay dense.
+    assert list(result.masks) == ["4.weight"]
+    assert result.pruning.sparsity.prunable_sparsity == pytest.approx(0.8, abs=0.01)
+    written = write_outputs(result, loaded, tmp_path / "out", torch.randn(2, 1, 8, 8))
+    again = load_model(written["model"])
+    assert again.format == "exported" and again.exported_training is training
+    assert int((dict(again.module.named_parameters())["4.weight"] == 0).sum()) == int((~result.masks["4.weight"]).sum())
+
+
+def test_structured_pruning_of_an_exported_program_is_refused(digits, tmp_path):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    save_exported(model, torch.randn(2, 1, 8, 8), tmp_path / "m.pt2", training=False)
+    with pytest.raises(UnsupportedOperationError) as err:
+        run_compression(load_model(tmp_path / "m.pt2"), digits,
+                        job(pruning=PruningConfig(kind="structured", sparsity=0.5), finetune=None))
+    assert err.value.field == "pruning.kind"
+
+
+def test_structured_pruning_shrinks_and_ships_as_pt2(digits, dense_path, tmp_path):
+    loaded = load_model(dense_path)
+    result = run_compression(loaded, digits, job(pruning=PruningConfig(kind="structured", sparsity=0.5),
+                                                 finetune=FinetuneConfig(epochs=1)))
+    assert result.pruning.params_after < 0.6 * result.pruning.params_before
+    assert result.pruning.macs_after < result.pruning.macs_before
+    written = write_outputs(result, loaded, tmp_path, torch.randn(2, 1, 8, 8))
+    assert written["model"].endswith("model.pt2") and "sparse_model" not in written
+    shrunk = load_model(written["model"]).module
+    assert sum(p.numel() for p in shrunk.parameters()) == result.pruning.params_after
+
+
+def test_gradual_schedule_trains_between_steps_and_hits_the_target(digits, dense_path):
+    events = []
+    result = run_compression(load_model(dense_path), digits,
+                             job(pruning=PruningConfig(sparsity=0.9, schedule="gradual", gradual_steps=3),
+                                 finetune=FinetuneConfig(epochs=1)),
+                             on_progress=lambda phase, payload: events.append((phase, payload.get("prune_step"))))
+    assert {step for phase, step in events if phase == "gradual_prune_step"} == {1, 2}
+    assert result.pruning.sparsity.prunable_sparsity == pytest.approx(0.9, abs=0.005)
+    assert result.finetuned.train.overall.accuracy > result.pruned.train.overall.accuracy - 0.05
+
+
+def test_heldout_variant_without_a_constraint_split_says_where_it_came_from(digits, dense_path):
+    result = run_compression(load_model(dense_path), digits,
+                             job(finetune=FinetuneConfig(method="heldout_ceag", epochs=1)))
+    assert any("carved from the training split" in note for note in result.notes)
+
+
+def test_bad_job_settings_name_the_field():
+    with pytest.raises(InvalidConfigError) as err:
+        CompressionJob(group_by=())
+    assert err.value.field == "job.group_by"
+    with pytest.raises(InvalidConfigError) as err:
+        PruningConfig(kind="n_m", schedule="gradual")
+    assert err.value.field == "pruning.schedule"
+
+
+def _report_with_gap(gap: float):
+    """A two-group report whose minority ψ_g is `gap` (paired, 100 + 100 samples)."""
+    from equiprune.engine.evaluation import Evaluation
+
+    groups = torch.tensor([0] * 100 + [1] * 100)
+    dense = torch.ones(200, dtype=torch.bool)
+    current = dense.clone()
+    current[100:100 + int(round(2 * gap * 100))] = False  # ψ_minority = Δ_minority/2
+    mk = lambda c: Evaluation(c, torch.zeros(200), torch.ones(200), groups, ("majority", "minority"))
+    return build_report(mk(current), mk(dense), tolerance=0.05)
+
+
+def test_budget_search_bisects_to_the_last_safe_sparsity():
+    seen = []
+
+    def probe(sparsity):  # the gap grows with sparsity and crosses 5 % at 0.8
+        seen.append(sparsity)
+        return _report_with_gap(max(0.0, (sparsity - 0.6) * 0.25))
+
+    result = search_budget(probe, BudgetConfig(tolerance=0.05, low=0.5, high=0.95, resolution=0.02, max_probes=10))
+    assert result.best_sparsity is not None and 0.78 <= result.best_sparsity <= 0.82  # ψ is quantised to 0.005
+    assert [p.sparsity for p in result.frontier] == sorted(seen)
+    assert all(p.met == (p.max_excess_accuracy_gap <= 0.05) for p in result.frontier)
+    nothing = search_budget(lambda s: _report_with_gap(0.2), BudgetConfig(tolerance=0.05))
+    assert nothing.best_sparsity is None and len(nothing.frontier) == 1
+    with pytest.raises(InvalidConfigError) as err:
+        BudgetConfig(low=0.9, high=0.5)
+    assert err.value.field == "budget.high"
+
+
+def test_cli_reports_bad_input_with_the_field(dense_path, tmp_path, capsys, digits):
+    from equiprune.engine.dataset import save_dataset
+
+    data = tmp_path / "d.npz"
+    save_dataset(digits, data)
+    code = cli_main(["compress", "--model", str(dense_path), "--dataset", str(data), "--group-by", "nationality",
+                     "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "dataset.group_by" in capsys.readouterr().err
