@@ -1,0 +1,252 @@
+"""Reproduce "pruning has a disparate impact" on UTKFace and compare the repairs.
+
+For each set-up (target race / groups race, the paper's; target gender / groups race):
+train one dense model, prune it at every sparsity of a grid (layer-wise magnitude, first conv
+and last linear dense, BatchNorm recalibrated), then fine-tune with naive / Equalized Loss /
+CEAG / held-out CEAG over several seeds, and record per-group reports on train and test.
+
+Data use, the same for every method: a stratified 20 % of the training split is set aside as
+the constraint split before the dense model is trained. The dense model and every
+fine-tuning primal step see only the remaining 80 % ("train" below); only the held-out
+variant's dual step reads the constraint split. Test data is never touched before the final
+measurement.
+
+Also: per-group diagnostics at the dense model and the Spearman rank correlation between
+the second-order predicted R(a) and the measured R(a) of the just-pruned model.
+
+    python bench/reproduce_paper.py --quick            # a few minutes on 2 cores
+    python bench/reproduce_paper.py --out docs/results/paper   # the documented run
+
+Writes results.json and PNG plots into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests/data/loaders.py: the UTKFace loader is test data code
+
+from equiprune.engine.diagnostics import DiagnosticsConfig, diagnose, rank_agreement  # noqa: E402
+from equiprune.engine.evaluation import evaluate  # noqa: E402
+from equiprune.engine.finetune.config import FinetuneConfig  # noqa: E402
+from equiprune.engine.finetune.loop import finetune  # noqa: E402
+from equiprune.engine.models.registry import ArchitectureSpec, build_model  # noqa: E402
+from equiprune.engine.prune import PruningConfig, prune  # noqa: E402
+from equiprune.engine.pruning.batchnorm import recalibrate_batchnorm  # noqa: E402
+from equiprune.engine.report import build_report  # noqa: E402
+from tests.data.loaders import load_utkface  # noqa: E402
+
+METHODS = ("naive", "equalized_loss", "ceag", "heldout_ceag")
+SETUPS = {"race": ("race", ("race",)), "gender": ("gender", ("race",))}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small subsample, 2 sparsities, 1 seed")
+    p.add_argument("--setups", default="race,gender")
+    p.add_argument("--arch", default="small_cnn")
+    p.add_argument("--arch-kwargs", default="{}", help="JSON keyword arguments for the architecture")
+    p.add_argument("--sparsities", default="0.5,0.8,0.9,0.95")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--dense-epochs", type=int, default=15)
+    p.add_argument("--ft-epochs", type=int, default=3)
+    p.add_argument("--max-train", type=int, default=None)
+    p.add_argument("--max-test", type=int, default=None)
+    p.add_argument("--tolerance", type=float, default=0.01)
+    p.add_argument("--dual-lr", type=float, default=1e-2)
+    p.add_argument("--probes", type=int, default=8, help="Hutchinson probes for the diagnostics")
+    p.add_argument("--out", default=str(ROOT / "bench" / "out" / "paper"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sparsities, args.seeds = "0.5,0.9", 1
+        args.dense_epochs, args.ft_epochs = 6, 1
+        args.max_train, args.max_test = args.max_train or 3000, args.max_test or 1500
+        args.probes = min(args.probes, 4)
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sparsities = [float(s) for s in args.sparsities.split(",")]
+    methods = args.methods.split(",")
+    results = {"args": vars(args), "setups": {}}
+    for setup in args.setups.split(","):
+        target, group_by = SETUPS[setup]
+        results["setups"][setup] = run_setup(args, target, group_by, sparsities, methods)
+        (out / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
+    plot(results, out)
+    print_table(results)
+    return results
+
+
+def run_setup(args, target, group_by, sparsities, methods) -> dict:
+    started = time.perf_counter()
+    data = load_utkface(target=target, max_train=args.max_train, max_test=args.max_test, seed=0)
+    full_train = data.select(group_by, split="train")
+    test = data.select(group_by, split="test")
+    train, constraint = full_train.split_off(0.2, seed=0)
+    print(f"[{target}] train {len(train)}, constraint {len(constraint)}, test {len(test)}", flush=True)
+
+    torch.manual_seed(0)
+    kwargs = {"num_classes": data.num_classes, "in_channels": 3, "input_size": 32, **json.loads(args.arch_kwargs)}
+    spec = ArchitectureSpec(args.arch, kwargs)
+    dense = build_model(spec)
+    train_config = FinetuneConfig(epochs=args.dense_epochs, lr=0.05, seed=0)
+    t0 = time.perf_counter()
+    finetune(dense, {}, train, train_config)
+    dense_seconds = time.perf_counter() - t0
+    dense_ev = {"train": evaluate(dense, train), "test": evaluate(dense, test), "constraint": evaluate(dense, constraint)}
+    record = {
+        "target": target, "group_by": list(group_by), "sizes": {"train": len(train), "constraint": len(constraint), "test": len(test)},
+        "group_names": list(train.group_names), "arch": spec.to_dict(), "dense_train_seconds": dense_seconds,
+        "dense": {k: build_report(v).to_dict() for k, v in dense_ev.items() if k != "constraint"},
+        "sparsities": {},
+    }
+    print(f"[{target}] dense: train acc {dense_ev['train'].accuracy():.3f}, test acc {dense_ev['test'].accuracy():.3f} ({dense_seconds:.0f}s)", flush=True)
+
+    diagnostics = diagnose(dense, train, DiagnosticsConfig(probes=args.probes, power_iterations=10, seed=0))
+    record["diagnostics"] = diagnostics.to_dict()
+    predicted_all, measured_all = {}, {}
+
+    for sparsity in sparsities:
+        outcome = prune(dense, PruningConfig(sparsity=sparsity, scope="layerwise"))
+        pruned = outcome.module
+        before_recal = build_report(evaluate(pruned, test), dense_ev["test"], tolerance=args.tolerance)
+        recalibrate_batchnorm(pruned, train.inputs)
+        pruned_reports = {k: build_report(evaluate(pruned, d), dense_ev[k], tolerance=args.tolerance)
+                          for k, d in (("train", train), ("test", test))}
+        predicted = {p.group: p.predicted for p in diagnostics.predict_excess_loss(dense, train, outcome.masks)}
+        measured = {g.group: g.excess_loss for g in pruned_reports["train"].groups}
+        for g in predicted:
+            predicted_all[f"{sparsity}/{g}"], measured_all[f"{sparsity}/{g}"] = predicted[g], measured[g]
+        entry = {
+            "measured_sparsity": outcome.sparsity.prunable_sparsity,
+            "pruned_before_recalibration": {"test": before_recal.to_dict()},
+            "pruned": {k: v.to_dict() for k, v in pruned_reports.items()},
+            "prediction": {"predicted_excess_loss": predicted, "measured_excess_loss": measured,
+                           "rank_agreement": rank_agreement(predicted, measured).to_dict()},
+            "methods": {},
+        }
+        print(f"[{target}] s={sparsity}: pruned test max psi {_fmt(pruned_reports['test'].summary.max_excess_accuracy_gap)}"
+              f" (before BN recalibration {_fmt(before_recal.summary.max_excess_accuracy_gap)}),"
+              f" spearman(pred, measured R) {_fmt(entry['prediction']['rank_agreement']['spearman'])}", flush=True)
+        for method in methods:
+            runs = []
+            for seed in range(args.seeds):
+                model = copy.deepcopy(pruned)
+                config = FinetuneConfig(method=method, epochs=args.ft_epochs, seed=seed, tolerance=args.tolerance,
+                                        dual_lr=args.dual_lr)
+                t0 = time.perf_counter()
+                result = finetune(model, outcome.masks, train, config, train_reference=dense_ev["train"],
+                                  constraint=constraint, constraint_reference=dense_ev["constraint"])
+                seconds = time.perf_counter() - t0
+                reports = {k: build_report(evaluate(model, d), dense_ev[k], tolerance=args.tolerance)
+                           for k, d in (("train", train), ("test", test))}
+                runs.append({"seed": seed, "seconds": seconds, "final_multipliers": result.epochs[-1].multipliers,
+                             **{k: v.to_dict() for k, v in reports.items()}})
+                print(f"[{target}] s={sparsity} {method:>14} seed {seed}: "
+                      f"train max psi {_fmt(reports['train'].summary.max_excess_accuracy_gap)}, "
+                      f"test max psi {_fmt(reports['test'].summary.max_excess_accuracy_gap)}, "
+                      f"test acc {reports['test'].overall.accuracy:.3f} ({seconds:.0f}s)", flush=True)
+            entry["methods"][method] = runs
+        record["sparsities"][str(sparsity)] = entry
+    record["prediction_pooled"] = rank_agreement(predicted_all, measured_all).to_dict()
+    record["seconds"] = time.perf_counter() - started
+    return record
+
+
+def _fmt(x):
+    return "n/a" if x is None else f"{x:+.3f}"
+
+
+def _mean_std(values):
+    t = torch.tensor([v for v in values if v is not None], dtype=torch.float64)
+    if t.numel() == 0:
+        return None, None
+    return float(t.mean()), float(t.std()) if t.numel() > 1 else 0.0
+
+
+def summary_rows(results):
+    """(setup, sparsity, method, split) → mean/std of max ψ_g and overall accuracy over seeds."""
+    rows = []
+    for setup, rec in results["setups"].items():
+        for s, entry in rec["sparsities"].items():
+            for split in ("train", "test"):
+                pr = entry["pruned"][split]
+                rows.append((setup, float(s), "just_pruned", split, pr["summary"]["max_excess_accuracy_gap"], 0.0,
+                             pr["overall"]["accuracy"], 0.0))
+                for method, runs in entry["methods"].items():
+                    psi = _mean_std([r[split]["summary"]["max_excess_accuracy_gap"] for r in runs])
+                    acc = _mean_std([r[split]["overall"]["accuracy"] for r in runs])
+                    rows.append((setup, float(s), method, split, *psi, *acc))
+    return rows
+
+
+def print_table(results):
+    print("\nsetup   sparsity method          split  max_psi(mean±sd)   accuracy(mean±sd)")
+    for setup, s, method, split, psi, psi_sd, acc, acc_sd in summary_rows(results):
+        print(f"{setup:7} {s:8.2f} {method:15} {split:5}  {100 * psi:+6.2f} ± {100 * psi_sd:4.2f}   "
+              f"{100 * acc:6.2f} ± {100 * acc_sd:4.2f}")
+
+
+def plot(results, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for setup, rec in results["setups"].items():
+        sparsities = sorted(float(s) for s in rec["sparsities"])
+        groups = rec["group_names"]
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, stage in zip(axes, ("just_pruned", "naive")):
+            for g in groups:
+                ys = []
+                for s in sparsities:
+                    entry = rec["sparsities"][str(s)]
+                    reports = [entry["pruned"]["test"]] if stage == "just_pruned" else [r["test"] for r in entry["methods"].get("naive", [])]
+                    accs = [next(x for x in r["groups"] if x["group"] == g)["accuracy"] for r in reports]
+                    ys.append(sum(accs) / len(accs) if accs else float("nan"))
+                dense_acc = next(x for x in rec["dense"]["test"]["groups"] if x["group"] == g)["accuracy"]
+                ax.plot([0.0] + sparsities, [dense_acc] + ys, marker="o", label=g)
+            ax.set_title(f"target {rec['target']}: test accuracy per group ({stage.replace('_', ' ')})")
+            ax.set_xlabel("sparsity")
+            ax.set_ylabel("accuracy")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / f"{setup}_group_accuracy.png", dpi=110)
+        plt.close(fig)
+
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        rows = [r for r in summary_rows(results) if r[0] == setup]
+        for ax, split in zip(axes, ("train", "test")):
+            for method in ["just_pruned", *METHODS]:
+                pts = sorted((r[1], r[4], r[5]) for r in rows if r[2] == method and r[3] == split and r[4] is not None)
+                if pts and method != "just_pruned":
+                    xs, ys, sd = zip(*pts)
+                    ax.errorbar(xs, [100 * y for y in ys], yerr=[100 * e for e in sd], marker="o", capsize=3, label=method)
+            ax.axhline(100 * results["args"]["tolerance"], color="grey", linestyle="--", label="ε")
+            ax.set_title(f"target {rec['target']}: max ψ_g after fine-tuning ({split})")
+            ax.set_xlabel("sparsity")
+            ax.set_ylabel("max ψ_g (points)")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / f"{setup}_max_psi.png", dpi=110)
+        plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
