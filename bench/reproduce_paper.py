@@ -102,7 +102,7 @@ def run_setup(args, target, group_by, sparsities, methods) -> dict:
     kwargs = {"num_classes": data.num_classes, "in_channels": 3, "input_size": 32, **json.loads(args.arch_kwargs)}
     spec = ArchitectureSpec(args.arch, kwargs)
     dense = build_model(spec)
-    train_config = FinetuneConfig(epochs=args.dense_epochs, lr=0.05, seed=0)
+    train_config = FinetuneConfig(epochs=args.dense_epochs, lr=0.05, lr_schedule="cosine", augment_hflip=True, seed=0)
     t0 = time.perf_counter()
     finetune(dense, {}, train, train_config)
     dense_seconds = time.perf_counter() - t0

@@ -44,15 +44,16 @@ def test_naive_finetune_lowers_loss_and_keeps_masks_fixed():
     assert len(result.epochs) == 3 and result.epochs[-1].samples == len(data)
 
 
-@pytest.mark.parametrize("method", ["naive", "equalized_loss", "ceag", "heldout_ceag"])
-def test_resume_is_exact(tmp_path, method):
+@pytest.mark.parametrize("method, schedule", [("naive", "cosine"), ("equalized_loss", "constant"),
+                                              ("ceag", "constant"), ("heldout_ceag", "cosine")])
+def test_resume_is_exact(tmp_path, method, schedule):
     data = two_group_data()
     train, constraint = data.split_off(0.2, seed=0)
     dense = mlp()
     refs = dict(train_reference=evaluate(dense, train), constraint=constraint,
                 constraint_reference=evaluate(dense, constraint))
     config = FinetuneConfig(method=method, epochs=2, batch_size=64, dual_lr=0.5, el_replay=True,
-                            replay_size=8, constraint_window=8, checkpoint_every_steps=3)
+                            replay_size=8, constraint_window=8, checkpoint_every_steps=3, lr_schedule=schedule)
 
     straight = mlp()
     finetune(straight, half_masks(straight), train, config, **refs)
@@ -109,11 +110,23 @@ def test_methods_need_their_references():
     ({"lr": 0}, "finetune.lr"),
     ({"tolerance": 1.5}, "finetune.tolerance"),
     ({"dual_lr": -1}, "finetune.dual_lr"),
+    ({"lr_schedule": "step"}, "finetune.lr_schedule"),
 ])
 def test_config_errors_name_the_field(kwargs, field):
     with pytest.raises(InvalidConfigError) as err:
         FinetuneConfig(**kwargs)
     assert err.value.field == field
+
+
+def test_flip_augmentation_mirrors_about_half_and_is_reproducible():
+    from equiprune.engine.finetune.loop import _flip_half
+
+    x = torch.arange(64 * 3 * 2 * 4, dtype=torch.float32).reshape(64, 3, 2, 4)
+    out = _flip_half(x, seed=0, step=5)
+    flipped = torch.tensor([torch.equal(out[i], x[i].flip(-1)) for i in range(64)])
+    kept = torch.tensor([torch.equal(out[i], x[i]) for i in range(64)])
+    assert torch.all(flipped ^ kept) and 16 < int(flipped.sum()) < 48
+    assert torch.equal(out, _flip_half(x, seed=0, step=5))
 
 
 def test_replay_buffers_keep_the_last_k_and_report_when_ready():

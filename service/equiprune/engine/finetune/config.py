@@ -36,6 +36,8 @@ class FinetuneConfig:
     el_replay: bool = False
     constraint_window: int = 200
     constraint_batch_per_group: int = 4
+    lr_schedule: str = "constant"  # or "cosine": anneal to 0 over all steps (dense training)
+    augment_hflip: bool = False  # flip a random half of each image batch left-right
     seed: int = 0
     mixed_precision: bool = True  # bf16 autocast, used only on CUDA
     channels_last: bool = True  # used only on CUDA with 4-D inputs
@@ -52,6 +54,8 @@ class FinetuneConfig:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise InvalidConfigError(f"finetune.{name}", f"must not be negative, got {getattr(self, name)}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise InvalidConfigError("finetune.lr_schedule", f"unknown schedule {self.lr_schedule!r}; choose constant or cosine")
         if not self.lr > 0:
             raise InvalidConfigError("finetune.lr", f"must be positive, got {self.lr}")
         if not 0 <= self.tolerance < 1:

@@ -136,9 +136,11 @@ def finetune(
     apply_masks(model, masks)
 
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    schedule = _lr_schedule(optimizer, config, steps_per_epoch * config.epochs)
     start_step = 0
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         start_step = load_checkpoint(checkpoint_path, model, optimizer, objective)
+        _set_lr(optimizer, schedule(start_step))
     mode_fixed = not try_set_mode(model, True)
 
     autocast = (
@@ -157,6 +159,8 @@ def finetune(
         for batch_index in range(step - epoch * steps_per_epoch, steps_per_epoch):
             idx = order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]
             x, y, g = _to_device(train.subset(idx), device, use_cuda_extras and config.channels_last)
+            if config.augment_hflip and x.dim() == 4:
+                x = _flip_half(x, config.seed, step)
 
             with autocast:
                 logits = model(x)
@@ -174,6 +178,7 @@ def finetune(
             apply_masks(model, masks)
 
             step += 1
+            _set_lr(optimizer, schedule(step))
             loss_sum += loss.detach().sum().item()
             samples += int(y.numel())
             if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and checkpoint_path:
@@ -186,6 +191,25 @@ def finetune(
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, model, optimizer, objective, step)
     return FinetuneResult(config, tuple(history), start_step, mode_fixed)
+
+
+def _flip_half(x: torch.Tensor, seed: int, step: int) -> torch.Tensor:
+    """Mirror a random half of the images (width axis); the choice is a function of (seed, step)."""
+    flip = torch.rand(x.shape[0], generator=torch.Generator().manual_seed(seed * 7_919 + step)) < 0.5
+    flip = flip.to(x.device).view(-1, *([1] * (x.dim() - 1)))
+    return torch.where(flip, x.flip(-1), x)
+
+
+def _lr_schedule(optimizer, config: FinetuneConfig, total_steps: int) -> Callable[[int], float]:
+    """Learning rate as a pure function of the global step, so a resumed run matches."""
+    if config.lr_schedule == "constant":
+        return lambda step: config.lr
+    return lambda step: 0.5 * config.lr * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
