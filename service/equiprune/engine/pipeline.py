@@ -7,7 +7,6 @@ where they came from or where they go; `write_outputs` saves the artifacts.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field

@@ -244,9 +244,13 @@ def resolve_spec(given: ArchitectureSpec | None, stored: ArchitectureSpec | None
 def load_safetensors(source: ModelSource, spec: ArchitectureSpec | None = None) -> LoadedModel:
     """Build the architecture and load checked weights into it (returned in eval mode)."""
     tensors, metadata = read_safetensors(read_source(source, WEIGHTS_FIELD))
-    spec = resolve_spec(spec, spec_from_metadata(metadata))
+    return loaded_from_state(resolve_spec(spec, spec_from_metadata(metadata)), tensors)
+
+
+def loaded_from_state(spec: ArchitectureSpec, state: Mapping[str, torch.Tensor]) -> LoadedModel:
+    """A LoadedModel of format safetensors: the architecture built and the checked state loaded."""
     return LoadedModel(
-        module=model_from_state_dict(spec, tensors),
+        module=model_from_state_dict(spec, state),
         format="safetensors",
         spec=spec,
         exported_training=None,

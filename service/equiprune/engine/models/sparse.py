@@ -38,7 +38,7 @@ from equiprune.engine.models.io import (
     WEIGHTS_FIELD,
     LoadedModel,
     ModelSource,
-    model_from_state_dict,
+    loaded_from_state,
     read_safetensors,
     read_source,
     resolve_spec,
@@ -46,7 +46,7 @@ from equiprune.engine.models.io import (
     state_dict_for_saving,
     write_target,
 )
-from equiprune.engine.models.registry import ArchitectureSpec, example_input_shape
+from equiprune.engine.models.registry import ArchitectureSpec
 
 SPARSE_FORMAT = "sparse-bitmask-v1"
 LAYOUT_METADATA_KEY = "equiprune.sparse"
@@ -118,14 +118,7 @@ def load_sparse(source: ModelSource) -> tuple[dict[str, torch.Tensor], Architect
 def load_sparse_model(source: ModelSource, spec: ArchitectureSpec | None = None) -> LoadedModel:
     """Build the architecture and load the decoded, checked weights (eval mode)."""
     state, stored_spec = load_sparse(source)
-    spec = resolve_spec(spec, stored_spec)
-    return LoadedModel(
-        module=model_from_state_dict(spec, state),
-        format="safetensors",
-        spec=spec,
-        exported_training=None,
-        example_input_shape=example_input_shape(spec),
-    )
+    return loaded_from_state(resolve_spec(spec, stored_spec), state)
 
 
 def storage_sizes(module_or_state: nn.Module | Mapping[str, torch.Tensor],

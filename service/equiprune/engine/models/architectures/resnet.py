@@ -96,29 +96,18 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-class ResNet(nn.Module):
-    """Stem, four stages (widths base_width x 1, 2, 4, 8), global average pool, linear."""
+class ResidualNetwork(nn.Module):
+    """A stem, stages of residual blocks (each stage after the first halves the side),
+    global average pool and a linear classifier: the body both ResNet families share."""
 
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], stage_blocks: tuple[int, ...],
-                 num_classes: int, in_channels: int, input_size: int, base_width: int) -> None:
+    def __init__(self, stem: nn.Module, stem_width: int, block: type[BasicBlock] | type[Bottleneck],
+                 stage_widths: tuple[int, ...], stage_blocks: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
-        if input_size <= SMALL_INPUT_MAX:
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, base_width, 3, padding=1, bias=False),
-                nn.BatchNorm2d(base_width),
-                nn.ReLU(),
-            )
-        else:
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, base_width, 7, stride=2, padding=3, bias=False),
-                nn.BatchNorm2d(base_width),
-                nn.ReLU(),
-                nn.MaxPool2d(3, stride=2, padding=1),
-            )
-        width = base_width
+        self.stem = stem
+        width = stem_width
         stages = []
-        for index, blocks in enumerate(stage_blocks):
-            stage, width = make_stage(block, width, base_width * 2**index, blocks, 1 if index == 0 else 2)
+        for index, (channels, blocks) in enumerate(zip(stage_widths, stage_blocks, strict=True)):
+            stage, width = make_stage(block, width, channels, blocks, 1 if index == 0 else 2)
             stages.append(stage)
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -128,6 +117,28 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.flatten(self.pool(self.stages(self.stem(x)))))
+
+
+def conv_stem(in_channels: int, width: int, kernel: int = 3, stride: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv2d(in_channels, width, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+    ]
+
+
+class ResNet(ResidualNetwork):
+    """ImageNet-style: four stages of widths base_width x 1, 2, 4, 8."""
+
+    def __init__(self, block: type[BasicBlock] | type[Bottleneck], stage_blocks: tuple[int, ...],
+                 num_classes: int, in_channels: int, input_size: int, base_width: int) -> None:
+        if input_size <= SMALL_INPUT_MAX:
+            stem = nn.Sequential(*conv_stem(in_channels, base_width))
+        else:
+            stem = nn.Sequential(*conv_stem(in_channels, base_width, kernel=7, stride=2),
+                                 nn.MaxPool2d(3, stride=2, padding=1))
+        widths = tuple(base_width * 2**index for index in range(len(stage_blocks)))
+        super().__init__(stem, base_width, block, widths, stage_blocks, num_classes)
 
 
 def _imagenet_resnet(block, stage_blocks, num_classes, in_channels, input_size, base_width) -> ResNet:

@@ -9,36 +9,19 @@ with the residual add, at the cost of ~2.8k extra parameters.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from equiprune.engine.models.architectures.resnet import BasicBlock, init_weights, make_stage
+from equiprune.engine.models.architectures.resnet import BasicBlock, ResidualNetwork, conv_stem
 from equiprune.engine.models.registry import register_architecture, require_int
 
 STAGE_WIDTHS = (16, 32, 64)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(ResidualNetwork):
     def __init__(self, blocks_per_stage: int, num_classes: int, in_channels: int) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, STAGE_WIDTHS[0], 3, padding=1, bias=False),
-            nn.BatchNorm2d(STAGE_WIDTHS[0]),
-            nn.ReLU(),
-        )
-        width = STAGE_WIDTHS[0]
-        stages = []
-        for index, channels in enumerate(STAGE_WIDTHS):
-            stage, width = make_stage(BasicBlock, width, channels, blocks_per_stage, 1 if index == 0 else 2)
-            stages.append(stage)
-        self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.fc = nn.Linear(width, num_classes)
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.flatten(self.pool(self.stages(self.stem(x)))))
+        stem = nn.Sequential(*conv_stem(in_channels, STAGE_WIDTHS[0]))
+        super().__init__(stem, STAGE_WIDTHS[0], BasicBlock, STAGE_WIDTHS,
+                         (blocks_per_stage,) * len(STAGE_WIDTHS), num_classes)
 
 
 def _cifar_resnet(blocks_per_stage: int, num_classes, in_channels, input_size) -> CifarResNet:
