@@ -86,7 +86,9 @@ def main(argv=None) -> dict:
         results["setups"][setup] = run_setup(args, target, group_by, sparsities, methods)
         (out / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
     plot(results, out)
-    print_table(results)
+    summary = summarise(results)
+    (out / "summary.md").write_text(summary)
+    print(summary)
     return results
 
 
@@ -193,11 +195,76 @@ def summary_rows(results):
     return rows
 
 
-def print_table(results):
-    print("\nsetup   sparsity method          split  max_psi(mean±sd)   accuracy(mean±sd)")
-    for setup, s, method, split, psi, psi_sd, acc, acc_sd in summary_rows(results):
-        print(f"{setup:7} {s:8.2f} {method:15} {split:5}  {100 * psi:+6.2f} ± {100 * psi_sd:4.2f}   "
-              f"{100 * acc:6.2f} ± {100 * acc_sd:4.2f}")
+def summarise(results) -> str:
+    """Markdown: the table over seeds, the rank correlations, and the issue's checks."""
+    args = results["args"]
+    lines = ["# Paper reproduction on UTKFace — generated summary", "",
+             f"Command: `python bench/reproduce_paper.py {' '.join(_cli_args(args))}`", "",
+             f"Model {args['arch']} {args['arch_kwargs']}, dense {args['dense_epochs']} epochs, fine-tuning "
+             f"{args['ft_epochs']} epochs, seeds 0..{args['seeds'] - 1}, ε = {args['tolerance']}, dual lr {args['dual_lr']}.",
+             "Max ψ_g and accuracy in points, mean ± sd over seeds (just-pruned has one value: pruning is deterministic).", ""]
+    for setup, rec in results["setups"].items():
+        dense_test = rec["dense"]["test"]["overall"]["accuracy"]
+        lines += [f"## target {rec['target']}, groups {'&'.join(rec['group_by'])}", "",
+                  f"Sizes: {rec['sizes']}. Dense accuracy: train {100 * rec['dense']['train']['overall']['accuracy']:.1f}, "
+                  f"test {100 * dense_test:.1f}. Run time {rec['seconds'] / 60:.1f} min.", "",
+                  "| sparsity | method | train max ψ_g | test max ψ_g | test accuracy |", "| ---: | --- | ---: | ---: | ---: |"]
+        rows = summary_rows({"setups": {setup: rec}})
+        by_key = {(r[1], r[2], r[3]): r for r in rows}
+        for s in sorted({r[1] for r in rows}):
+            for method in ["just_pruned", *METHODS]:
+                if (s, method, "test") not in by_key:
+                    continue
+                tr, te = by_key[(s, method, "train")], by_key[(s, method, "test")]
+                lines.append(f"| {s:.2f} | {method} | {_pm(tr[4], tr[5])} | {_pm(te[4], te[5])} | {_pm(te[6], te[7], signed=False)} |")
+        lines += ["", "Predicted vs measured R(a) of the just-pruned model (train), Spearman over groups:", ""]
+        for s, entry in sorted(rec["sparsities"].items(), key=lambda kv: float(kv[0])):
+            ra = entry["prediction"]["rank_agreement"]
+            lines.append(f"- sparsity {s}: Spearman {_num(ra['spearman'])}, Kendall {_num(ra['kendall'])} ({ra['n_groups']} groups)")
+        pooled = rec["prediction_pooled"]
+        lines.append(f"- pooled over groups × sparsities: Spearman {_num(pooled['spearman'])} ({pooled['n_groups']} points)")
+        lines += ["", "Checks (computed from the runs above):", ""] + [f"- {c}" for c in checks(rec, args["tolerance"])] + [""]
+    return "\n".join(lines)
+
+
+def checks(rec, tolerance) -> list[str]:
+    """The issue's claims, each stated as measured, with the margin."""
+    out = []
+    sparsities = sorted(rec["sparsities"], key=float)
+    pruned_psi = [rec["sparsities"][s]["pruned"]["test"]["summary"]["max_excess_accuracy_gap"] for s in sparsities]
+    widening = all(b >= a for a, b in zip(pruned_psi, pruned_psi[1:]))
+    out.append(f"just-pruned test max ψ_g by sparsity {', '.join(f'{s}: {_num(100 * p)}' for s, p in zip(sparsities, pruned_psi))}"
+               f" → {'widens monotonically' if widening else 'does not widen monotonically'}")
+    for s in sparsities:
+        methods = rec["sparsities"][s]["methods"]
+        if "ceag" in methods:
+            train = [r["train"]["summary"]["max_excess_accuracy_gap"] for r in methods["ceag"]]
+            within = sum(p <= tolerance for p in train)
+            out.append(f"s={s}: CEAG train max ψ_g within ε in {within}/{len(train)} seeds (mean {_num(100 * sum(train) / len(train))} points)")
+        if "naive" in methods and "heldout_ceag" in methods:
+            naive = _mean_std([r["test"]["summary"]["max_excess_accuracy_gap"] for r in methods["naive"]])[0]
+            held = _mean_std([r["test"]["summary"]["max_excess_accuracy_gap"] for r in methods["heldout_ceag"]])[0]
+            acc_n = _mean_std([r["test"]["overall"]["accuracy"] for r in methods["naive"]])[0]
+            acc_h = _mean_std([r["test"]["overall"]["accuracy"] for r in methods["heldout_ceag"]])[0]
+            verdict = "beats" if held < naive else "does not beat"
+            out.append(f"s={s}: held-out CEAG test max ψ_g {_num(100 * held)} vs naive {_num(100 * naive)} → {verdict} naive "
+                       f"by {_num(100 * (naive - held))} points; test accuracy {_num(100 * acc_h)} vs {_num(100 * acc_n)} "
+                       f"({'within' if abs(acc_h - acc_n) <= 0.01 else 'outside'} 1 point)")
+    return out
+
+
+def _cli_args(args) -> list[str]:
+    skip = {"out", "quick"}
+    return (["--quick"] if args.get("quick") else []) + [
+        f"--{k.replace('_', '-')} {v}" for k, v in args.items() if k not in skip and v is not None and v is not False]
+
+
+def _pm(mean, sd, signed=True):
+    return "n/a" if mean is None else f"{100 * mean:{'+' if signed else ''}.2f} ± {100 * sd:.2f}"
+
+
+def _num(x):
+    return "n/a" if x is None else f"{x:+.2f}"
 
 
 def plot(results, out: Path) -> None:
