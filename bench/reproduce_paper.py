@@ -65,6 +65,7 @@ def parse_args(argv=None):
     p.add_argument("--dual-lr", type=float, default=1e-2)
     p.add_argument("--probes", type=int, default=8, help="Hutchinson probes for the diagnostics")
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "paper"))
+    p.add_argument("--from-results", default=None, help="re-render plots and summary.md from this results.json")
     args = p.parse_args(argv)
     if args.quick:
         args.sparsities, args.seeds = "0.5,0.9", 1
@@ -78,6 +79,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.from_results:
+        return render(json.loads(Path(args.from_results).read_text()), out)
     sparsities = [float(s) for s in args.sparsities.split(",")]
     methods = args.methods.split(",")
     results = {"args": vars(args), "setups": {}}
@@ -85,6 +88,10 @@ def main(argv=None) -> dict:
         target, group_by = SETUPS[setup]
         results["setups"][setup] = run_setup(args, target, group_by, sparsities, methods)
         (out / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
+    return render(results, out)
+
+
+def render(results: dict, out: Path) -> dict:
     plot(results, out)
     summary = summarise(results)
     (out / "summary.md").write_text(summary)
@@ -254,7 +261,7 @@ def checks(rec, tolerance) -> list[str]:
 
 
 def _cli_args(args) -> list[str]:
-    skip = {"out", "quick"}
+    skip = {"out", "quick", "from_results"}
     return (["--quick"] if args.get("quick") else []) + [
         f"--{k.replace('_', '-')} {v}" for k, v in args.items() if k not in skip and v is not None and v is not False]
 
@@ -290,6 +297,7 @@ def plot(results, out: Path) -> None:
             ax.set_title(f"target {rec['target']}: test accuracy per group ({stage.replace('_', ' ')})")
             ax.set_xlabel("sparsity")
             ax.set_ylabel("accuracy")
+            ax.set_ylim(0, 1)
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=8)
         fig.tight_layout()
