@@ -64,6 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--tolerance", type=float, default=0.01)
     p.add_argument("--dual-lr", type=float, default=1e-2)
     p.add_argument("--probes", type=int, default=8, help="Hutchinson probes for the diagnostics")
+    p.add_argument("--diag-per-group", type=int, default=400,
+                   help="training faces per group the diagnostics read (a stratified random subset; 0 = all)")
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "paper"))
     p.add_argument("--from-results", default=None, help="re-render plots and summary.md from this results.json")
     args = p.parse_args(argv)
@@ -72,6 +74,7 @@ def parse_args(argv=None):
         args.dense_epochs, args.ft_epochs = 6, 1
         args.max_train, args.max_test = args.max_train or 3000, args.max_test or 1500
         args.probes = min(args.probes, 4)
+        args.diag_per_group = min(args.diag_per_group, 200)
     return args
 
 
@@ -124,7 +127,8 @@ def run_setup(args, target, group_by, sparsities, methods) -> dict:
     }
     print(f"[{target}] dense: train acc {dense_ev['train'].accuracy():.3f}, test acc {dense_ev['test'].accuracy():.3f} ({dense_seconds:.0f}s)", flush=True)
 
-    diagnostics = diagnose(dense, train, DiagnosticsConfig(probes=args.probes, power_iterations=10, seed=0))
+    diag_data = per_group_subset(train, args.diag_per_group, seed=0)
+    diagnostics = diagnose(dense, diag_data, DiagnosticsConfig(probes=args.probes, power_iterations=10, seed=0))
     record["diagnostics"] = diagnostics.to_dict()
     predicted_all, measured_all = {}, {}
 
@@ -135,7 +139,7 @@ def run_setup(args, target, group_by, sparsities, methods) -> dict:
         recalibrate_batchnorm(pruned, train.inputs)
         pruned_reports = {k: build_report(evaluate(pruned, d), dense_ev[k], tolerance=args.tolerance)
                           for k, d in (("train", train), ("test", test))}
-        predicted = {p.group: p.predicted for p in diagnostics.predict_excess_loss(dense, train, outcome.masks)}
+        predicted = {p.group: p.predicted for p in diagnostics.predict_excess_loss(dense, diag_data, outcome.masks)}
         measured = {g.group: g.excess_loss for g in pruned_reports["train"].groups}
         for g in predicted:
             predicted_all[f"{sparsity}/{g}"], measured_all[f"{sparsity}/{g}"] = predicted[g], measured[g]
@@ -173,6 +177,18 @@ def run_setup(args, target, group_by, sparsities, methods) -> dict:
     record["prediction_pooled"] = rank_agreement(predicted_all, measured_all).to_dict()
     record["seconds"] = time.perf_counter() - started
     return record
+
+
+def per_group_subset(data, per_group: int, seed: int):
+    """At most `per_group` random samples of every group (all of them when per_group is 0)."""
+    if per_group <= 0:
+        return data
+    gen = torch.Generator().manual_seed(seed)
+    keep = []
+    for g in range(data.num_groups):
+        members = torch.nonzero(data.groups == g).flatten()
+        keep.append(members[torch.randperm(members.numel(), generator=gen)[:per_group]])
+    return data.subset(torch.cat(keep).sort().values)
 
 
 def _fmt(x):
