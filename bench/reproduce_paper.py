@@ -67,7 +67,8 @@ def parse_args(argv=None):
     p.add_argument("--diag-per-group", type=int, default=400,
                    help="training faces per group the diagnostics read (a stratified random subset; 0 = all)")
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "paper"))
-    p.add_argument("--from-results", default=None, help="re-render plots and summary.md from this results.json")
+    p.add_argument("--from-results", default=None,
+                   help="re-render plots and summary.md from results.json files (comma-separated: their set-ups are merged)")
     args = p.parse_args(argv)
     if args.quick:
         args.sparsities, args.seeds = "0.5,0.9", 1
@@ -83,7 +84,7 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.from_results:
-        return render(json.loads(Path(args.from_results).read_text()), out)
+        return render(merge_results([json.loads(Path(p).read_text()) for p in args.from_results.split(",")]), out)
     sparsities = [float(s) for s in args.sparsities.split(",")]
     methods = args.methods.split(",")
     results = {"args": vars(args), "setups": {}}
@@ -92,6 +93,18 @@ def main(argv=None) -> dict:
         results["setups"][setup] = run_setup(args, target, group_by, sparsities, methods)
         (out / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
     return render(results, out)
+
+
+def merge_results(parts: list[dict]) -> dict:
+    """One results dict from runs of different set-ups (their shared settings must agree)."""
+    merged = {"args": dict(parts[0]["args"]), "setups": {}}
+    for part in parts:
+        for key in ("arch", "arch_kwargs", "dense_epochs", "ft_epochs", "seeds", "tolerance", "dual_lr"):
+            if part["args"].get(key) != merged["args"].get(key):
+                raise SystemExit(f"cannot merge runs that differ in {key}")
+        merged["setups"].update(part["setups"])
+    merged["commands"] = [_command(part["args"]) for part in parts]
+    return merged
 
 
 def render(results: dict, out: Path) -> dict:
@@ -222,7 +235,7 @@ def summarise(results) -> str:
     """Markdown: the table over seeds, the rank correlations, and the issue's checks."""
     args = results["args"]
     lines = ["# Paper reproduction on UTKFace — generated summary", "",
-             f"Command: `python bench/reproduce_paper.py {' '.join(_cli_args(args))}`", "",
+             "Produced by:", "", *[f"    {c}" for c in results.get("commands", [_command(args)])], "",
              f"Model {args['arch']} {args['arch_kwargs']}, dense {args['dense_epochs']} epochs, fine-tuning "
              f"{args['ft_epochs']} epochs, seeds 0..{args['seeds'] - 1}, ε = {args['tolerance']}, dual lr {args['dual_lr']}.",
              "Max ψ_g and accuracy in points, mean ± sd over seeds (just-pruned has one value: pruning is deterministic).", ""]
@@ -276,10 +289,13 @@ def checks(rec, tolerance) -> list[str]:
     return out
 
 
-def _cli_args(args) -> list[str]:
-    skip = {"out", "quick", "from_results"}
-    return (["--quick"] if args.get("quick") else []) + [
-        f"--{k.replace('_', '-')} {v}" for k, v in args.items() if k not in skip and v is not None and v is not False]
+def _command(args) -> str:
+    """The command line that reproduces a run with these arguments."""
+    skip = {"quick", "from_results"}
+    words = ["--quick"] if args.get("quick") else []
+    words += [f"--{k.replace('_', '-')} '{v}'" if k == "arch_kwargs" else f"--{k.replace('_', '-')} {v}"
+              for k, v in args.items() if k not in skip and v is not None and v is not False]
+    return "OMP_NUM_THREADS=1 python bench/reproduce_paper.py " + " ".join(words)
 
 
 def _pm(mean, sd, signed=True):
