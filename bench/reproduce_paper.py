@@ -38,6 +38,7 @@ from equiprune.engine.diagnostics import DiagnosticsConfig, diagnose, rank_agree
 from equiprune.engine.evaluation import evaluate  # noqa: E402
 from equiprune.engine.finetune.config import FinetuneConfig  # noqa: E402
 from equiprune.engine.finetune.loop import finetune  # noqa: E402
+from equiprune.engine.models.io import load_model, save_safetensors  # noqa: E402
 from equiprune.engine.models.registry import ArchitectureSpec, build_model  # noqa: E402
 from equiprune.engine.prune import PruningConfig, prune  # noqa: E402
 from equiprune.engine.pruning.batchnorm import recalibrate_batchnorm  # noqa: E402
@@ -63,6 +64,7 @@ def parse_args(argv=None):
     p.add_argument("--max-test", type=int, default=None)
     p.add_argument("--tolerance", type=float, default=0.01)
     p.add_argument("--dual-lr", type=float, default=1e-2)
+    p.add_argument("--ft-schedule", default="cosine", choices=["cosine", "constant"])
     p.add_argument("--probes", type=int, default=8, help="Hutchinson probes for the diagnostics")
     p.add_argument("--diag-per-group", type=int, default=400,
                    help="training faces per group the diagnostics read (a stratified random subset; 0 = all)")
@@ -123,14 +125,9 @@ def run_setup(args, target, group_by, sparsities, methods) -> dict:
     train, constraint = full_train.split_off(0.2, seed=0)
     print(f"[{target}] train {len(train)}, constraint {len(constraint)}, test {len(test)}", flush=True)
 
-    torch.manual_seed(0)
     kwargs = {"num_classes": data.num_classes, "in_channels": 3, "input_size": 32, **json.loads(args.arch_kwargs)}
     spec = ArchitectureSpec(args.arch, kwargs)
-    dense = build_model(spec)
-    train_config = FinetuneConfig(epochs=args.dense_epochs, lr=0.05, lr_schedule="cosine", augment_hflip=True, seed=0)
-    t0 = time.perf_counter()
-    finetune(dense, {}, train, train_config)
-    dense_seconds = time.perf_counter() - t0
+    dense, dense_seconds = dense_model(spec, train, args, Path(args.out) / f"dense-{target}.safetensors")
     dense_ev = {"train": evaluate(dense, train), "test": evaluate(dense, test), "constraint": evaluate(dense, constraint)}
     record = {
         "target": target, "group_by": list(group_by), "sizes": {"train": len(train), "constraint": len(constraint), "test": len(test)},
@@ -172,7 +169,7 @@ def run_setup(args, target, group_by, sparsities, methods) -> dict:
             for seed in range(args.seeds):
                 model = copy.deepcopy(pruned)
                 config = FinetuneConfig(method=method, epochs=args.ft_epochs, seed=seed, tolerance=args.tolerance,
-                                        dual_lr=args.dual_lr)
+                                        dual_lr=args.dual_lr, lr_schedule=args.ft_schedule)
                 t0 = time.perf_counter()
                 result = finetune(model, outcome.masks, train, config, train_reference=dense_ev["train"],
                                   constraint=constraint, constraint_reference=dense_ev["constraint"])
@@ -190,6 +187,26 @@ def run_setup(args, target, group_by, sparsities, methods) -> dict:
     record["prediction_pooled"] = rank_agreement(predicted_all, measured_all).to_dict()
     record["seconds"] = time.perf_counter() - started
     return record
+
+
+def dense_model(spec, train, args, cache: Path):
+    """Train the dense model, or load it from `cache` when an earlier run with the same
+    architecture, data size and epochs saved it (the training is deterministic)."""
+    key = json.dumps({"spec": spec.to_dict(), "n": len(train), "epochs": args.dense_epochs})
+    if cache.exists():
+        loaded = load_model(cache)
+        if loaded.spec == spec and cache.with_suffix(".key").read_text() == key:
+            print(f"dense model loaded from {cache}", flush=True)
+            return loaded.module, 0.0
+    torch.manual_seed(0)
+    dense = build_model(spec)
+    config = FinetuneConfig(epochs=args.dense_epochs, lr=0.05, lr_schedule="cosine", augment_hflip=True, seed=0)
+    started = time.perf_counter()
+    finetune(dense, {}, train, config)
+    seconds = time.perf_counter() - started
+    save_safetensors(dense, spec, cache)
+    cache.with_suffix(".key").write_text(key)
+    return dense, seconds
 
 
 def per_group_subset(data, per_group: int, seed: int):
@@ -237,7 +254,7 @@ def summarise(results) -> str:
     lines = ["# Paper reproduction on UTKFace — generated summary", "",
              "Produced by:", "", *[f"    {c}" for c in results.get("commands", [_command(args)])], "",
              f"Model {args['arch']} {args['arch_kwargs']}, dense {args['dense_epochs']} epochs, fine-tuning "
-             f"{args['ft_epochs']} epochs, seeds 0..{args['seeds'] - 1}, ε = {args['tolerance']}, dual lr {args['dual_lr']}.",
+             f"{args['ft_epochs']} epochs ({args.get('ft_schedule', 'constant')} learning rate from 1e-2), seeds 0..{args['seeds'] - 1}, ε = {args['tolerance']}, dual lr {args['dual_lr']}.",
              "Max ψ_g and accuracy in points, mean ± sd over seeds (just-pruned has one value: pruning is deterministic).", ""]
     for setup, rec in results["setups"].items():
         dense_test = rec["dense"]["test"]["overall"]["accuracy"]
