@@ -34,7 +34,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests/data/loaders.py: the UTKFace loader is test data code
 
-from equiprune.engine.diagnostics import DiagnosticsConfig, diagnose, rank_agreement  # noqa: E402
+from equiprune.engine.diagnostics import DiagnosticsConfig, diagnose  # noqa: E402
+from equiprune.engine.ranking import rank_agreement  # noqa: E402
 from equiprune.engine.evaluation import evaluate  # noqa: E402
 from equiprune.engine.finetune.config import FinetuneConfig  # noqa: E402
 from equiprune.engine.finetune.loop import finetune  # noqa: E402

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .dataset import GroupDataset
-from .diagnostics import Diagnostics, DiagnosticsConfig, diagnose, rank_agreement
+from .diagnostics import Diagnostics, DiagnosticsConfig, diagnose
+from .ranking import rank_agreement
 from .errors import InvalidConfigError
 from .evaluation import Evaluation, evaluate
 from .finetune.config import FinetuneConfig
