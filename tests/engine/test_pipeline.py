@@ -180,3 +180,20 @@ def test_cli_reports_bad_input_with_the_field(dense_path, tmp_path, capsys, digi
                      "--out", str(tmp_path / "o")])
     assert code == 2
     assert "dataset.group_by" in capsys.readouterr().err
+
+
+def test_cli_compress_writes_artifacts_and_prints_the_table_or_json(dense_path, tmp_path, capsys, digits):
+    from equiprune.engine.dataset import save_dataset
+
+    data = tmp_path / "d.npz"
+    save_dataset(digits, data)
+    common = ["compress", "--model", str(dense_path), "--dataset", str(data), "--group-by", "cohort",
+              "--sparsity", "0.8", "--method", "naive", "--epochs", "1", "--min-group-size", "10"]
+    assert cli_main([*common, "--out", str(tmp_path / "table")]) == 0
+    table = capsys.readouterr().out
+    assert "minority" in table and "max ψ_g" in table and "measured sparsity of prunable weights: 0.800" in table
+    assert cli_main([*common, "--out", str(tmp_path / "json"), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["result"]["pruning"]["sparsity"]["prunable_sparsity"] == pytest.approx(0.8, abs=0.005)
+    assert set(payload["artifacts"]) == {"model", "sparse_model", "report"}
+    assert (tmp_path / "json" / "model.sparse.safetensors").stat().st_size < (tmp_path / "json" / "model.safetensors").stat().st_size
