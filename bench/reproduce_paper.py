@@ -138,7 +138,7 @@ def run_setup(args, target, group_by, sparsities, methods) -> dict:
     }
     print(f"[{target}] dense: train acc {dense_ev['train'].accuracy():.3f}, test acc {dense_ev['test'].accuracy():.3f} ({dense_seconds:.0f}s)", flush=True)
 
-    diag_data = per_group_subset(train, args.diag_per_group, seed=0)
+    diag_data = train.sample_per_group(args.diag_per_group, seed=0) if args.diag_per_group > 0 else train
     diagnostics = diagnose(dense, diag_data, DiagnosticsConfig(probes=args.probes, power_iterations=10, seed=0))
     record["diagnostics"] = diagnostics.to_dict()
     predicted_all, measured_all = {}, {}
@@ -208,18 +208,6 @@ def dense_model(spec, train, args, cache: Path):
     save_safetensors(dense, spec, cache)
     cache.with_suffix(".key").write_text(key)
     return dense, seconds
-
-
-def per_group_subset(data, per_group: int, seed: int):
-    """At most `per_group` random samples of every group (all of them when per_group is 0)."""
-    if per_group <= 0:
-        return data
-    gen = torch.Generator().manual_seed(seed)
-    keep = []
-    for g in range(data.num_groups):
-        members = torch.nonzero(data.groups == g).flatten()
-        keep.append(members[torch.randperm(members.numel(), generator=gen)[:per_group]])
-    return data.subset(torch.cat(keep).sort().values)
 
 
 def _fmt(x):

@@ -142,3 +142,13 @@ def test_replay_buffers_keep_the_last_k_and_report_when_ready():
     full = ReplayBuffers(num_groups=1, size=3)  # the paper's rule: ready only when full
     full.push(torch.tensor([1.0, 1.0]), torch.tensor([0, 0]))
     assert not full.ready()[0]
+
+
+def test_sample_per_group_caps_every_group_and_keeps_order():
+    data = two_group_data(n=600)
+    sample = data.sample_per_group(50, seed=0)
+    counts = sample.group_counts().tolist()
+    assert counts == [50, min(50, int(data.group_counts()[1]))]
+    rows = [int(torch.nonzero((data.inputs == row).all(dim=1))[0]) for row in sample.inputs]
+    assert rows == sorted(rows)
+    assert torch.equal(sample.inputs, data.sample_per_group(50, seed=0).inputs)

@@ -62,6 +62,15 @@ class GroupedData:
             idx = order[start : start + batch_size]
             yield self.inputs[idx], self.labels[idx], self.groups[idx]
 
+    def sample_per_group(self, max_per_group: int, *, seed: int) -> GroupedData:
+        """At most `max_per_group` random samples of every group, in their original order."""
+        gen = torch.Generator().manual_seed(seed)
+        keep = []
+        for g in range(self.num_groups):
+            members = torch.nonzero(self.groups == g).flatten()
+            keep.append(members[torch.randperm(members.numel(), generator=gen)[:max_per_group]])
+        return self.subset(torch.cat(keep).sort().values)
+
     def split_off(self, fraction: float, *, seed: int) -> tuple[GroupedData, GroupedData]:
         """Split into (rest, held_out) with `fraction` of every group held out.
 

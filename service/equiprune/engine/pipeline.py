@@ -51,6 +51,8 @@ class CompressionJob:
     pruning: PruningConfig | None = field(default_factory=PruningConfig)
     finetune: FinetuneConfig | None = field(default_factory=FinetuneConfig)
     diagnostics: DiagnosticsConfig | None = None
+    # Diagnostics cost tens of evaluation passes; their per-group means need far fewer samples.
+    diagnostics_samples_per_group: int = 1000
     recalibrate_batchnorm: bool = True
     tolerance: float = 0.01
     min_group_size: int = 30
@@ -60,6 +62,9 @@ class CompressionJob:
     def __post_init__(self) -> None:
         if not self.group_by:
             raise InvalidConfigError("job.group_by", "name at least one group attribute")
+        if self.diagnostics_samples_per_group < 2:
+            raise InvalidConfigError("job.diagnostics_samples_per_group",
+                                     f"must be at least 2, got {self.diagnostics_samples_per_group}")
         if not 0 < self.constraint_fraction < 1:
             raise InvalidConfigError("job.constraint_fraction", f"must be in (0, 1), got {self.constraint_fraction}")
         if self.pruning is None and self.finetune is None and self.diagnostics is None:
@@ -140,10 +145,11 @@ def run_compression(
     say("evaluate_dense", {})
     dense_reports, dense_evals = measure(dense, None)
 
-    diagnostics = None
+    diagnostics = diag_data = None
     if job.diagnostics is not None:
         say("diagnose", {})
-        diagnostics = diagnose(dense, train, job.diagnostics)
+        diag_data = train.sample_per_group(job.diagnostics_samples_per_group, seed=job.diagnostics.seed)
+        diagnostics = diagnose(dense, diag_data, job.diagnostics)
 
     module, masks, outcome = dense, {}, None
     pruned_reports = raw_reports = prediction = None
@@ -162,7 +168,7 @@ def run_compression(
                 notes.append("BatchNorm statistics were not re-estimated after pruning: a torch.export "
                              "program cannot be switched to train mode to recompute them")
         if diagnostics is not None and masks:
-            prediction = _check_prediction(dense, train, masks, job.diagnostics, diagnostics, pruned_reports.train)
+            prediction = _check_prediction(dense, diag_data, masks, diagnostics, pruned_reports.train)
 
     finetuned_reports = ft_result = None
     if job.finetune is not None:
@@ -255,9 +261,10 @@ def _between_steps(train: GroupedData, job: CompressionJob, device, say: Progres
     return train_between
 
 
-def _check_prediction(dense, train, masks, config, diagnostics, measured: GroupReport) -> dict:
-    """Second-order predicted R(a) next to the measured R(a), and how well it ranked them."""
-    predicted = {p.group: p.predicted for p in diagnostics.predict_excess_loss(dense, train, masks)}
+def _check_prediction(dense, diag_data, masks, diagnostics, measured: GroupReport) -> dict:
+    """Second-order predicted R(a) (on the diagnosed samples) next to the measured R(a) (on
+    the whole training split), and how well the first ranked the second."""
+    predicted = {p.group: p.predicted for p in diagnostics.predict_excess_loss(dense, diag_data, masks)}
     observed = {g.group: g.excess_loss for g in measured.groups if g.excess_loss is not None}
     common = {k: predicted[k] for k in observed if k in predicted}
     return {
