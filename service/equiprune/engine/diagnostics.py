@@ -44,6 +44,7 @@ from torch.func import functional_call
 from equiprune.engine.errors import InvalidConfigError, InvalidDatasetError, InvalidModelError
 from equiprune.engine.groups import GroupedData
 from equiprune.engine.pruning.masks import Masks
+from equiprune.engine.jsonable import json_float
 
 Vector = tuple[torch.Tensor, ...]
 
@@ -127,13 +128,6 @@ class DiagnosticsConfig:
 # --------------------------------------------------------------------------- results
 
 
-def _json_float(value: float | None) -> float | None:
-    """JSON has no NaN or infinity; an unavailable number is null."""
-    if value is None or not math.isfinite(value):
-        return None
-    return float(value)
-
-
 @dataclass(frozen=True)
 class GroupDiagnostics:
     """The numbers for one group; every field but `group` and `n` is None when n = 0.
@@ -162,15 +156,15 @@ class GroupDiagnostics:
         return {
             "group": self.group,
             "n": self.n,
-            "loss": _json_float(self.loss),
-            "grad_norm": _json_float(self.grad_norm),
-            "hessian_trace": _json_float(self.hessian_trace),
-            "hessian_trace_stderr": _json_float(self.hessian_trace_stderr),
-            "top_eigenvalue": _json_float(self.top_eigenvalue),
+            "loss": json_float(self.loss),
+            "grad_norm": json_float(self.grad_norm),
+            "hessian_trace": json_float(self.hessian_trace),
+            "hessian_trace_stderr": json_float(self.hessian_trace_stderr),
+            "top_eigenvalue": json_float(self.top_eigenvalue),
             "power_iterations_used": self.power_iterations_used,
-            "mean_uncertainty": _json_float(self.mean_uncertainty),
-            "mean_margin": _json_float(self.mean_margin),
-            "mean_logit_margin": _json_float(self.mean_logit_margin),
+            "mean_uncertainty": json_float(self.mean_uncertainty),
+            "mean_margin": json_float(self.mean_margin),
+            "mean_logit_margin": json_float(self.mean_logit_margin),
         }
 
 
@@ -241,11 +235,11 @@ class PredictedExcessLoss:
         return {
             "group": self.group,
             "n": self.n,
-            "pruned_norm": _json_float(self.pruned_norm),
-            "first_order": _json_float(self.first_order),
-            "second_order": _json_float(self.second_order),
-            "predicted": _json_float(self.predicted),
-            "upper_bound": _json_float(self.upper_bound),
+            "pruned_norm": json_float(self.pruned_norm),
+            "first_order": json_float(self.first_order),
+            "second_order": json_float(self.second_order),
+            "predicted": json_float(self.predicted),
+            "upper_bound": json_float(self.upper_bound),
         }
 
 

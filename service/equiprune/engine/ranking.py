@@ -15,13 +15,7 @@ from typing import Any
 import numpy as np
 
 from equiprune.engine.errors import InvalidConfigError
-
-
-def _json_float(value: float | None) -> float | None:
-    """JSON has no NaN or infinity; an unavailable number is null."""
-    if value is None or not math.isfinite(value):
-        return None
-    return float(value)
+from equiprune.engine.jsonable import json_float
 
 
 @dataclass(frozen=True)
@@ -43,8 +37,8 @@ class RankAgreement:
 
     def to_dict(self) -> dict:
         return {
-            "spearman": _json_float(self.spearman),
-            "kendall": _json_float(self.kendall),
+            "spearman": json_float(self.spearman),
+            "kendall": json_float(self.kendall),
             "n_groups": self.n_groups,
             "groups": list(self.groups),
             "excluded": list(self.excluded),

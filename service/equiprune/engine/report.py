@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .evaluation import Evaluation
+from .jsonable import json_safe
 
 Z_95 = 1.959963984540054
 
@@ -95,7 +96,7 @@ class GroupReport:
     min_group_size: int
 
     def to_dict(self) -> dict:
-        return _json_safe(asdict(self))
+        return json_safe(asdict(self))
 
     def group(self, name: str) -> GroupMetrics:
         for g in self.groups:
@@ -250,16 +251,3 @@ def _same_samples(a: Evaluation, b: Evaluation) -> bool:
 def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     den = den.double()
     return torch.where(den > 0, num.double() / den.clamp(min=1), torch.full_like(den, math.nan))
-
-
-def _json_safe(value):
-    """Turn NaN/inf into None and tuples into lists so the report is strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _json_safe(value.tolist())
-    return value
