@@ -43,8 +43,8 @@ from torch.func import functional_call
 
 from equiprune.engine.errors import InvalidConfigError, InvalidDatasetError, InvalidModelError
 from equiprune.engine.groups import GroupedData
-from equiprune.engine.pruning.masks import Masks
 from equiprune.engine.jsonable import json_float
+from equiprune.engine.pruning.masks import Masks
 
 Vector = tuple[torch.Tensor, ...]
 
