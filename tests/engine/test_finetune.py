@@ -152,3 +152,68 @@ def test_sample_per_group_caps_every_group_and_keeps_order():
     rows = [int(torch.nonzero((data.inputs == row).all(dim=1))[0]) for row in sample.inputs]
     assert rows == sorted(rows)
     assert torch.equal(sample.inputs, data.sample_per_group(50, seed=0).inputs)
+
+
+def test_replay_ring_keeps_exactly_the_last_k_when_a_batch_brings_more_than_k():
+    from equiprune.engine.finetune.replay import ReplayBuffers
+
+    buffers = ReplayBuffers(num_groups=1, size=4)
+    buffers.push(torch.arange(6.0), torch.zeros(6, dtype=torch.long))
+    buffers.push(torch.tensor([10.0]), torch.zeros(1, dtype=torch.long))
+    assert sorted(buffers.values[0].tolist()) == [3.0, 4.0, 5.0, 10.0]
+    buffers.push(torch.tensor([11.0, 12.0]), torch.zeros(2, dtype=torch.long))
+    assert sorted(buffers.values[0].tolist()) == [5.0, 10.0, 11.0, 12.0]
+
+
+def test_a_checkpoint_from_another_run_is_refused_not_loaded(tmp_path):
+    data, ckpt = two_group_data(), tmp_path / "ckpt.pt"
+    model = mlp()
+    finetune(model, half_masks(model), data, FinetuneConfig(epochs=1, batch_size=64), checkpoint_path=ckpt)
+    other = mlp()
+    with pytest.raises(InvalidConfigError) as err:
+        finetune(other, half_masks(other), data, FinetuneConfig(epochs=1, batch_size=64, lr=0.02),
+                 checkpoint_path=ckpt)
+    assert err.value.field == "finetune.checkpoint" and "different run" in err.value.problem
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(InvalidConfigError, match="not a readable checkpoint"):
+        finetune(other, half_masks(other), data, FinetuneConfig(epochs=1, batch_size=64), checkpoint_path=ckpt)
+
+
+def test_dropout_runs_resume_exactly_and_the_callers_mode_and_rng_are_kept(tmp_path):
+    data = two_group_data()
+
+    def dropout_mlp():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 2))
+
+    config = FinetuneConfig(epochs=2, batch_size=64, checkpoint_every_steps=3)
+    straight = dropout_mlp()
+    straight.eval()
+    torch.manual_seed(42)
+    finetune(straight, {}, data, config)
+    assert not straight.training  # mode restored
+    after = torch.rand(3)
+    torch.manual_seed(42)
+    assert torch.equal(after, torch.rand(3))  # the caller's RNG was not consumed
+
+    class Stop(Exception):
+        pass
+
+    def stop(event):
+        if event.step == 7:
+            raise Stop
+
+    ckpt = tmp_path / "c.pt"
+    with pytest.raises(Stop):
+        finetune(dropout_mlp(), {}, data, config, checkpoint_path=ckpt, on_progress=stop)
+    resumed = dropout_mlp()
+    finetune(resumed, {}, data, config, checkpoint_path=ckpt)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["lr", "dual_lr", "momentum", "weight_decay", "tolerance"])
+def test_non_finite_settings_are_refused(name):
+    with pytest.raises(InvalidConfigError) as err:
+        FinetuneConfig(**{name: float("nan")})
+    assert err.value.field == f"finetune.{name}"

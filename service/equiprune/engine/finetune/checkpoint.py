@@ -7,23 +7,41 @@ temporary file first and are renamed, so a crash mid-write leaves the previous c
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..errors import InvalidConfigError
 from .objectives import Objective
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+
+def run_fingerprint(config_dict: dict, masks, num_samples: int, group_names: tuple[str, ...]) -> str:
+    """What makes two runs the same run: settings, masks, data size and groups.
+
+    A checkpoint only resumes the run that wrote it; anything else would silently load the
+    weights of a different model.
+    """
+    digest = hashlib.sha256(json.dumps(
+        {"config": config_dict, "n": num_samples, "groups": list(group_names)}, sort_keys=True).encode())
+    for name in sorted(masks):
+        digest.update(name.encode())
+        digest.update(masks[name].cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    objective: Objective, step: int) -> None:
+                    objective: Objective, step: int, fingerprint: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "format_version": FORMAT_VERSION,
+        "fingerprint": fingerprint,
         "step": step,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -35,11 +53,20 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
 
 
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    objective: Objective) -> int:
+                    objective: Objective, fingerprint: str) -> int:
     """Restore everything in place; return the global step to resume from."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say which, never a traceback
+        raise InvalidConfigError("finetune.checkpoint", f"{path} is not a readable checkpoint ({err})") from None
     if state.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {state.get('format_version')} is not {FORMAT_VERSION}")
+        raise InvalidConfigError("finetune.checkpoint",
+                                 f"{path} has checkpoint format {state.get('format_version')}, expected {FORMAT_VERSION}")
+    if state.get("fingerprint") != fingerprint:
+        raise InvalidConfigError(
+            "finetune.checkpoint",
+            f"{path} belongs to a different run (other settings, masks or data); "
+            "remove it or write to another output folder")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     objective.load_state_dict(state["objective"])

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +22,10 @@ from torch import nn
 from ..errors import InvalidConfigError
 from ..evaluation import Evaluation
 from ..groups import GroupedData
+from ..jsonable import json_safe
 from ..modes import mode, try_set_mode
 from ..pruning.masks import Masks, apply_masks, mask_gradients
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, run_fingerprint, save_checkpoint
 from .config import FinetuneConfig
 from .objectives import CEAG, EqualizedLoss, HeldOutCEAG, Objective
 
@@ -59,12 +60,12 @@ class FinetuneResult:
     mode_fixed: bool = False  # a torch.export program: trained in the mode it was exported in
 
     def to_dict(self) -> dict:
-        return {
+        return json_safe({
             "config": self.config.to_dict(),
             "epochs": [vars(e) for e in self.epochs],
             "resumed_from_step": self.resumed_from_step,
             "mode_fixed": self.mode_fixed,
-        }
+        })
 
 
 def build_objective(
@@ -79,7 +80,8 @@ def build_objective(
     if config.method == "naive":
         return Objective(g)
     if config.method == "equalized_loss":
-        return EqualizedLoss(g, config.dual_lr, config.replay_size if config.el_replay else None)
+        return EqualizedLoss(g, config.dual_lr, config.replay_size if config.el_replay else None,
+                             group_weights=train.group_counts().double())
     if config.method == "ceag":
         if train_reference is None:
             raise InvalidConfigError("finetune.method", "ceag needs the dense model's evaluation on the training data")
@@ -105,7 +107,9 @@ def build_objective(
         reference_group_accuracy=_group_mean(constraint_reference.group_correct(), constraint_reference.group_counts()),
         # The primal proxy compares training losses with the dense training losses.
         reference_group_loss=_group_mean(train_reference.group_loss_sum(), train_reference.group_counts()),
-        group_weights=constraint.group_counts().double(),
+        # Δ averages groups by their share of the population (the training data), as the
+        # report does, whatever the make-up of the constraint split.
+        group_weights=train.group_counts().double(),
     )
 
 
@@ -123,7 +127,8 @@ def finetune(
     on_progress: Callable[[ProgressEvent], None] | None = None,
     phase: str = "finetune",
 ) -> FinetuneResult:
-    """Fine-tune `model` in place with `masks` held fixed; resume from `checkpoint_path` if it exists."""
+    """Fine-tune `model` in place with `masks` held fixed; resume from `checkpoint_path` if it
+    exists (and was written by this same run). The model's train/eval mode is restored on return."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     objective = build_objective(config, train, train_reference, constraint, constraint_reference)
     model.to(device)
@@ -138,10 +143,14 @@ def finetune(
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     schedule = _lr_schedule(optimizer, config, steps_per_epoch * config.epochs)
     start_step = 0
+    fingerprint = run_fingerprint(config.to_dict(), masks, len(train), train.group_names)
     if checkpoint_path is not None and Path(checkpoint_path).exists():
-        start_step = load_checkpoint(checkpoint_path, model, optimizer, objective)
+        start_step = load_checkpoint(checkpoint_path, model, optimizer, objective, fingerprint)
+        apply_masks(model, masks)
         _set_lr(optimizer, schedule(start_step))
+    was_training = model.training
     mode_fixed = not try_set_mode(model, True)
+    random_layers = _has_random_layers(model)
 
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
@@ -162,7 +171,7 @@ def finetune(
             if config.augment_hflip and x.dim() == 4:
                 x = _flip_half(x, config.seed, step)
 
-            with autocast:
+            with autocast, _step_rng(random_layers, config.seed, step):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, reduction="none")
             correct = logits.detach().argmax(dim=1) == y
@@ -182,15 +191,34 @@ def finetune(
             loss_sum += loss.detach().sum().item()
             samples += int(y.numel())
             if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and checkpoint_path:
-                save_checkpoint(checkpoint_path, model, optimizer, objective, step)
+                save_checkpoint(checkpoint_path, model, optimizer, objective, step, fingerprint)
             if on_progress is not None:
                 on_progress(ProgressEvent(phase, epoch, step, steps_per_epoch, config.epochs,
                                           loss.detach().mean().item(), _named(objective.multipliers, names)))
         history.append(EpochStats(epoch, loss_sum / max(samples, 1), time.perf_counter() - started,
                                   samples, _named(objective.multipliers, names)))
         if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, model, optimizer, objective, step)
+            save_checkpoint(checkpoint_path, model, optimizer, objective, step, fingerprint)
+    if not mode_fixed:
+        model.train(was_training)
     return FinetuneResult(config, tuple(history), start_step, mode_fixed)
+
+
+def _has_random_layers(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
+
+
+@contextmanager
+def _step_rng(random_layers: bool, seed: int, step: int) -> Iterator[None]:
+    """Dropout draws from the global RNG; seed it per step (inside a fork, so the caller's RNG
+    is untouched) so that a resumed run makes the same draws as one that never stopped."""
+    if not random_layers:
+        yield
+        return
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed * 15_485_863 + step)
+        yield
 
 
 def _flip_half(x: torch.Tensor, seed: int, step: int) -> torch.Tensor:

@@ -62,9 +62,11 @@ class EqualizedLoss(Objective):
     (less noisy for small groups).
     """
 
-    def __init__(self, num_groups: int, dual_lr: float, replay_size: int | None) -> None:
+    def __init__(self, num_groups: int, dual_lr: float, replay_size: int | None,
+                 group_weights: torch.Tensor) -> None:
         super().__init__(num_groups)
         self.dual_lr = dual_lr
+        self.weights = group_weights.double()
         self.replay = ReplayBuffers(num_groups, replay_size) if replay_size else None
         self._batch_violation = torch.zeros(num_groups, dtype=torch.float64)
         self._batch_present = torch.zeros(num_groups, dtype=torch.bool)
@@ -81,8 +83,11 @@ class EqualizedLoss(Objective):
             violation, active = self._batch_violation, self._batch_present
         else:
             means = self.replay.means()
-            active = self.replay.ready() & self._batch_present
-            overall = torch.nanmean(means) if bool(self.replay.ready().any()) else torch.tensor(0.0)
+            ready = self.replay.ready()
+            active = ready & self._batch_present
+            # J(θ; D) weighs groups by their share, like the batch mean the primal step uses.
+            weights = self.weights * ready
+            overall = (means.nan_to_num(0.0) * weights).sum() / weights.sum().clamp(min=1e-12)
             violation = (means - overall).abs().nan_to_num(0.0)
         self.multipliers += torch.where(active, self.dual_lr * violation, torch.zeros_like(violation))
 
@@ -161,9 +166,8 @@ class CEAG(Objective):
     def primal_loss(self, loss, groups):
         overall = loss.mean()
         group_loss, present = group_mean_losses(loss, groups, self.num_groups)
-        ref_loss = self.ref_loss.to(loss.device, loss.dtype)
-        ref_overall = (ref_loss * self.weights.to(loss.device, loss.dtype)).sum() / self.weights.sum()
-        proxy = (group_loss - ref_loss) - (overall - ref_overall)
+        # ψ̃_g = (J_g − J_g*) − (J − J*); J* is a constant and drops out of the gradient.
+        proxy = (group_loss - self.ref_loss.to(loss.device, loss.dtype)) - overall
         lam = self.multipliers.to(loss.device, loss.dtype)
         return overall + (lam * proxy * present).sum()
 

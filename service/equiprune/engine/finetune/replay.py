@@ -23,14 +23,17 @@ class ReplayBuffers:
         self.count = torch.zeros(num_groups, dtype=torch.int64)  # total ever pushed
 
     def push(self, values: torch.Tensor, groups: torch.Tensor) -> None:
-        """Append each value to its group's ring, in order."""
+        """Append each value to its group's ring, in order (the oldest are overwritten)."""
         values, groups = values.detach().double().cpu(), groups.cpu()
         for g in torch.unique(groups).tolist():
-            new = values[groups == g][-self.size :]
-            start = int(self.count[g]) % self.size
-            positions = (start + torch.arange(new.numel())) % self.size
-            self.values[g, positions] = new
-            self.count[g] += int((groups == g).sum())
+            arriving = values[groups == g]
+            kept = arriving[-self.size :]
+            # The kept values are the last of `arriving`: they land where the ring would be
+            # after writing all of them one by one.
+            first = int(self.count[g]) + arriving.numel() - kept.numel()
+            positions = (first + torch.arange(kept.numel())) % self.size
+            self.values[g, positions] = kept
+            self.count[g] += arriving.numel()
 
     def ready(self) -> torch.Tensor:
         """Groups holding at least `min_count` outcomes."""
