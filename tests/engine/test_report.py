@@ -53,7 +53,14 @@ def test_paired_variance_matches_formula():
     report = build_report(make_eval(pruned.tolist(), groups.tolist()), make_eval(dense.tolist(), groups.tolist()))
     d = dense.double() - pruned.double()
     w = torch.tensor([0.75, 0.25], dtype=torch.float64)
-    var = [d[groups == g].var(unbiased=True) / (groups == g).sum() for g in (0, 1)]
+
+    def var_of_drop(g):
+        n = int((groups == g).sum())
+        p_b = (float((d[groups == g] > 0).sum()) + 1) / (n + 2)
+        p_c = (float((d[groups == g] < 0).sum()) + 1) / (n + 2)
+        return (p_b + p_c - (p_b - p_c) ** 2) / n
+
+    var = [var_of_drop(0), var_of_drop(1)]
     expected = (1 - w[1]) ** 2 * var[1] + w[0] ** 2 * var[0]
     b = report.group("b")
     half = (b.excess_accuracy_gap_ci_high - b.excess_accuracy_gap_ci_low) / 2
@@ -76,6 +83,15 @@ def test_excess_gap_interval_covers_truth_about_95_percent():
         b = build_report(make_eval(pruned.tolist(), groups), make_eval(dense.tolist(), groups)).group("b")
         hits += b.excess_accuracy_gap_ci_low <= true_psi_b <= b.excess_accuracy_gap_ci_high
     assert 0.90 <= hits / sims <= 0.99
+
+
+def test_a_group_without_disagreements_still_gets_an_interval():
+    groups = [0] * 1000 + [1] * 30
+    dense = make_eval([1] * 1030, groups)
+    pruned = make_eval([0] * 100 + [1] * 930, groups)  # only the large group loses anything
+    b = build_report(pruned, dense, tolerance=0.0).group("b")
+    assert b.excess_accuracy_gap_ci_high - b.excess_accuracy_gap_ci_low > 0.05
+    assert build_report(pruned, dense, tolerance=0.0).summary.tolerance_met_with_confidence is False
 
 
 def test_reference_mapping_empty_group_and_strict_json():

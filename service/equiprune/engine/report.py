@@ -7,7 +7,9 @@ Intervals:
 - accuracy: Wilson score interval (good coverage for small groups and accuracies near 0/1).
 - ψ_g: normal approximation. When the reference was evaluated on the same samples (the usual
   case in a job) the comparison is paired: each sample contributes d_i = c_dense − c_model, so
-  only disagreeing samples add variance. Overall Δ = Σ_h w_h Δ_h with group shares w_h, hence
+  only disagreeing samples add variance. Var Δ_g = (p_b + p_c − (p_b − p_c)²)/n_g with the
+  discordant rates p_b, p_c shrunk by one pseudo-count each, so that a group with no
+  disagreement still gets an interval of honest width. Overall Δ = Σ_h w_h Δ_h with group shares w_h, hence
   ψ_g = (1 − w_g) Δ_g − Σ_{h≠g} w_h Δ_h and, groups being disjoint samples,
   Var ψ_g = (1 − w_g)² Var Δ_g + Σ_{h≠g} w_h² Var Δ_h.
   With only reference accuracies (no per-sample data), the reference is treated as exact and
@@ -122,7 +124,7 @@ def build_report(
     weights = n.double() / max(int(n.sum()), 1)
 
     ref_acc = ref_loss = None
-    paired = isinstance(reference, Evaluation) and _same_samples(current, reference)
+    paired = isinstance(reference, Evaluation)
     if isinstance(reference, Evaluation):
         if not _same_samples(current, reference):
             raise ValueError("reference evaluation must cover the same samples in the same order")
@@ -237,11 +239,13 @@ def _drop_variances(
     if paired_reference is None:
         return (acc * (1 - acc) / nn_).nan_to_num(0.0)
     d = paired_reference.correct.double() - current.correct.double()
-    mean = torch.bincount(current.groups, weights=d, minlength=size) / nn_
-    mean_sq = torch.bincount(current.groups, weights=d * d, minlength=size) / nn_
-    # Unbiased sample variance of d within the group, divided by n for the mean's variance.
-    sample_var = (mean_sq - mean * mean) * nn_ / (nn_ - 1).clamp(min=1)
-    return (sample_var / nn_).clamp(min=0)
+    # Discordant counts: b samples only the reference got right, c only the model. With the
+    # plain sample variance a group without disagreements would get a zero-width interval;
+    # adding one pseudo-disagreement of each sign (Agresti–Caffo style) keeps it honest.
+    b = torch.bincount(current.groups, weights=(d > 0).double(), minlength=size)
+    c = torch.bincount(current.groups, weights=(d < 0).double(), minlength=size)
+    p_b, p_c = (b + 1) / (nn_ + 2), (c + 1) / (nn_ + 2)
+    return (p_b + p_c - (p_b - p_c) ** 2) / nn_
 
 
 def _same_samples(a: Evaluation, b: Evaluation) -> bool:
