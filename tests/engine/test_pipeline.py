@@ -53,13 +53,16 @@ def test_full_workflow_reports_every_stage_and_writes_artifacts(digits, dense_pa
                              on_progress=lambda phase, payload: events.append(phase))
     assert {"evaluate_dense", "diagnose", "prune", "finetune", "finetune_step", "done"} <= set(events)
     assert result.pruning.sparsity.prunable_sparsity == pytest.approx(0.8, abs=0.005)
-    for stage in (result.dense, result.pruned, result.pruned_without_recalibration, result.finetuned):
+    for stage in (result.dense, result.pruned, result.finetuned):
         assert stage.train.overall.n == 1348 and stage.eval.overall.n == 449
+    assert result.pruned_without_recalibration is None  # an MLP has no BatchNorm to recalibrate
     assert result.dense.eval.summary.max_excess_accuracy_gap is None  # no reference for the dense model
     assert result.finetuned.eval.group("minority").excess_accuracy_gap is not None
     assert set(result.prediction["predicted_excess_loss"]) == {"majority", "minority"}
+    assert set(result.prediction) == {"predicted_excess_loss", "before_recalibration"}
     assert result.finetune.epochs[-1].multipliers.keys() == {"majority", "minority"}
-    json.dumps(result.to_dict(), allow_nan=False)
+    as_json = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert as_json["job"]["pruning"]["sparsity"] == 0.8 and as_json["job"]["finetune"]["method"] == "ceag"
 
     written = write_outputs(result, loaded, tmp_path, digits.select(("cohort",), split="train").inputs[:2])
     assert set(written) == {"model", "sparse_model", "report"}
@@ -107,8 +110,11 @@ def test_structured_pruning_shrinks_and_ships_as_pt2(digits, dense_path, tmp_pat
     loaded = load_model(dense_path)
     result = run_compression(loaded, digits, job(pruning=PruningConfig(kind="structured", sparsity=0.5),
                                                  finetune=FinetuneConfig(epochs=1)))
-    assert result.pruning.params_after < 0.6 * result.pruning.params_before
+    assert result.pruning.params_after < 0.85 * result.pruning.params_before
     assert result.pruning.macs_after < result.pruning.macs_before
+    layers = [m for m in result.module.modules() if isinstance(m, nn.Linear)]
+    assert layers[0].out_features == 64  # keep_first_and_last: the first layer keeps its outputs
+    assert layers[1].out_features == 16  # the middle layer lost half its 32 outputs
     written = write_outputs(result, loaded, tmp_path, torch.randn(2, 1, 8, 8))
     assert written["model"].endswith("model.pt2") and "sparse_model" not in written
     shrunk = load_model(written["model"]).module
@@ -197,3 +203,68 @@ def test_cli_compress_writes_artifacts_and_prints_the_table_or_json(dense_path, 
     assert payload["result"]["pruning"]["sparsity"]["prunable_sparsity"] == pytest.approx(0.8, abs=0.005)
     assert set(payload["artifacts"]) == {"model", "sparse_model", "report"}
     assert (tmp_path / "json" / "model.sparse.safetensors").stat().st_size < (tmp_path / "json" / "model.safetensors").stat().st_size
+
+
+def test_a_datasets_constraint_split_is_used_and_never_trained_on(digits, dense_path):
+    import numpy as np
+
+    from equiprune.engine.dataset import dataset_from_arrays, dataset_to_arrays
+
+    arrays = dataset_to_arrays(digits)
+    split = arrays["split"].copy()
+    train_rows = np.flatnonzero(split == 0)
+    split[train_rows[::5]] = 2  # every fifth training row becomes a constraint row
+    arrays["split"], arrays["split__names"] = split, np.array(["train", "test", "constraint"])
+    data = dataset_from_arrays(arrays)
+    result = run_compression(load_model(dense_path), data, job(finetune=FinetuneConfig(method="heldout_ceag", epochs=1)))
+    assert not any("carved" in note for note in result.notes)
+    n_train = int((split == 0).sum())
+    assert result.finetuned.train.overall.n == n_train
+    assert result.finetune.epochs[-1].samples == n_train
+
+
+def test_heldout_carving_happens_before_gradual_training(digits, dense_path):
+    events = []
+    result = run_compression(load_model(dense_path), digits,
+                             job(pruning=PruningConfig(sparsity=0.8, schedule="gradual", gradual_steps=2),
+                                 finetune=FinetuneConfig(method="heldout_ceag", epochs=1)),
+                             on_progress=lambda phase, payload: events.append((phase, payload)))
+    carved = result.finetuned.train.overall.n
+    assert carved < 1348
+    between = [p for phase, p in events if phase == "gradual_prune_step"]
+    assert between and all(p["steps_per_epoch"] == -(-carved // 128) for p in between)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"device": "gpu"}, "job.device"),
+    ({"tolerance": 2.0}, "job.tolerance"),
+    ({"eval_batch_size": 0}, "job.eval_batch_size"),
+])
+def test_job_settings_are_validated_with_their_field(kwargs, field):
+    with pytest.raises(InvalidConfigError) as err:
+        job(**kwargs)
+    assert err.value.field == field
+
+
+def test_budget_refuses_undecidable_probes_and_nm(dense_path, tmp_path, capsys, digits):
+    from equiprune.engine.dataset import save_dataset
+
+    current, reference = _evaluations_all_small()
+    with pytest.raises(InvalidConfigError) as err:
+        search_budget(lambda s: build_report(current, reference, tolerance=0.05, min_group_size=30),
+                      BudgetConfig(tolerance=0.05))
+    assert err.value.field == "job.min_group_size"
+    data = tmp_path / "d.npz"
+    save_dataset(digits, data)
+    code = cli_main(["budget", "--model", str(dense_path), "--dataset", str(data), "--group-by", "cohort",
+                     "--kind", "n_m", "--out", str(tmp_path / "b")])
+    assert code == 2 and "budget.kind" in capsys.readouterr().err
+
+
+def _evaluations_all_small():
+    """A current/reference pair in which every group is below min_group_size=30."""
+    from equiprune.engine.evaluation import Evaluation
+
+    groups = torch.tensor([0] * 5 + [1] * 5)
+    ev = Evaluation(torch.ones(10, dtype=torch.bool), torch.zeros(10), torch.ones(10), groups, ("a", "b"))
+    return ev, ev

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from .errors import InvalidConfigError
+from .jsonable import json_safe
 from .report import GroupReport
 
 
@@ -59,11 +60,11 @@ class BudgetResult:
     config: BudgetConfig
 
     def to_dict(self) -> dict:
-        return {
+        return json_safe({
             "best_sparsity": self.best_sparsity,
             "frontier": [vars(p) for p in self.frontier],
             "config": self.config.to_dict(),
-        }
+        })
 
 
 def search_budget(
@@ -72,13 +73,20 @@ def search_budget(
     *,
     on_probe: Callable[[BudgetProbe], None] | None = None,
 ) -> BudgetResult:
-    """Bisect for the largest sparsity whose report meets the tolerance."""
+    """Bisect for the largest sparsity whose report meets the tolerance.
+
+    `probe(sparsity)` prunes the dense model, fine-tunes it and returns its report on the data
+    the decision should rest on (a validation split, ideally not the final test split).
+    """
     probes: list[BudgetProbe] = []
 
     def run(sparsity: float) -> bool:
         report = probe(sparsity)
         summary = report.summary
         met = summary.tolerance_met_with_confidence if config.require_confidence else summary.tolerance_met
+        if met is None:
+            raise InvalidConfigError("job.min_group_size", "no group has enough samples to be judged, so no "
+                                     "sparsity can be shown to meet the tolerance; lower min_group_size")
         result = BudgetProbe(
             sparsity=sparsity,
             accuracy=report.overall.accuracy,

@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--group-by", action="append", required=True, help="group attribute; repeat for intersections")
         cmd.add_argument("--train-split", default="train")
         cmd.add_argument("--eval-split", default="test")
+        cmd.add_argument("--constraint-split", default=None,
+                         help="split for heldout_ceag's dual step (default: 'constraint' if the dataset has one, "
+                              "else 20%% of the training split)")
         cmd.add_argument("--kind", default="unstructured", choices=["unstructured", "n_m", "structured"])
         cmd.add_argument("--scope", default="layerwise", choices=["layerwise", "global"])
         cmd.add_argument("--schedule", default="one_shot", choices=["one_shot", "gradual"])
@@ -79,7 +82,10 @@ def _parser() -> argparse.ArgumentParser:
         else:
             cmd.add_argument("--low", type=float, default=0.5)
             cmd.add_argument("--high", type=float, default=0.95)
-            cmd.add_argument("--max-probes", type=int, default=6)
+            cmd.add_argument("--resolution", type=float, default=0.025)
+            cmd.add_argument("--max-probes", type=int, default=8)
+            cmd.add_argument("--require-confidence", action="store_true",
+                             help="judge every group by its ψ_g upper 95%% bound, not the point estimate")
             cmd.set_defaults(run=_budget)
     return parser
 
@@ -97,7 +103,9 @@ def _train(args) -> int:
     spec = ArchitectureSpec(args.arch, _json_object(args.arch_kwargs, "arch_kwargs"))
     torch.manual_seed(args.seed)
     model = build_model(spec)
-    data = dataset.select((dataset.attribute_names[0],), split=args.split if dataset.split_names else None)
+    # Training needs no grouping; any attribute will do, and small groups do not matter here.
+    data = dataset.select((dataset.attribute_names[0],), split=args.split if dataset.split_names else None,
+                          min_group_size=0)
     show = _progress_printer()
     finetune(model, {}, data, FinetuneConfig(epochs=args.epochs, lr=args.lr, seed=args.seed),
              on_progress=lambda event: show("train_step", vars(event)))
@@ -117,6 +125,7 @@ def _job_from_args(args, sparsity: float):
         method=args.method, epochs=args.epochs, lr=args.lr, dual_lr=args.dual_lr, tolerance=args.tolerance, seed=args.seed)
     return CompressionJob(
         group_by=tuple(args.group_by), train_split=args.train_split, eval_split=args.eval_split or None,
+        constraint_split=args.constraint_split,
         pruning=PruningConfig(kind=args.kind, sparsity=sparsity, scope=args.scope, schedule=args.schedule),
         finetune=finetune,
         diagnostics=DiagnosticsConfig() if getattr(args, "diagnose", False) else None,
@@ -132,9 +141,12 @@ def _compress(args) -> int:
     loaded = load_model(args.model)
     dataset = load_dataset(args.dataset)
     job = _job_from_args(args, args.sparsity)
-    result = run_compression(loaded, dataset, job, checkpoint_path=Path(args.out) / "checkpoint.pt",
+    checkpoint = Path(args.out) / "checkpoint.pt"
+    result = run_compression(loaded, dataset, job, checkpoint_path=checkpoint,
                              on_progress=None if args.json else _progress_printer())
-    written = write_outputs(result, loaded, args.out, dataset.select(job.group_by, split=job.train_split).inputs[:2])
+    example = dataset.select(job.group_by, split=job.train_split, min_group_size=0).inputs[:2]
+    written = write_outputs(result, loaded, args.out, example)
+    checkpoint.unlink(missing_ok=True)  # the run is complete: nothing left to resume
     if args.json:
         print(json.dumps({"result": result.to_dict(), "artifacts": written}, allow_nan=False))
     else:
@@ -150,12 +162,16 @@ def _budget(args) -> int:
 
     from .budget import BudgetConfig, search_budget
     from .dataset import load_dataset
+    from .errors import InvalidConfigError
     from .models.io import load_model
     from .pipeline import run_compression
 
+    if args.kind == "n_m":
+        raise InvalidConfigError("budget.kind", "N:M pruning has a fixed sparsity (n/m); there is nothing to search")
     loaded = load_model(args.model)
     dataset = load_dataset(args.dataset)
-    config = BudgetConfig(tolerance=args.tolerance, low=args.low, high=args.high, max_probes=args.max_probes)
+    config = BudgetConfig(tolerance=args.tolerance, low=args.low, high=args.high, resolution=args.resolution,
+                          max_probes=args.max_probes, require_confidence=args.require_confidence)
 
     def probe(sparsity: float):
         # Every probe starts from the untouched dense model.
@@ -164,9 +180,10 @@ def _budget(args) -> int:
         final = result.finetuned or result.pruned
         return final.eval or final.train
 
+    # Progress goes to stderr so that `--json` output stays parseable.
     result = search_budget(probe, config, on_probe=lambda p: print(
         f"sparsity {p.sparsity:.3f}: accuracy {p.accuracy:.3f}, max ψ_g {_pts(p.max_excess_accuracy_gap)} → "
-        f"{'within' if p.met else 'beyond'} tolerance", flush=True))
+        f"{'within' if p.met else 'beyond'} tolerance", file=sys.stderr, flush=True))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "budget.json").write_text(json.dumps(result.to_dict(), indent=2, allow_nan=False))
     print(json.dumps(result.to_dict()) if args.json else f"highest sparsity within tolerance: {result.best_sparsity}")

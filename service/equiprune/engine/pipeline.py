@@ -7,6 +7,7 @@ where they came from or where they go; `write_outputs` saves the artifacts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from .evaluation import Evaluation, evaluate
 from .finetune.config import FinetuneConfig
 from .finetune.loop import FinetuneResult, finetune
 from .groups import GroupedData
+from .jsonable import json_safe
 from .modes import is_exported_module
 from .models.io import LoadedModel, save_exported, save_safetensors
 from .models.sparse import save_sparse
@@ -38,9 +40,10 @@ Progress = Callable[[str, dict], None]
 class CompressionJob:
     """What to do with one model on one dataset.
 
-    constraint_split: the split the held-out variant's dual step reads; when None, a
-        stratified `constraint_fraction` of the training split is set aside (the dense model
-        may have trained on it: the report says so).
+    constraint_split: the split the held-out variant's dual step reads. When None, a split
+        named "constraint" is used if the dataset has one, else a stratified
+        `constraint_fraction` of the training split is set aside before anything trains on it
+        (the dense model may have trained on it: the report says so).
     """
 
     group_by: tuple[str, ...]
@@ -62,6 +65,13 @@ class CompressionJob:
     def __post_init__(self) -> None:
         if not self.group_by:
             raise InvalidConfigError("job.group_by", "name at least one group attribute")
+        if not 0 <= self.tolerance < 1:
+            raise InvalidConfigError("job.tolerance", f"must be in [0, 1) (a fraction of accuracy), got {self.tolerance}")
+        for name in ("min_group_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise InvalidConfigError(f"job.{name}", f"must be at least 1, got {getattr(self, name)}")
+        if self.device is not None:
+            _check_device(self.device)
         if self.diagnostics_samples_per_group < 2:
             raise InvalidConfigError("job.diagnostics_samples_per_group",
                                      f"must be at least 2, got {self.diagnostics_samples_per_group}")
@@ -69,6 +79,29 @@ class CompressionJob:
             raise InvalidConfigError("job.constraint_fraction", f"must be in (0, 1), got {self.constraint_fraction}")
         if self.pruning is None and self.finetune is None and self.diagnostics is None:
             raise InvalidConfigError("job", "nothing to do: give pruning, finetune or diagnostics")
+
+
+    def to_dict(self) -> dict:
+        def opt(x):
+            return x.to_dict() if x is not None else None
+
+        return {
+            "group_by": list(self.group_by), "train_split": self.train_split, "eval_split": self.eval_split,
+            "constraint_split": self.constraint_split, "constraint_fraction": self.constraint_fraction,
+            "pruning": opt(self.pruning), "finetune": opt(self.finetune), "diagnostics": opt(self.diagnostics),
+            "diagnostics_samples_per_group": self.diagnostics_samples_per_group,
+            "recalibrate_batchnorm": self.recalibrate_batchnorm, "tolerance": self.tolerance,
+            "min_group_size": self.min_group_size, "device": self.device,
+        }
+
+
+def _check_device(name: str) -> None:
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise InvalidConfigError("job.device", f"{name!r} is not a device name ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidConfigError("job.device", "CUDA was requested but this machine has no usable GPU")
 
 
 @dataclass(frozen=True)
@@ -84,6 +117,7 @@ class StageReports:
 
 @dataclass(frozen=True)
 class CompressionResult:
+    job: CompressionJob
     module: nn.Module
     masks: Masks
     dense: StageReports
@@ -100,7 +134,8 @@ class CompressionResult:
         def opt(x):
             return x.to_dict() if x is not None else None
 
-        return {
+        return json_safe({
+            "job": self.job.to_dict(),
             "dense": self.dense.to_dict(),
             "pruned": opt(self.pruned),
             "pruned_without_recalibration": opt(self.pruned_without_recalibration),
@@ -110,7 +145,7 @@ class CompressionResult:
             "prediction": self.prediction,
             "finetune": opt(self.finetune),
             "notes": list(self.notes),
-        }
+        })
 
 
 def run_compression(
@@ -121,6 +156,11 @@ def run_compression(
     checkpoint_path: str | Path | None = None,
     on_progress: Progress | None = None,
 ) -> CompressionResult:
+    """Run `job` on `loaded` and `dataset`; return every report.
+
+    The dense model is never modified when the job prunes (pruning works on a copy); a job
+    without pruning fine-tunes `loaded.module` itself, in place.
+    """
     say = on_progress or (lambda phase, payload: None)
     device = torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     notes: list[str] = []
@@ -129,6 +169,8 @@ def run_compression(
         notes.append(f"the .pt2 program was exported in {exported_mode} mode; it is evaluated and "
                      "fine-tuned in that mode (torch 2.13 cannot switch an exported program)")
     dense = loaded.module.to(device)
+    # `train` is everything the model may learn from (gradual pruning, BatchNorm statistics,
+    # fine-tuning); a constraint split, when the job needs one, is cut away before any of it.
     train, evaluation, constraint = _splits(dataset, job, notes)
 
     def measure(model: nn.Module, reference: dict[str, Evaluation] | None) -> tuple[StageReports, dict[str, Evaluation]]:
@@ -154,34 +196,27 @@ def run_compression(
     module, masks, outcome = dense, {}, None
     pruned_reports = raw_reports = prediction = None
     if job.pruning is not None:
-        say("prune", {"sparsity": job.pruning.sparsity, "kind": job.pruning.kind})
+        say("prune", _pruning_summary(job.pruning))
         outcome = prune(dense, job.pruning, example_input=train.inputs[:2].to(device),
                         train_between=_between_steps(train, job, device, say))
         module, masks = outcome.module, outcome.masks
-        raw_reports, _ = measure(module, dense_evals)
-        if job.recalibrate_batchnorm and not is_exported_module(module):
-            recalibrate_batchnorm(module, train.inputs.to(device))
+        pruned_reports, _ = measure(module, dense_evals)
+        if job.recalibrate_batchnorm and _recalibrate(module, train, notes):
+            raw_reports = pruned_reports
             pruned_reports, _ = measure(module, dense_evals)
-        else:
-            pruned_reports, raw_reports = raw_reports, None
-            if is_exported_module(module):
-                notes.append("BatchNorm statistics were not re-estimated after pruning: a torch.export "
-                             "program cannot be switched to train mode to recompute them")
         if diagnostics is not None and masks:
-            prediction = _check_prediction(dense, diag_data, masks, diagnostics, pruned_reports.train)
+            prediction = _check_prediction(dense, diag_data, masks, diagnostics, raw_reports or pruned_reports,
+                                           pruned_reports if raw_reports else None)
 
     finetuned_reports = ft_result = None
     if job.finetune is not None:
         say("finetune", {"method": job.finetune.method})
-        ft_train = train
-        constraint_ref = None
-        if job.finetune.method == "heldout_ceag":
-            if constraint is None:
-                ft_train, constraint = _carve_constraint(train, job, notes)
-            constraint_ref = evaluate(dense, constraint, batch_size=job.eval_batch_size, device=device)
-        train_ref = evaluate(dense, ft_train, batch_size=job.eval_batch_size, device=device) if job.finetune.needs_reference else None
+        needs = job.finetune.needs_reference
+        train_ref = dense_evals["train"] if needs else None
+        constraint_ref = (evaluate(dense, constraint, batch_size=job.eval_batch_size, device=device)
+                          if constraint is not None else None)
         ft_result = finetune(
-            module, masks, ft_train, job.finetune,
+            module, masks, train, job.finetune,
             train_reference=train_ref, constraint=constraint, constraint_reference=constraint_ref,
             device=device, checkpoint_path=checkpoint_path,
             on_progress=lambda event: say("finetune_step", vars(event)),
@@ -190,10 +225,31 @@ def run_compression(
 
     say("done", {})
     return CompressionResult(
-        module=module, masks=masks, dense=dense_reports, pruned=pruned_reports,
+        job=job, module=module, masks=masks, dense=dense_reports, pruned=pruned_reports,
         pruned_without_recalibration=raw_reports, finetuned=finetuned_reports, pruning=outcome,
         diagnostics=diagnostics, prediction=prediction, finetune=ft_result, notes=tuple(notes),
     )
+
+
+def _pruning_summary(config: PruningConfig) -> dict:
+    if config.kind == "n_m":
+        return {"kind": "n_m", "n": config.n, "m": config.m}
+    return {"kind": config.kind, "sparsity": config.sparsity, "schedule": config.schedule}
+
+
+def _recalibrate(module: nn.Module, train: GroupedData, notes: list[str]) -> bool:
+    """Re-estimate BatchNorm statistics on shuffled training inputs; False when nothing changed.
+
+    Shuffled: the statistics are averaged over chunks, and a file sorted by group, label or age
+    would make every chunk homogeneous and the variance too small.
+    """
+    if is_exported_module(module):
+        if any("batch_norm" in str(node.target) for node in module.graph.nodes):
+            notes.append("BatchNorm statistics were not re-estimated after pruning: a torch.export "
+                         "program cannot be switched to train mode to recompute them")
+        return False
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    return recalibrate_batchnorm(module, train.inputs[order]) > 0
 
 
 def write_outputs(result: CompressionResult, loaded: LoadedModel, out_dir: str | Path,
@@ -229,46 +285,57 @@ def write_outputs(result: CompressionResult, loaded: LoadedModel, out_dir: str |
 
 
 def _splits(dataset: GroupDataset, job: CompressionJob, notes: list[str]):
-    train = dataset.select(job.group_by, split=job.train_split)
-    evaluation = dataset.select(job.group_by, split=job.eval_split) if job.eval_split else None
-    constraint = None
-    if job.constraint_split is not None:
-        constraint = dataset.select(job.group_by, split=job.constraint_split)
+    """(train, evaluation, constraint). Groups too small for a split are not an error here:
+    the report marks groups below `min_group_size` as insufficient instead of judging them."""
+    def select(split):
+        return dataset.select(job.group_by, split=split, min_group_size=0)
+
+    train = select(job.train_split)
+    evaluation = select(job.eval_split) if job.eval_split else None
     if evaluation is None:
         notes.append("no evaluation split: every number is measured on training data")
+    constraint = None
+    if job.finetune is not None and job.finetune.method == "heldout_ceag":
+        name = job.constraint_split or ("constraint" if "constraint" in dataset.split_names else None)
+        if name is not None:
+            constraint = select(name)
+        else:
+            train, constraint = train.split_off(job.constraint_fraction, seed=job.finetune.seed)
+            notes.append(
+                f"held-out constraint split carved from the training split ({job.constraint_fraction:.0%}, "
+                "stratified per group) before any training; the dense model may have trained on it, so its "
+                "reference accuracies there are optimistic")
     return train, evaluation, constraint
 
 
-def _carve_constraint(train: GroupedData, job: CompressionJob, notes: list[str]) -> tuple[GroupedData, GroupedData]:
-    notes.append(
-        f"held-out constraint split carved from the training split ({job.constraint_fraction:.0%}, stratified "
-        "per group); the dense model may have trained on it, so its reference accuracies there are optimistic"
-    )
-    seed = job.finetune.seed if job.finetune else 0
-    return train.split_off(job.constraint_fraction, seed=seed)
-
-
 def _between_steps(train: GroupedData, job: CompressionJob, device, say: Progress):
-    """Training between gradual pruning steps: one naive epoch with the job's optimiser settings."""
+    """Training between gradual pruning steps: one naive epoch with the job's other settings."""
     base = job.finetune or FinetuneConfig()
 
     def train_between(module: nn.Module, step: int, masks: Masks) -> None:
-        config = FinetuneConfig(method="naive", epochs=1, batch_size=base.batch_size, lr=base.lr,
-                                momentum=base.momentum, weight_decay=base.weight_decay, seed=base.seed + step)
+        config = dataclasses.replace(base, method="naive", epochs=1, seed=base.seed + step)
         finetune(module, masks, train, config, device=device,
                  on_progress=lambda event: say("gradual_prune_step", {"prune_step": step, **vars(event)}))
 
     return train_between
 
 
-def _check_prediction(dense, diag_data, masks, diagnostics, measured: GroupReport) -> dict:
-    """Second-order predicted R(a) (on the diagnosed samples) next to the measured R(a) (on
-    the whole training split), and how well the first ranked the second."""
+def _check_prediction(dense, diag_data, masks, diagnostics, measured: StageReports,
+                      recalibrated: StageReports | None) -> dict:
+    """Second-order predicted R(a) next to the measured R(a), and how well the first ranked the
+    second. The prediction models removing w_P with the dense BatchNorm statistics, so it is
+    compared first with the just-pruned model before recalibration; the comparison with the
+    recalibrated model is added when there is one. Predicted on the diagnosed samples,
+    measured on the whole training split."""
     predicted = {p.group: p.predicted for p in diagnostics.predict_excess_loss(dense, diag_data, masks)}
-    observed = {g.group: g.excess_loss for g in measured.groups if g.excess_loss is not None}
-    common = {k: predicted[k] for k in observed if k in predicted}
-    return {
-        "predicted_excess_loss": common,
-        "measured_excess_loss": observed,
-        "rank_agreement": rank_agreement(common, observed).to_dict(),
-    }
+
+    def against(report: GroupReport) -> dict:
+        observed = {g.group: g.excess_loss for g in report.groups if g.excess_loss is not None}
+        return {"measured_excess_loss": observed,
+                "rank_agreement": rank_agreement({k: predicted[k] for k in observed if k in predicted},
+                                                 observed).to_dict()}
+
+    result = {"predicted_excess_loss": predicted, "before_recalibration": against(measured.train)}
+    if recalibrated is not None:
+        result["after_recalibration"] = against(recalibrated.train)
+    return result

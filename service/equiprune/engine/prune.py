@@ -22,7 +22,7 @@ from .pruning.magnitude import SCOPES, magnitude_masks, validate_sparsity
 from .pruning.masks import Masks, SparsityReport, apply_masks, measure_sparsity
 from .pruning.nm import nm_masks
 from .pruning.schedule import gradual_magnitude_prune
-from .pruning.selection import prunable_parameters
+from .pruning.selection import candidate_layers, prunable_parameters
 from .pruning.structured import ensure_structured_supported, prune_channels
 
 KINDS = ("unstructured", "n_m", "structured")
@@ -136,7 +136,7 @@ def prune(
         masks=masks,
         sparsity=sparsity,
         params_before=count_parameters(model),
-        params_after=count_parameters(pruned) - sparsity.prunable_zeros,  # non-zero weights
+        params_after=count_parameters(pruned) - sparsity.prunable_zeros,  # minus the pruned weights
         macs_before=macs,
         macs_after=macs,  # unstructured zeros save no dense MACs; the storage shrinks instead
         skipped_layers=skipped,
@@ -173,12 +173,20 @@ def exported_prunable_parameters(model: nn.Module, config: PruningConfig) -> lis
 
 
 def _prune_structured(model: nn.Module, config: PruningConfig, example_input: torch.Tensor | None) -> PruneOutcome:
+    """Channels removed from every layer group; the output layer always keeps its outputs, the
+    first conv too with `keep_first_and_last`. Layers are excluded by name only."""
     ensure_structured_supported(model)
     if example_input is None:
         raise InvalidConfigError("pruning.kind", "structured pruning needs an example input to trace the model")
+    if config.exclude_types:
+        raise InvalidConfigError("pruning.exclude_types", "structured pruning excludes layers by name "
+                                 "(pruning.exclude_names), not by type")
+    ignored = list(config.exclude_names)
+    if config.keep_first_and_last:
+        ignored += list(candidate_layers(model))[:1]
     try:
         result = prune_channels(model, example_input, config.sparsity,
-                                ignored_layers=list(config.exclude_names) or None, importance=config.importance)
+                                ignored_layers=ignored or None, importance=config.importance)
     except InvalidConfigError as err:
         if err.field != "pruning.ignored_layers":
             raise

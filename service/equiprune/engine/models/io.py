@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from equiprune.engine.errors import InvalidModelError
+from equiprune.engine.modes import mode
 from equiprune.engine.models.pt2_check import EXPORTED_FIELD, check_pt2_archive
 from equiprune.engine.models.sniff import describe_foreign_bytes, is_torch_save_zip
 from equiprune.engine.models.registry import ArchitectureSpec, build_model, example_input_shape
@@ -289,12 +290,10 @@ def save_exported(module: nn.Module, example_input: torch.Tensor, path: str | os
         # A batch of 1 makes torch.export specialise the dimension to 1.
         example_input = torch.cat([example_input, example_input])
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
-    was_training = module.training
-    module.train(training)
-    try:
+    # An exported program keeps the mode it was exported in (and refuses .train()); an eager
+    # module is switched for the export and switched back.
+    with mode(module, training):
         program = torch.export.export(module, (example_input,), dynamic_shapes=dynamic_shapes)
-    finally:
-        module.train(was_training)
     extra = {EXPORT_METADATA_FILE: json.dumps(
         {"training": bool(training), "spec": spec.to_dict() if spec is not None else None})}
     buffer = io.BytesIO()
