@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +43,7 @@ from torch.func import functional_call
 from equiprune.engine.errors import InvalidConfigError, InvalidDatasetError, InvalidModelError
 from equiprune.engine.groups import GroupedData
 from equiprune.engine.jsonable import json_float
+from equiprune.engine.modes import mode
 from equiprune.engine.pruning.masks import Masks
 
 Vector = tuple[torch.Tensor, ...]
@@ -259,18 +259,6 @@ def _scaled(a: Vector, factor: float) -> Vector:
 
 
 # --------------------------------------------------------------------------- model plumbing
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode (BatchNorm running stats, no dropout); every module's own flag restored."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def _diagnosed_names(model: nn.Module, config: DiagnosticsConfig) -> tuple[str, ...]:
@@ -515,7 +503,7 @@ def diagnose(model: nn.Module, data: GroupedData, config: DiagnosticsConfig | No
     objective = _Objective(model, names, data, config.batch_size)
     groups: list[GroupDiagnostics] = []
     gradients: dict[int, Vector] = {}
-    with _eval_mode(model):
+    with mode(model, training=False):
         for g, index in enumerate(_group_indices(data)):
             result, gradient = _diagnose_group(objective, data.group_names[g], index, g, config)
             groups.append(result)
@@ -611,7 +599,7 @@ def predict_excess_loss(
     objective = _Objective(model, diagnostics.parameters, data, diagnostics.config.batch_size)
     w = _pruned_weights(objective, masks, model)
     gradients = diagnostics._state.gradients
-    with _eval_mode(model):
+    with mode(model, training=False):
         return tuple(
             _predict_group(objective, diag, index, gradients.get(g), w)
             for g, (diag, index) in enumerate(zip(diagnostics.groups, _group_indices(data)))

@@ -45,17 +45,19 @@ class Evaluation:
     def mean_loss(self) -> float:
         return float(self.loss.double().mean()) if len(self) else float("nan")
 
+    def group_accuracy(self) -> torch.Tensor:
+        """Accuracy per group, float64 (num_groups,); NaN for a group with no sample."""
+        return _per_group_mean(self.group_correct(), self.group_counts())
+
+    def group_loss(self) -> torch.Tensor:
+        """Mean loss per group, float64 (num_groups,); NaN for a group with no sample."""
+        return _per_group_mean(self.group_loss_sum(), self.group_counts())
+
     def group_accuracies(self) -> dict[str, float | None]:
-        n, k = self.group_counts(), self.group_correct()
-        return {
-            name: (float(k[g] / n[g]) if n[g] > 0 else None) for g, name in enumerate(self.group_names)
-        }
+        return _by_name(self.group_accuracy(), self.group_names)
 
     def group_losses(self) -> dict[str, float | None]:
-        n, s = self.group_counts(), self.group_loss_sum()
-        return {
-            name: (float(s[g] / n[g]) if n[g] > 0 else None) for g, name in enumerate(self.group_names)
-        }
+        return _by_name(self.group_loss(), self.group_names)
 
 
 @torch.no_grad()
@@ -86,6 +88,15 @@ def evaluate(
         groups=data.groups.clone(),
         group_names=data.group_names,
     )
+
+
+def _per_group_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    count = count.double()
+    return torch.where(count > 0, total.double() / count.clamp(min=1), torch.full_like(count, float("nan")))
+
+
+def _by_name(values: torch.Tensor, names: tuple[str, ...]) -> dict[str, float | None]:
+    return {name: (None if v != v else float(v)) for name, v in zip(names, values.tolist())}
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -34,11 +34,13 @@ def try_set_mode(module: nn.Module, training: bool) -> bool:
 
 @contextmanager
 def mode(module: nn.Module, training: bool) -> Iterator[None]:
-    """Run a block in train or eval mode, restoring the previous mode afterwards."""
-    previous = module.training
+    """Run a block in train or eval mode, then restore every submodule's own flag (a model
+    may be in a mixed state, e.g. BatchNorm frozen in eval inside a training model)."""
+    previous = [(m, m.training) for m in module.modules()]
     switched = try_set_mode(module, training)
     try:
         yield
     finally:
         if switched:
-            module.train(previous)
+            for submodule, flag in previous:
+                submodule.training = flag

@@ -119,8 +119,8 @@ def build_report(
     mapping of per-group reference accuracies with `reference_overall_accuracy`)."""
     names = current.group_names
     n = current.group_counts()
-    acc = _safe_div(current.group_correct(), n)
-    loss = _safe_div(current.group_loss_sum(), n)
+    acc = current.group_accuracy()
+    loss = current.group_loss()
     weights = n.double() / max(int(n.sum()), 1)
 
     ref_acc = ref_loss = None
@@ -128,8 +128,8 @@ def build_report(
     if isinstance(reference, Evaluation):
         if not _same_samples(current, reference):
             raise ValueError("reference evaluation must cover the same samples in the same order")
-        ref_acc = _safe_div(reference.group_correct(), n)
-        ref_loss = _safe_div(reference.group_loss_sum(), n)
+        ref_acc = reference.group_accuracy()
+        ref_loss = reference.group_loss()
         ref_overall_acc, ref_overall_loss = reference.accuracy(), reference.mean_loss()
     elif reference is not None:
         unknown = set(reference) - set(names)
@@ -250,8 +250,3 @@ def _drop_variances(
 
 def _same_samples(a: Evaluation, b: Evaluation) -> bool:
     return len(a) == len(b) and a.group_names == b.group_names and torch.equal(a.groups, b.groups)
-
-
-def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    den = den.double()
-    return torch.where(den > 0, num.double() / den.clamp(min=1), torch.full_like(den, math.nan))

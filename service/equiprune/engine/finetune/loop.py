@@ -90,8 +90,8 @@ def build_objective(
             dual_lr=config.dual_lr,
             tolerance=config.tolerance,
             buffer_size=config.replay_size,
-            reference_group_accuracy=_group_mean(train_reference.group_correct(), train_reference.group_counts()),
-            reference_group_loss=_group_mean(train_reference.group_loss_sum(), train_reference.group_counts()),
+            reference_group_accuracy=train_reference.group_accuracy(),
+            reference_group_loss=train_reference.group_loss(),
             group_weights=train.group_counts().double(),
         )
     if constraint is None or constraint_reference is None or len(constraint) == 0:
@@ -104,9 +104,9 @@ def build_objective(
         tolerance=config.tolerance,
         buffer_size=config.constraint_window,
         min_count=config.replay_size,
-        reference_group_accuracy=_group_mean(constraint_reference.group_correct(), constraint_reference.group_counts()),
+        reference_group_accuracy=constraint_reference.group_accuracy(),
         # The primal proxy compares training losses with the dense training losses.
-        reference_group_loss=_group_mean(train_reference.group_loss_sum(), train_reference.group_counts()),
+        reference_group_loss=train_reference.group_loss(),
         # Δ averages groups by their share of the population (the training data), as the
         # report does, whatever the make-up of the constraint split.
         group_weights=train.group_counts().double(),
@@ -275,11 +275,6 @@ class ConstraintSampler:
         with autocast, mode(model, training=False):
             logits = model(x)
         return logits.argmax(dim=1) == y, g
-
-
-def _group_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    count = count.double()
-    return torch.where(count > 0, total.double() / count.clamp(min=1), torch.full_like(count, float("nan")))
 
 
 def _named(values: torch.Tensor, names: tuple[str, ...]) -> dict[str, float]:
