@@ -15,6 +15,10 @@ class EngineError(Exception):
         self.problem = problem
         super().__init__(f"{field}: {problem}")
 
+    def __reduce__(self):
+        # Pickled across processes (data-parallel workers, job tasks): keep both parts.
+        return (type(self), (self.field, self.problem))
+
 
 class InvalidModelError(EngineError):
     """The submitted model cannot be loaded or does not fit the request."""

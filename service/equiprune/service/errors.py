@@ -1,0 +1,104 @@
+"""Service errors and the one mapping from any exception to a status a client may see.
+
+Errors carry a canonical gRPC code *name* (a string), so the store, the runner and the job
+manager can raise and record them without importing grpc; the ingress turns the name into a
+`grpc.StatusCode`. Anything unexpected becomes INTERNAL with a short message and an incident
+id that is also logged with the traceback: clients never see a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+from equiprune.engine.errors import EngineError, UnsupportedOperationError
+
+log = logging.getLogger("equiprune.service")
+
+
+class ServiceError(Exception):
+    """A refusal a client can act on: a code name, a message, and the field at fault."""
+
+    code = "INTERNAL"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        self.message = message
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+    def __reduce__(self):
+        # Errors cross process boundaries (job manager → ingress): keep message and field.
+        return (type(self), (self.message, self.field))
+
+
+class InvalidArgument(ServiceError):
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(ServiceError):
+    code = "NOT_FOUND"
+
+
+class AlreadyExists(ServiceError):
+    code = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(ServiceError):
+    code = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(ServiceError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class Cancelled(ServiceError):
+    code = "CANCELLED"
+
+
+class Unavailable(ServiceError):
+    code = "UNAVAILABLE"
+
+
+@dataclass(frozen=True)
+class ClientStatus:
+    """What a client is told: code name, message (naming the field), and the field."""
+
+    code: str
+    message: str
+    field: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message, "field": self.field or ""}
+
+
+def client_status(exc: BaseException) -> ClientStatus:
+    """The status for `exc`. The single place where exceptions become client-visible codes."""
+    if isinstance(exc, ServiceError):
+        return ClientStatus(exc.code, str(exc), exc.field)
+    if isinstance(exc, UnsupportedOperationError):
+        return ClientStatus("FAILED_PRECONDITION", str(exc), exc.field)
+    if isinstance(exc, EngineError):
+        return ClientStatus("INVALID_ARGUMENT", str(exc), exc.field)
+    pydantic_status = _pydantic_status(exc)
+    if pydantic_status is not None:
+        return pydantic_status
+    incident = uuid.uuid4().hex[:12]
+    log.error("internal error %s", incident, exc_info=exc)
+    return ClientStatus("INTERNAL", f"internal error (incident {incident}; the server log has the details)")
+
+
+def _pydantic_status(exc: BaseException) -> ClientStatus | None:
+    try:
+        from pydantic import ValidationError
+    except ImportError:  # pragma: no cover - pydantic is a base dependency
+        return None
+    if not isinstance(exc, ValidationError):
+        return None
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or None
+    message = first["msg"]
+    more = len(exc.errors()) - 1
+    if more:
+        message += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return ClientStatus("INVALID_ARGUMENT", f"{field}: {message}" if field else message, field)

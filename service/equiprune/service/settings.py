@@ -1,0 +1,58 @@
+"""Server settings: validated once at the edge (pydantic), then passed around as plain data.
+
+The embedded default keeps everything under one data directory: the SQLite job store, the
+artifact folder and the jobs' working folders (checkpoints). In a cluster the artifact root
+may be an fsspec URL (object storage) so that workers on other nodes read and write it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MiB = 1024 * 1024
+
+
+class ServerSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data_dir: Path = Field(description="where the job database, artifacts and job folders live")
+    host: str = "127.0.0.1"
+    grpc_port: int = Field(9000, ge=1, le=65535)
+    http_port: int = Field(8000, ge=1, le=65535, description="Serve's HTTP proxy (unused by the API; must not collide)")
+    application_name: str = "equiprune"
+    artifact_root: str | None = Field(None, description="local folder or fsspec URL; default <data_dir>/artifacts")
+    database_path: Path | None = Field(None, description="SQLite file; default <data_dir>/jobs.sqlite")
+    import_roots: tuple[Path, ...] = Field((), description="local folders ImportArtifact may read from")
+    max_upload_bytes: int = Field(2 * 1024 * MiB, ge=1)
+    max_chunk_bytes: int = Field(2 * MiB, ge=1024, le=3 * MiB)  # below gRPC's 4 MiB message limit
+    max_unfinished_jobs: int = Field(100, ge=1, description="queued + running jobs; more are refused (RESOURCE_EXHAUSTED)")
+    max_attempts: int = Field(3, ge=1, description="runs of one job across service restarts before it is failed")
+    progress_interval_s: float = Field(0.5, gt=0, description="least time between two step events of a job")
+
+    @field_validator("data_dir", "database_path")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().resolve()
+
+    @field_validator("import_roots")
+    @classmethod
+    def _absolute_roots(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
+        return tuple(p.expanduser().resolve() for p in value)
+
+    @property
+    def artifacts(self) -> str:
+        return self.artifact_root or str(self.data_dir / "artifacts")
+
+    @property
+    def database(self) -> Path:
+        return self.database_path or self.data_dir / "jobs.sqlite"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Per-job working folders (checkpoints, outputs before they enter the store)."""
+        return self.data_dir / "jobs"
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.jobs_dir / job_id

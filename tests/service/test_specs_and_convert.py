@@ -1,0 +1,109 @@
+"""Requests → validated specs → engine configs, and records → responses, without Ray."""
+
+import pytest
+
+from equiprune.service import convert
+from equiprune.service.errors import InvalidArgument
+from equiprune.service.specs import JobSpecModel, check_sections, engine_configs
+from equiprune.v1 import artifacts_pb2, jobs_pb2
+
+
+def _resolve(ref, field):
+    which = ref.WhichOneof("source")
+    return None if which is None else (ref.artifact_id or "art-from-uri")
+
+
+def _spec(**overrides) -> jobs_pb2.JobSpec:
+    pb = jobs_pb2.JobSpec(kind=jobs_pb2.JOB_KIND_PRUNE_AND_FINETUNE,
+                          model=artifacts_pb2.ArtifactRef(artifact_id="art-0000000000000001"),
+                          dataset=artifacts_pb2.ArtifactRef(artifact_id="art-0000000000000002"),
+                          data=jobs_pb2.DataOptions(group_by=["cohort"]),
+                          pruning=jobs_pb2.PruningOptions(sparsity=0.9),
+                          finetune=jobs_pb2.FinetuneOptions())
+    for key, value in overrides.items():
+        if value is None:
+            pb.ClearField(key)
+        else:
+            getattr(pb, key).CopyFrom(value) if hasattr(value, "DESCRIPTOR") else setattr(pb, key, value)
+    return pb
+
+
+def _refused(pb, splits=("train", "test")) -> InvalidArgument:
+    with pytest.raises(InvalidArgument) as info:
+        spec = convert.spec_from_proto(pb, _resolve)
+        check_sections(spec)
+        engine_configs(spec, splits)
+    return info.value
+
+
+def test_unset_fields_take_the_documented_defaults():
+    spec = convert.spec_from_proto(_spec(), _resolve)
+    assert spec.finetune.method == "ceag" and spec.finetune.epochs == 3 and spec.finetune.lr == 0.01
+    assert spec.finetune.weight_decay == 1e-4 and spec.data.tolerance == 0.01 and spec.data.min_group_size == 30
+    assert spec.pruning.kind == "unstructured" and spec.pruning.keep_first_and_last is True
+    job = engine_configs(spec, ("train", "test")).compression
+    assert (job.train_split, job.eval_split, job.constraint_split) == ("train", "test", None)
+    assert job.pruning.sparsity == 0.9 and job.finetune.method == "ceag"
+
+
+def test_explicit_zero_is_kept_where_zero_is_meaningful():
+    spec = convert.spec_from_proto(_spec(finetune=jobs_pb2.FinetuneOptions(weight_decay=0.0, dual_lr=0.0)), _resolve)
+    assert spec.finetune.weight_decay == 0.0 and spec.finetune.dual_lr == 0.0
+    spec = convert.spec_from_proto(_spec(data=jobs_pb2.DataOptions(group_by=["cohort"], eval_split="")), _resolve)
+    assert engine_configs(spec, ("train", "test")).compression.eval_split is None
+
+
+@pytest.mark.parametrize("pb, field", [
+    (_spec(kind=jobs_pb2.JOB_KIND_UNSPECIFIED), "spec.kind"),
+    (_spec(pruning=jobs_pb2.PruningOptions(sparsity=1.5)), "spec.pruning.sparsity"),
+    (_spec(pruning=jobs_pb2.PruningOptions()), "spec.pruning.sparsity"),
+    (_spec(pruning=None), "spec.pruning"),
+    (_spec(finetune=jobs_pb2.FinetuneOptions(lr=-1)), "spec.finetune.lr"),
+    (_spec(finetune=jobs_pb2.FinetuneOptions(method=99)), "spec.finetune.method"),
+    (_spec(data=jobs_pb2.DataOptions()), "spec.data.group_by"),
+    (_spec(data=jobs_pb2.DataOptions(group_by=["cohort"], tolerance=2.0)), "spec.data.tolerance"),
+    (_spec(data=jobs_pb2.DataOptions(group_by=["cohort"], eval_split="validation")), "spec.data.eval_split"),
+    (_spec(dataset=None), "spec.dataset"),
+    (_spec(resources=jobs_pb2.Resources(workers=-1)), "spec.resources.workers"),
+    (_spec(kind=jobs_pb2.JOB_KIND_EVALUATE), "spec.pruning"),
+    (_spec(kind=jobs_pb2.JOB_KIND_PRUNE), "spec.finetune"),
+    (_spec(kind=jobs_pb2.JOB_KIND_PRUNE, finetune=None, resources=jobs_pb2.Resources(workers=2)), "spec.resources.workers"),
+    (_spec(kind=jobs_pb2.JOB_KIND_TRAIN, train=jobs_pb2.TrainOptions()), "spec.train.architecture"),
+])
+def test_bad_specs_are_refused_naming_the_field(pb, field):
+    err = _refused(pb)
+    assert err.field == field, str(err)
+    assert str(err).startswith(field + ": ")
+
+
+def test_budget_search_with_n_m_is_refused():
+    pb = _spec(kind=jobs_pb2.JOB_KIND_BUDGET_SEARCH, pruning=jobs_pb2.PruningOptions(kind=jobs_pb2.PRUNING_KIND_N_M))
+    assert _refused(pb).field == "spec.pruning.kind"
+
+
+def test_spec_round_trips_through_proto():
+    spec = convert.spec_from_proto(_spec(), _resolve)
+    again = convert.spec_from_proto(convert.spec_to_proto(spec), _resolve)
+    assert again == spec
+    assert JobSpecModel.model_validate(spec.to_json()) == spec
+
+
+def test_architecture_kwargs_keep_integers():
+    pb = jobs_pb2.JobSpec(kind=jobs_pb2.JOB_KIND_TRAIN, dataset=artifacts_pb2.ArtifactRef(artifact_id="art-0000000000000002"),
+                          train=jobs_pb2.TrainOptions(architecture="small_cnn"))
+    pb.train.architecture_kwargs.update({"num_classes": 10, "channels": [16, 32], "dropout": 0.5})
+    spec = convert.spec_from_proto(pb, _resolve)
+    assert spec.train.architecture_kwargs == {"num_classes": 10, "channels": [16, 32], "dropout": 0.5}
+    assert isinstance(spec.train.architecture_kwargs["num_classes"], int)
+
+
+def test_reports_parse_into_proto_leaving_unknown_values_unset():
+    report = {"groups": [{"group": "a", "n": 5, "accuracy": 0.8, "accuracy_ci_low": 0.4, "accuracy_ci_high": 0.96,
+                          "loss": 0.5, "excess_accuracy_gap": None, "sufficient_data": False}],
+              "overall": {"n": 5, "accuracy": 0.8, "accuracy_ci_low": 0.4, "accuracy_ci_high": 0.96, "loss": 0.5},
+              "summary": {"worst_group": None, "tolerance_met": None, "insufficient_groups": ["a"]},
+              "paired": False, "min_group_size": 30}
+    pb = convert.stage_report("pruned", "test", report)
+    group = pb.report.groups[0]
+    assert group.accuracy == 0.8 and not group.HasField("excess_accuracy_gap") and not group.sufficient_data
+    assert not pb.report.summary.HasField("tolerance_met") and list(pb.report.summary.insufficient_groups) == ["a"]
