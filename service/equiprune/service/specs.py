@@ -193,7 +193,9 @@ def compression_job(spec: JobSpecModel, split_names: tuple[str, ...], *, sparsit
         recalibrate_batchnorm=spec.pruning.recalibrate_batchnorm if spec.pruning is not None else True,
         tolerance=d.tolerance,
         min_group_size=d.min_group_size,
-        device="cuda" if spec.resources.gpus_per_worker > 0 else "cpu",
+        # The device is the worker's business: checking CUDA here would test the machine that
+        # validates the request, not the one that runs it (the job manager checks the cluster).
+        device=None,
     )
 
 

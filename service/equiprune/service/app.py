@@ -1,0 +1,31 @@
+"""The Serve application: the gRPC ingress bound to the job manager.
+
+`build_app(settings)` is what the launcher runs; `app_builder` is the import path a Serve
+config file names (deploy/serve.yaml), so `serve run` / `serve deploy` run the very same
+application. Serve's gRPC proxy must import the servicer functions below, which is why the
+package has to be installed (`pip install -e .`), not merely on the driver's sys.path.
+"""
+
+from __future__ import annotations
+
+from ray.serve import Application
+
+from .ingress import Ingress
+from .manager import JobManager
+from .settings import ServerSettings
+
+GRPC_SERVICER_FUNCTIONS = [
+    "equiprune.v1.artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server",
+    "equiprune.v1.jobs_pb2_grpc.add_JobServiceServicer_to_server",
+]
+
+
+def build_app(settings: ServerSettings) -> Application:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    as_json = settings.model_dump(mode="json")
+    return Ingress.bind(JobManager.bind(as_json), as_json)
+
+
+def app_builder(args: dict) -> Application:
+    """For Serve config files: `args` are ServerSettings fields (data_dir at least)."""
+    return build_app(ServerSettings.model_validate(args))

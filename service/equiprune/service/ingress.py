@@ -1,0 +1,285 @@
+"""The gRPC ingress: a Serve deployment whose methods are the RPCs of ArtifactService and
+JobService. Thin on purpose: it turns requests into service types (convert.py), asks the
+artifact store or the job manager, and turns answers back into responses. Every exception
+leaves through `_status`, the one place that sets a gRPC status, so no stack trace ever
+reaches a client. Blocking work (file I/O, content validation) runs in threads: the
+replica's event loop keeps serving other calls, and it never waits on training.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+from collections.abc import Callable
+
+import grpc
+from ray import serve
+from ray.exceptions import RayTaskError
+from ray.serve.handle import DeploymentHandle
+
+from equiprune.v1 import artifacts_pb2, jobs_pb2
+
+from . import convert
+from .errors import FailedPrecondition, InvalidArgument, ServiceError, client_status
+from .samples import is_sample, write_sample
+from .settings import ServerSettings
+from .specs import JobSpecModel, check_sections, engine_configs
+from .store.artifacts import ArtifactStore
+from .validation import described_list, describe_artifact
+
+JOB_ID = re.compile(r"^job-[0-9a-f]{16}$")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+DEFAULT_WAIT_S, MAX_WAIT_S = 60.0, 600.0
+WATCH_POLL_S = 15.0
+MAX_DOWNLOAD_CHUNK = 4 * 1024 * 1024 - 64 * 1024  # stay below gRPC's default 4 MiB message limit
+
+
+def _status(exc: BaseException, context) -> None:
+    """Set the call's status from an exception (unwrapping errors raised in another replica)."""
+    if isinstance(exc, RayTaskError) and isinstance(getattr(exc, "cause", None), BaseException):
+        exc = exc.cause
+    status = client_status(exc)
+    context.set_code(grpc.StatusCode[status.code])
+    context.set_details(status.message)
+
+
+def unary(response_type) -> Callable:
+    def decorate(method):
+        @functools.wraps(method)
+        async def call(self, request, grpc_context):
+            try:
+                return await method(self, request, grpc_context)
+            except Exception as exc:  # noqa: BLE001 - mapped, never leaked
+                _status(exc, grpc_context)
+                return response_type()
+        return call
+    return decorate
+
+
+class _StreamFailed(Exception):
+    """Ends a failed server stream. Serve applies a stream's status only when the generator
+    raises after setting it (then it keeps the code and details set on the context)."""
+
+
+def streaming(method):
+    @functools.wraps(method)
+    async def call(self, request, grpc_context):
+        try:
+            async for response in method(self, request, grpc_context):
+                yield response
+        except Exception as exc:  # noqa: BLE001 - mapped, never leaked
+            _status(exc, grpc_context)
+            raise _StreamFailed() from None
+    return call
+
+
+def _require_job_id(job_id: str) -> str:
+    if not JOB_ID.match(job_id):
+        raise InvalidArgument(f"{job_id!r} is not a job id (job- followed by 16 hex digits)", field="job_id")
+    return job_id
+
+
+@serve.deployment(name="Ingress", max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+class Ingress:
+    def __init__(self, manager: DeploymentHandle, settings: dict) -> None:
+        self.settings = ServerSettings.model_validate(settings)
+        self.manager = manager
+        s = self.settings
+        self.artifacts = ArtifactStore(s.artifacts, max_upload_bytes=s.max_upload_bytes, max_chunk_bytes=s.max_chunk_bytes,
+                                       import_roots=[str(p) for p in s.import_roots], cache_dir=str(s.data_dir / "cache"))
+        (s.data_dir / "samples").mkdir(parents=True, exist_ok=True)
+        # Resume the jobs a previous run left unfinished now, not at the first request.
+        self._resumed = manager.ready.remote()
+
+    # ================================================================== ArtifactService
+
+    @unary(artifacts_pb2.StartUploadResponse)
+    async def StartUpload(self, request, grpc_context):
+        upload = await asyncio.to_thread(self.artifacts.start_upload, convert.artifact_kind(request.kind),
+                                         request.display_name, request.size_bytes, request.sha256)
+        return artifacts_pb2.StartUploadResponse(upload_id=upload.upload_id,
+                                                 max_chunk_bytes=self.settings.max_chunk_bytes)
+
+    @unary(artifacts_pb2.PutUploadChunkResponse)
+    async def PutUploadChunk(self, request, grpc_context):
+        committed = await asyncio.to_thread(self.artifacts.put_chunk, request.upload_id, request.offset, request.data)
+        return artifacts_pb2.PutUploadChunkResponse(committed_bytes=committed)
+
+    @unary(artifacts_pb2.GetUploadResponse)
+    async def GetUpload(self, request, grpc_context):
+        u = await asyncio.to_thread(self.artifacts.get_upload, request.upload_id)
+        return artifacts_pb2.GetUploadResponse(upload=artifacts_pb2.Upload(
+            upload_id=u.upload_id, kind=convert._number(convert.ARTIFACT_KINDS, u.kind), size_bytes=u.size_bytes,
+            committed_bytes=u.committed_bytes, sha256=u.sha256))
+
+    @unary(artifacts_pb2.FinishUploadResponse)
+    async def FinishUpload(self, request, grpc_context):
+        record = await asyncio.to_thread(self.artifacts.finish_upload, request.upload_id, describe_artifact)
+        return artifacts_pb2.FinishUploadResponse(artifact=convert.artifact_to_proto(record))
+
+    @unary(artifacts_pb2.ImportArtifactResponse)
+    async def ImportArtifact(self, request, grpc_context):
+        kind = convert.artifact_kind(request.kind)
+        if not request.HasField("source") or not request.source.uri:
+            raise InvalidArgument("required: the URI to import", field="source.uri")
+        record = await asyncio.to_thread(self._import, kind, request.source, request.display_name, "source")
+        return artifacts_pb2.ImportArtifactResponse(artifact=convert.artifact_to_proto(record))
+
+    def _import(self, kind: str, source: artifacts_pb2.UriSource, display_name: str, field: str):
+        """Import a URI (or write a built-in sample), reusing an identical stored artifact so a
+        retried request resolves to the same id."""
+        if is_sample(source.uri):
+            if kind != "dataset":
+                raise InvalidArgument("sample: URIs name datasets; use kind DATASET", field=f"{field}.uri")
+            path = write_sample(source.uri, str(self.settings.data_dir / "samples"))
+            existing = self.artifacts.find(kind, _sha256(path))
+            return existing or self.artifacts.put_file(str(path), kind, display_name or path.name, source=source.uri,
+                                                       description=describe_artifact(str(path), kind))
+        if not source.sha256:
+            raise InvalidArgument("required for imports: the content's sha256", field=f"{field}.sha256")
+        existing = self.artifacts.find(kind, source.sha256.lower())
+        if existing is not None:
+            return existing
+        try:
+            return self.artifacts.import_uri(kind, source.uri, source.sha256, display_name, validate=describe_artifact)
+        except InvalidArgument as err:
+            if field != "source" and err.field and err.field.startswith("source."):
+                raise InvalidArgument(err.message, field=field + err.field[len("source"):]) from None
+            raise
+
+    @unary(artifacts_pb2.GetArtifactResponse)
+    async def GetArtifact(self, request, grpc_context):
+        record = await asyncio.to_thread(self.artifacts.get, request.artifact_id)
+        return artifacts_pb2.GetArtifactResponse(artifact=convert.artifact_to_proto(record))
+
+    @unary(artifacts_pb2.ListArtifactsResponse)
+    async def ListArtifacts(self, request, grpc_context):
+        kind = convert.ARTIFACT_KINDS.get(request.kind) if request.kind else None
+        if request.kind and kind is None:
+            raise InvalidArgument(f"unknown value {request.kind}", field="kind")
+        records, token = await asyncio.to_thread(self.artifacts.list, kind, _page_size(request.page_size, 100),
+                                                 request.page_token)
+        return artifacts_pb2.ListArtifactsResponse(artifacts=[convert.artifact_to_proto(r) for r in records],
+                                                   next_page_token=token)
+
+    @streaming
+    async def DownloadArtifact(self, request, grpc_context):
+        if request.chunk_bytes < 0 or request.chunk_bytes > MAX_DOWNLOAD_CHUNK:
+            raise InvalidArgument(f"must be in [0, {MAX_DOWNLOAD_CHUNK}]", field="chunk_bytes")
+        record = await asyncio.to_thread(self.artifacts.get, request.artifact_id)
+        chunks = self.artifacts.read_chunks(record.artifact_id, request.offset, request.chunk_bytes or 1024 * 1024)
+        offset = request.offset
+        while (data := await asyncio.to_thread(next, chunks, None)) is not None:
+            yield artifacts_pb2.DownloadArtifactResponse(offset=offset, data=data, size_bytes=record.size_bytes,
+                                                         sha256=record.sha256)
+            offset += len(data)
+
+    # ================================================================== JobService
+
+    @unary(jobs_pb2.CreateJobResponse)
+    async def CreateJob(self, request, grpc_context):
+        if request.request_id and not REQUEST_ID.match(request.request_id):
+            raise InvalidArgument("at most 128 characters of A-Z a-z 0-9 . _ : -", field="request_id")
+        if not request.HasField("spec"):
+            raise InvalidArgument("required", field="spec")
+        spec = await asyncio.to_thread(self._validated_spec, request.spec)
+        record = await self.manager.create.remote(spec.kind, spec.to_json(), request.request_id or None)
+        return jobs_pb2.CreateJobResponse(job=self._job(record))
+
+    def _validated_spec(self, pb: jobs_pb2.JobSpec) -> JobSpecModel:
+        spec = convert.spec_from_proto(pb, self._resolve)
+        check_sections(spec)
+        dataset = self._artifact_of_kind(spec.dataset, "dataset", "spec.dataset")
+        if spec.model is not None:
+            self._artifact_of_kind(spec.model, "model", "spec.model")
+        attributes = described_list(dataset.description, "attributes")
+        for name in spec.data.group_by:
+            if name not in attributes:
+                raise InvalidArgument(f"the dataset has no attribute {name!r}; its attributes: {', '.join(attributes)}",
+                                      field="spec.data.group_by")
+        engine_configs(spec, described_list(dataset.description, "splits"))
+        return spec
+
+    def _resolve(self, ref, field: str) -> str | None:
+        which = ref.WhichOneof("source")
+        if which is None:
+            return None
+        if which == "artifact_id":
+            return self._get(ref.artifact_id, f"{field}.artifact_id").artifact_id
+        kind = "model" if field == "spec.model" else "dataset"
+        return self._import(kind, ref.uri, "", f"{field}.uri").artifact_id
+
+    def _get(self, artifact_id: str, field: str):
+        """The artifact, with a refusal naming the request's field rather than the store's."""
+        try:
+            return self.artifacts.get(artifact_id)
+        except ServiceError as err:
+            raise type(err)(err.message, field=field) from None
+
+    def _artifact_of_kind(self, artifact_id: str, kind: str, field: str):
+        record = self._get(artifact_id, field)
+        if record.kind != kind:
+            raise FailedPrecondition(f"artifact {artifact_id} is a {record.kind}, not a {kind}", field=field)
+        return record
+
+    @unary(jobs_pb2.GetJobResponse)
+    async def GetJob(self, request, grpc_context):
+        record = await self.manager.get.remote(_require_job_id(request.job_id))
+        return jobs_pb2.GetJobResponse(job=self._job(record))
+
+    @unary(jobs_pb2.ListJobsResponse)
+    async def ListJobs(self, request, grpc_context):
+        states = tuple(convert.job_state(s, "states") for s in request.states)
+        kind = convert.job_kind(request.kind) if request.kind else None
+        records, token = await self.manager.list.remote(states, kind, _page_size(request.page_size, 50),
+                                                        request.page_token)
+        return jobs_pb2.ListJobsResponse(jobs=[self._job(r, with_result=False) for r in records],
+                                         next_page_token=token)
+
+    @unary(jobs_pb2.CancelJobResponse)
+    async def CancelJob(self, request, grpc_context):
+        record = await self.manager.cancel.remote(_require_job_id(request.job_id))
+        return jobs_pb2.CancelJobResponse(job=self._job(record))
+
+    @unary(jobs_pb2.WaitJobResponse)
+    async def WaitJob(self, request, grpc_context):
+        timeout = convert.duration_seconds(request.timeout) if request.HasField("timeout") else 0.0
+        if timeout < 0 or timeout > MAX_WAIT_S:
+            raise InvalidArgument(f"must be between 0 and {MAX_WAIT_S:.0f} s", field="timeout")
+        record = await self.manager.wait.remote(_require_job_id(request.job_id), timeout or DEFAULT_WAIT_S)
+        return jobs_pb2.WaitJobResponse(job=self._job(record))
+
+    @streaming
+    async def WatchJob(self, request, grpc_context):
+        job_id = _require_job_id(request.job_id)
+        if request.after_sequence < 0:
+            raise InvalidArgument("must not be negative", field="after_sequence")
+        after = request.after_sequence
+        while True:
+            events, done = await self.manager.events.remote(job_id, after, WATCH_POLL_S)
+            for i, event in enumerate(events):
+                last = done and i == len(events) - 1
+                yield jobs_pb2.WatchJobResponse(event=convert.event_to_proto(event), done=last)
+                after = event.sequence
+            if done:
+                return
+
+    def _job(self, record, *, with_result: bool = True) -> jobs_pb2.Job:
+        return convert.job_to_proto(record, self.artifacts.get, with_result=with_result)
+
+
+def _page_size(value: int, default: int) -> int:
+    if value < 0 or value > 1000:
+        raise InvalidArgument(f"must be between 0 and 1000, got {value}", field="page_size")
+    return value or default
+
+
+def _sha256(path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,95 @@
+"""`equiprune serve`: the whole service on one machine with one command, or joined to a cluster.
+
+Embedded default: an in-process Ray (no dashboard), Serve with the gRPC API on the chosen
+port, the SQLite job store and the artifact folder under --data-dir. `--address` joins an
+existing Ray cluster instead (then the artifact root should be shared storage, see
+docs/service.md). Stops cleanly on Ctrl-C or SIGTERM; jobs still running then are resumed at
+the next start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="equiprune serve", description=__doc__.split("\n\n")[0])
+    p.add_argument("--port", type=int, default=9000, help="gRPC port (default 9000)")
+    p.add_argument("--http-port", type=int, default=8000, help="Serve's HTTP proxy port (default 8000)")
+    p.add_argument("--host", default="127.0.0.1", help="address clients are told to use and the HTTP proxy binds")
+    p.add_argument("--data-dir", default=os.environ.get("EQUIPRUNE_DATA_DIR", "equiprune-data"),
+                   help="job database, artifacts and job folders (default ./equiprune-data)")
+    p.add_argument("--artifact-root", default=None, help="local folder or fsspec URL for artifacts (default <data-dir>/artifacts)")
+    p.add_argument("--allow-import", action="append", default=[], metavar="DIR",
+                   help="a local folder ImportArtifact may read from (repeatable; none by default)")
+    p.add_argument("--address", default=None, help="join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting one")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs the embedded Ray may use (default: all)")
+    p.add_argument("--num-gpus", type=int, default=None, help="GPUs the embedded Ray may use (default: all it finds)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from pydantic import ValidationError
+
+    from .settings import ServerSettings
+
+    try:
+        settings = ServerSettings(data_dir=Path(args.data_dir), host=args.host, grpc_port=args.port,
+                                  http_port=args.http_port, artifact_root=args.artifact_root,
+                                  import_roots=tuple(Path(p) for p in args.allow_import))
+    except ValidationError as err:
+        first = err.errors()[0]
+        print(f"error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    start(settings, address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+    print(f"equiprune is serving gRPC on {settings.host}:{settings.grpc_port} "
+          f"(data in {settings.data_dir}; Ctrl-C stops it)", flush=True)
+    stop.wait()
+    print("stopping", flush=True)
+    shutdown()
+    return 0
+
+
+def start(settings, *, address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """Start (or join) Ray, start Serve with the gRPC proxy, and run the application."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray import serve
+    from ray.serve.config import gRPCOptions
+
+    from .app import GRPC_SERVICER_FUNCTIONS, build_app
+
+    if address is None:
+        # One machine, loopback clients: Ray's token auth would only get in the way of the
+        # embedded default (a cluster keeps whatever its operator configured).
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, namespace="equiprune",
+                 log_to_driver=False)
+    else:
+        ray.init(address=address, namespace="equiprune", log_to_driver=False)
+    serve.start(http_options={"host": settings.host, "port": settings.http_port},
+                grpc_options=gRPCOptions(port=settings.grpc_port, grpc_servicer_functions=GRPC_SERVICER_FUNCTIONS))
+    serve.run(build_app(settings), name=settings.application_name, blocking=False)
+
+
+def shutdown() -> None:
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

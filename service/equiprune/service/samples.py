@@ -1,0 +1,39 @@
+"""Built-in sample datasets, imported with a `sample:<name>` URI (no download: all offline).
+
+`sample:digits` is scikit-learn's bundled 8x8 digits with the engine's synthetic group
+attributes (`cohort`, `ink`) and a train/test split: what `equiprune demo` runs on.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from .errors import InvalidArgument
+
+PREFIX = "sample:"
+
+
+def _digits(path: Path) -> None:
+    from equiprune.engine.dataset import save_dataset
+    from equiprune.engine.demo_data import digits_group_dataset
+
+    save_dataset(digits_group_dataset(), path)
+
+
+SAMPLES = {"digits": _digits}
+
+
+def is_sample(uri: str) -> bool:
+    return uri.startswith(PREFIX)
+
+
+def write_sample(uri: str, folder: str) -> Path:
+    """Write the named sample dataset into `folder`; its path."""
+    name = uri[len(PREFIX):]
+    if name not in SAMPLES:
+        raise InvalidArgument(f"unknown sample {name!r}; samples: {', '.join(PREFIX + n for n in SAMPLES)}",
+                              field="source.uri")
+    path = Path(tempfile.mkdtemp(dir=folder)) / f"{name}.npz"
+    SAMPLES[name](path)
+    return path
