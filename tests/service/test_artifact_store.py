@@ -520,3 +520,13 @@ def test_find_returns_the_oldest_artifact_with_that_content(tmp_path):
     assert store.find("dataset", digest).artifact_id == first.artifact_id
     assert store.find("model", digest) is None
     assert store.find("dataset", "0" * 64) is None
+
+
+def test_finishing_again_returns_the_same_artifact_even_after_a_restart(store, open_store):
+    data = b"x" * 100
+    upload = store.start_upload("model", "m", len(data), _sha(data))
+    store.put_chunk(upload.upload_id, 0, data)
+    first = store.finish_upload(upload.upload_id)
+    assert store.finish_upload(upload.upload_id).artifact_id == first.artifact_id
+    assert open_store().finish_upload(upload.upload_id).artifact_id == first.artifact_id
+    assert len(store.list()[0]) == 1

@@ -107,3 +107,11 @@ def test_reports_parse_into_proto_leaving_unknown_values_unset():
     group = pb.report.groups[0]
     assert group.accuracy == 0.8 and not group.HasField("excess_accuracy_gap") and not group.sufficient_data
     assert not pb.report.summary.HasField("tolerance_met") and list(pb.report.summary.insufficient_groups) == ["a"]
+
+
+def test_budget_search_needs_no_sparsity_of_its_own():
+    pb = _spec(kind=jobs_pb2.JOB_KIND_BUDGET_SEARCH, finetune=None, pruning=jobs_pb2.PruningOptions())
+    spec = convert.spec_from_proto(pb, _resolve)
+    check_sections(spec)
+    configs = engine_configs(spec, ("train", "test"))
+    assert configs.budget.low == 0.5 and configs.budget.high == 0.95

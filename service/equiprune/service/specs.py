@@ -173,7 +173,9 @@ def _engine_configs(spec: JobSpecModel, split_names: tuple[str, ...]) -> EngineC
                                   field="spec.pruning.kind")
     if spec.kind in ("train", "evaluate"):
         return EngineConfigs(None, budget)
-    return EngineConfigs(compression_job(spec, split_names), budget)
+    # A search chooses each probe's sparsity: validate the rest with the top of its range.
+    sparsity = budget.high if budget is not None else None
+    return EngineConfigs(compression_job(spec, split_names, sparsity=sparsity), budget)
 
 
 def compression_job(spec: JobSpecModel, split_names: tuple[str, ...], *, sparsity: float | None = None) -> CompressionJob:

@@ -215,6 +215,10 @@ class ArtifactStore:
         """
         _check_id(upload_id, _UPLOAD_ID, "upload_id")
         with self._lock_for(upload_id):
+            finished = self._finished_upload(upload_id)
+            if finished is not None:
+                # A retry after a lost reply: the same artifact, not NOT_FOUND.
+                return finished
             upload = self._read_upload(upload_id)
             if upload.committed_bytes < upload.size_bytes:
                 raise FailedPrecondition(
@@ -245,7 +249,17 @@ class ArtifactStore:
                 self._delete_upload(upload_id)
                 raise
             self._delete_upload(upload_id)
+            self._fs.makedirs(self._path("finished-uploads"), exist_ok=True)
+            self._write_json_atomically(self._path("finished-uploads", f"{upload_id}.json"),
+                                        {"artifact_id": record.artifact_id})
         return record
+
+    def _finished_upload(self, upload_id: str) -> ArtifactRecord | None:
+        try:
+            marker = json.loads(self._fs.cat_file(self._path("finished-uploads", f"{upload_id}.json")))
+        except FileNotFoundError:
+            return None
+        return self.get(marker["artifact_id"])
 
     # --- other ways in ---------------------------------------------------------------------
 
