@@ -175,11 +175,14 @@ def test_demo_tells_the_whole_story(run, server, tmp_path):
     assert out.count("damage after pruning") == 1  # the most telling of the four pruned reports
     assert "\npruned vs dense on the test split" in out
     create = server.faults.requests["CreateJob"]
-    train, compress = create[0].spec, create[1].spec
+    train, baseline, compress = create[0].spec, create[1].spec, create[2].spec
     assert train.train.architecture == "small_cnn" and train.train.epochs == 20
     assert dict(train.train.architecture_kwargs)["input_size"] == 8
     assert list(compress.data.group_by) == ["cohort"] and compress.data.tolerance == 0.02
-    assert compress.finetune.epochs == 5 and compress.finetune.dual_lr == 0.05 and compress.pruning.sparsity == 0.9
+    assert compress.finetune.epochs == 10 and compress.finetune.dual_lr == 0.5 and compress.pruning.sparsity == 0.9
+    assert compress.finetune.method == 3 and baseline.finetune.method == 1  # CEAG, and naive for comparison
+    assert baseline.pruning == compress.pruning and baseline.data == compress.data
+    assert "repair compared (after fine-tuning)" in out and "naive fine-tuning" in out
     assert compress.data.min_group_size == 10
     assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["model.safetensors", "report.json"]
 

@@ -276,3 +276,21 @@ def artifact_line(artifact: artifacts_pb2.Artifact) -> str:
 
 def _time(stamp) -> str:
     return stamp.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") + " UTC"
+
+
+def repair_comparison(jobs: dict[str, jobs_pb2.Job]) -> str:
+    """Fine-tuned results of several jobs side by side: worst group, max ψ_g, tolerance met,
+    on the training split (what the constraint sees) and the evaluation split."""
+    rows = []
+    for label, job in jobs.items():
+        for split in dict.fromkeys(r.split for r in job.result.reports if r.stage == reports_pb2.REPORT_STAGE_FINETUNED):
+            report = stage_reports(job.result.reports, split).get(reports_pb2.REPORT_STAGE_FINETUNED)
+            s = report.summary
+            rows.append((label, split or "-", f"{100 * report.overall.accuracy:.1f}%",
+                         f"{s.worst_group} {pct(s, 'worst_group_accuracy')}",
+                         f"{pts(s, 'max_excess_accuracy_gap')} ({s.max_excess_accuracy_gap_group})",
+                         yes_no(s, "tolerance_met")))
+    if not rows:
+        return "no fine-tuned reports to compare"
+    header = ("fine-tuning", "split", "accuracy", "worst group", "max ψ_g", "within ε")
+    return "\n".join(["repair compared (after fine-tuning)", *render(header, rows, right=(2,))])
