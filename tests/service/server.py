@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,14 +33,15 @@ class ServerProcess:
         self.port = free_port()
         self.process: subprocess.Popen | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
-        # Ray's unix sockets need a short path.
-        self.ray_tmp = tempfile.mkdtemp(prefix="ep", dir="/tmp")
+        self.ray_tmp: str | None = None
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120.0) -> "ServerProcess":
+        # Ray's unix sockets need a short path; one folder per run, removed by stop().
+        self.ray_tmp = tempfile.mkdtemp(prefix="ep", dir="/tmp")
         env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": self.ray_tmp,
                "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "equiprune.service.launcher", "--port", str(self.port),
@@ -67,14 +69,16 @@ class ServerProcess:
         raise RuntimeError(f"the server did not answer within {timeout} s:\n{self.log()}")
 
     def stop(self, timeout: float = 60.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self.ray_tmp is not None:
+            shutil.rmtree(self.ray_tmp, ignore_errors=True)
+            self.ray_tmp = None
 
     def log(self) -> str:
         try:
