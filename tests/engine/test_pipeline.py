@@ -268,3 +268,31 @@ def _evaluations_all_small():
     groups = torch.tensor([0] * 5 + [1] * 5)
     ev = Evaluation(torch.ones(10, dtype=torch.bool), torch.zeros(10), torch.ones(10), groups, ("a", "b"))
     return ev, ev
+
+
+def test_finetuning_an_already_pruned_model_keeps_its_zeros(digits, dense_path):
+    pruned = run_compression(load_model(dense_path), digits, CompressionJob(
+        group_by=("cohort",), pruning=PruningConfig(sparsity=0.7), finetune=None)).module
+    zeros = {name: p == 0 for name, p in pruned.named_parameters() if p.dim() > 1 and bool((p == 0).any())}
+    assert zeros, "the pruned model has zero weights"
+    loaded = load_model(dense_path)
+    loaded.module.load_state_dict(pruned.state_dict())
+    result = run_compression(loaded, digits, CompressionJob(
+        group_by=("cohort",), pruning=None, finetune=FinetuneConfig(method="naive", epochs=1, lr=0.05)))
+    params = dict(result.module.named_parameters())
+    for name, was_zero in zeros.items():
+        assert bool((params[name][was_zero] == 0).all()), f"{name}: a pruned weight grew back"
+    assert any(bool((params[name][~was_zero] != pruned.state_dict()[name][~was_zero]).any()) for name in zeros)
+
+
+def test_each_report_is_announced_as_soon_as_it_exists(digits, dense_path):
+    calls = []
+    run_compression(load_model(dense_path), digits, CompressionJob(
+        group_by=("cohort",), pruning=PruningConfig(sparsity=0.8),
+        finetune=FinetuneConfig(method="naive", epochs=1)), on_progress=lambda phase, payload: calls.append((phase, payload)))
+    stages = [payload["stage"] for phase, payload in calls if phase == "report"]
+    assert stages == ["dense", "pruned", "finetuned"], stages  # an MLP has no BatchNorm to recalibrate
+    phases = [phase for phase, _ in calls]
+    assert phases.index("report") < phases.index("prune") and phases.index("finetune") < len(phases) - 1
+    pruned = next(p for phase, p in calls if phase == "report" and p["stage"] == "pruned")
+    assert pruned["reports"]["eval"]["summary"]["max_excess_accuracy_gap"] is not None

@@ -22,6 +22,7 @@ from .ranking import rank_agreement
 from .errors import InvalidConfigError
 from .evaluation import Evaluation, evaluate
 from .finetune.config import FinetuneConfig
+from .finetune.distributed import DataParallel
 from .finetune.loop import FinetuneResult, finetune
 from .groups import GroupedData
 from .jsonable import json_safe
@@ -30,7 +31,7 @@ from .models.io import LoadedModel, save_exported, save_safetensors
 from .models.sparse import save_sparse
 from .prune import PruneOutcome, PruningConfig, prune
 from .pruning.batchnorm import recalibrate_batchnorm
-from .pruning.masks import Masks
+from .pruning.masks import Masks, masks_from_weights
 from .report import GroupReport, build_report
 
 Progress = Callable[[str, dict], None]
@@ -155,12 +156,21 @@ def run_compression(
     *,
     checkpoint_path: str | Path | None = None,
     on_progress: Progress | None = None,
+    data_parallel: DataParallel | None = None,
 ) -> CompressionResult:
     """Run `job` on `loaded` and `dataset`; return every report.
 
     The dense model is never modified when the job prunes (pruning works on a copy); a job
     without pruning fine-tunes `loaded.module` itself, in place.
+
+    data_parallel: run as one worker of a data-parallel group. Only the fine-tuning phase is
+    shared out; every worker runs the rest (evaluation, diagnostics, pruning with its
+    training steps) in full, which is deterministic, so all workers hold the same pruned
+    model when fine-tuning starts and the same reports at the end. Callers may pass the same
+    `on_progress` on every worker: it is called on rank 0 only.
     """
+    if data_parallel is not None and not data_parallel.is_primary:
+        on_progress = None
     say = on_progress or (lambda phase, payload: None)
     device = torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     notes: list[str] = []
@@ -184,8 +194,13 @@ def run_compression(
         }
         return StageReports(reports["train"], reports.get("eval")), evals
 
+    def announce(stage: str, reports: StageReports) -> None:
+        """Each report as soon as it exists, so a watcher sees the damage before the repair."""
+        say("report", {"stage": stage, "reports": reports.to_dict()})
+
     say("evaluate_dense", {})
     dense_reports, dense_evals = measure(dense, None)
+    announce("dense", dense_reports)
 
     diagnostics = diag_data = None
     if job.diagnostics is not None:
@@ -193,7 +208,8 @@ def run_compression(
         diag_data = train.sample_per_group(job.diagnostics_samples_per_group, seed=job.diagnostics.seed)
         diagnostics = diagnose(dense, diag_data, job.diagnostics)
 
-    module, masks, outcome = dense, {}, None
+    # A model that arrives pruned keeps its zeros through fine-tuning.
+    module, masks, outcome = dense, _zero_masks(dense) if job.pruning is None else {}, None
     pruned_reports = raw_reports = prediction = None
     if job.pruning is not None:
         say("prune", _pruning_summary(job.pruning))
@@ -203,7 +219,9 @@ def run_compression(
         pruned_reports, _ = measure(module, dense_evals)
         if job.recalibrate_batchnorm and _recalibrate(module, train, notes):
             raw_reports = pruned_reports
+            announce("pruned_without_recalibration", raw_reports)
             pruned_reports, _ = measure(module, dense_evals)
+        announce("pruned", pruned_reports)
         if diagnostics is not None and masks:
             prediction = _check_prediction(dense, diag_data, masks, diagnostics, raw_reports or pruned_reports,
                                            pruned_reports if raw_reports else None)
@@ -220,8 +238,10 @@ def run_compression(
             train_reference=train_ref, constraint=constraint, constraint_reference=constraint_ref,
             device=device, checkpoint_path=checkpoint_path,
             on_progress=lambda event: say("finetune_step", vars(event)),
+            data_parallel=data_parallel,
         )
         finetuned_reports, _ = measure(module, dense_evals)
+        announce("finetuned", finetuned_reports)
 
     say("done", {})
     return CompressionResult(
@@ -229,6 +249,13 @@ def run_compression(
         pruned_without_recalibration=raw_reports, finetuned=finetuned_reports, pruning=outcome,
         diagnostics=diagnostics, prediction=prediction, finetune=ft_result, notes=tuple(notes),
     )
+
+
+def _zero_masks(module: nn.Module) -> Masks:
+    """Masks holding the zeros of a weight matrix or kernel that has any (an already pruned
+    model); a dense model gets none, so fine-tuning it is unconstrained."""
+    return masks_from_weights(module, [name for name, p in module.named_parameters()
+                                       if p.dim() > 1 and bool((p == 0).any())])
 
 
 def _pruning_summary(config: PruningConfig) -> dict:

@@ -134,10 +134,13 @@ def _evaluate_all(ctx: JobContext, model: torch.nn.Module, dataset: GroupDataset
 
 def _compress(ctx: JobContext, dataset: GroupDataset) -> dict:
     """diagnose, prune, finetune and prune_and_finetune: the engine's compression pipeline."""
-    job = dataclasses.replace(engine_configs(ctx.spec, dataset.split_names).compression, device=_device(ctx))
+    resources = ctx.spec.resources
+    job = engine_configs(ctx.spec, dataset.split_names).compression
+    if resources.workers == 1:
+        # Data-parallel workers pick their own device; this task may hold no GPU of its own.
+        job = dataclasses.replace(job, device=_device(ctx))
     model_path = ctx.artifacts.local_path(ctx.spec.model)
     out_dir = ctx.work_dir / "outputs"
-    resources = ctx.spec.resources
     say = _pipeline_progress(ctx, job)
     if resources.workers > 1:
         from .distributed import run_compression_on_ray_train  # Ray Train only when asked for

@@ -4,6 +4,26 @@ Per mini-batch: forward, let the objective observe the outcomes, draw a constrai
 the objective wants one, dual step, primal step, re-apply the masks. Everything random is
 derived from (seed, epoch) or (seed, step), so a run resumed from a checkpoint replays the
 same batches as one that never stopped.
+
+Data-parallel runs (`data_parallel`, see distributed.py) keep that shape: every worker draws
+the same global batch and trains on its slice of it, so one step is still one global batch
+and steps, schedules and checkpoints mean what they mean in a single process. What is shared:
+- gradients, by the wrapped module (DDP); each worker's loss is scaled by its share of the
+  global batch, so the averaged gradient of a plain mean loss is the full-batch gradient;
+- the multipliers, averaged after every dual step (one all-reduce per step, which also
+  carries the batch's loss sum and sample count for progress and epoch statistics).
+What is not: each worker's replay buffers hold only the outcomes of its own slices, so its
+dual step estimates ψ_g (or EL's violations) from its shard; averaging the multipliers each
+worker moved approximates one dual step on the union of the shards. A worker only starts
+stepping a group once its own buffer is ready, which takes about world_size times as many
+steps. The held-out variant's buffers agree across workers for models without BatchNorm:
+its constraint draws are a function of (seed, step) and every worker holds the same weights.
+BatchNorm running statistics are each worker's own between forward passes (DDP broadcasts
+rank 0's buffers at the start of each one), so the model rank 0 ends with is the one to keep.
+Only rank 0 writes checkpoints and reports progress. A checkpoint stores rank 0's replay
+buffers, which every worker loads on resume, so a resumed constrained run continues with the
+same weights and multipliers but differs from an uninterrupted one in the other workers'
+buffers (naive fine-tuning resumes exactly).
 """
 
 from __future__ import annotations
@@ -27,6 +47,7 @@ from ..modes import mode, try_set_mode
 from ..pruning.masks import Masks, apply_masks, mask_gradients
 from .checkpoint import load_checkpoint, run_fingerprint, save_checkpoint
 from .config import FinetuneConfig
+from .distributed import DataParallel
 from .objectives import CEAG, EqualizedLoss, HeldOutCEAG, Objective
 
 
@@ -126,9 +147,16 @@ def finetune(
     checkpoint_path: str | Path | None = None,
     on_progress: Callable[[ProgressEvent], None] | None = None,
     phase: str = "finetune",
+    data_parallel: DataParallel | None = None,
 ) -> FinetuneResult:
     """Fine-tune `model` in place with `masks` held fixed; resume from `checkpoint_path` if it
-    exists (and was written by this same run). The model's train/eval mode is restored on return."""
+    exists (and was written by this same run). The model's train/eval mode is restored on return.
+
+    data_parallel: this worker's place in a data-parallel run (module docstring). Every worker
+    must call this with the same arguments; `checkpoint_path` must then name storage every
+    worker reads (only rank 0 writes it), and `on_progress` is called on rank 0 only. An
+    error on one worker (a raising `on_progress` included) leaves the others waiting in
+    their next collective: the launcher must tear the group down (Ray Train does)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     objective = build_objective(config, train, train_reference, constraint, constraint_reference)
     model.to(device)
@@ -148,6 +176,15 @@ def finetune(
         start_step = load_checkpoint(checkpoint_path, model, optimizer, objective, fingerprint)
         apply_masks(model, masks)
         _set_lr(optimizer, schedule(start_step))
+    forward = model
+    writes_checkpoints = True
+    if data_parallel is not None:
+        _agree_on_start(data_parallel, start_step, fingerprint)
+        forward = data_parallel.wrap(model)  # masks, optimiser and checkpoints keep `model`
+        writes_checkpoints = data_parallel.is_primary
+        if not data_parallel.is_primary:
+            on_progress = None
+    rank = data_parallel.rank if data_parallel is not None else 0
     was_training = model.training
     mode_fixed = not try_set_mode(model, True)
     random_layers = _has_random_layers(model)
@@ -167,37 +204,48 @@ def finetune(
         order = _epoch_order(len(train), config.seed, epoch)
         for batch_index in range(step - epoch * steps_per_epoch, steps_per_epoch):
             idx = order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]
+            global_size = idx.numel()
+            if data_parallel is not None:
+                idx = data_parallel.shard(idx)
             x, y, g = _to_device(train.subset(idx), device, use_cuda_extras and config.channels_last)
             if config.augment_hflip and x.dim() == 4:
-                x = _flip_half(x, config.seed, step)
+                x = _flip_half(x, config.seed, step, global_size, data_parallel)
 
-            with autocast, _step_rng(random_layers, config.seed, step):
-                logits = model(x)
+            with autocast, _step_rng(random_layers, config.seed, step, rank):
+                logits = forward(x)
             loss = F.cross_entropy(logits.float(), y, reduction="none")
             correct = logits.detach().argmax(dim=1) == y
             objective.observe(loss.detach(), correct, g)
             if sampler is not None:
                 objective.observe_constraint(*sampler.outcomes(model, step, device, autocast))
             objective.dual_step(g)
+            batch_loss, batch_samples = loss.detach().sum().item(), int(y.numel())
+            if data_parallel is not None:
+                batch_loss, batch_samples = _share_step(data_parallel, objective, batch_loss, batch_samples)
 
             optimizer.zero_grad(set_to_none=True)
-            objective.primal_loss(loss, g).backward()
+            if data_parallel is None:
+                objective.primal_loss(loss, g).backward()
+            else:
+                _primal_share(objective, loss, g, logits, global_size, data_parallel).backward()
             mask_gradients(model, masks)
             optimizer.step()
             apply_masks(model, masks)
 
             step += 1
             _set_lr(optimizer, schedule(step))
-            loss_sum += loss.detach().sum().item()
-            samples += int(y.numel())
-            if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and checkpoint_path:
+            loss_sum += batch_loss
+            samples += batch_samples
+            if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and checkpoint_path
+                    and writes_checkpoints):
                 save_checkpoint(checkpoint_path, model, optimizer, objective, step, fingerprint)
             if on_progress is not None:
+                shown = loss.detach().mean().item() if data_parallel is None else batch_loss / max(batch_samples, 1)
                 on_progress(ProgressEvent(phase, epoch, step, steps_per_epoch, config.epochs,
-                                          loss.detach().mean().item(), _named(objective.multipliers, names)))
+                                          shown, _named(objective.multipliers, names)))
         history.append(EpochStats(epoch, loss_sum / max(samples, 1), time.perf_counter() - started,
                                   samples, _named(objective.multipliers, names)))
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and writes_checkpoints:
             save_checkpoint(checkpoint_path, model, optimizer, objective, step, fingerprint)
     if not mode_fixed:
         model.train(was_training)
@@ -209,23 +257,81 @@ def _has_random_layers(model: nn.Module) -> bool:
 
 
 @contextmanager
-def _step_rng(random_layers: bool, seed: int, step: int) -> Iterator[None]:
+def _step_rng(random_layers: bool, seed: int, step: int, rank: int = 0) -> Iterator[None]:
     """Dropout draws from the global RNG; seed it per step (inside a fork, so the caller's RNG
-    is untouched) so that a resumed run makes the same draws as one that never stopped."""
+    is untouched) so that a resumed run makes the same draws as one that never stopped.
+    Data-parallel workers offset the seed by their rank so their slices get distinct draws."""
     if not random_layers:
         yield
         return
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed * 15_485_863 + step)
+        torch.manual_seed(seed * 15_485_863 + step + (rank << 40))
         yield
 
 
-def _flip_half(x: torch.Tensor, seed: int, step: int) -> torch.Tensor:
-    """Mirror a random half of the images (width axis); the choice is a function of (seed, step)."""
-    flip = torch.rand(x.shape[0], generator=torch.Generator().manual_seed(seed * 7_919 + step)) < 0.5
+def _flip_half(x: torch.Tensor, seed: int, step: int, global_size: int | None = None,
+               data_parallel: DataParallel | None = None) -> torch.Tensor:
+    """Mirror a random half of the images (width axis); the choice is a function of (seed, step),
+    drawn for the whole global batch so a data-parallel worker flips what one process would."""
+    global_size = x.shape[0] if global_size is None else global_size
+    flip = torch.rand(global_size, generator=torch.Generator().manual_seed(seed * 7_919 + step)) < 0.5
+    if data_parallel is not None:
+        flip = data_parallel.shard(flip)
     flip = flip.to(x.device).view(-1, *([1] * (x.dim() - 1)))
     return torch.where(flip, x.flip(-1), x)
+
+
+def _agree_on_start(data_parallel: DataParallel, start_step: int, fingerprint: str) -> None:
+    """Check that every worker runs the same run from the same step, with one all-reduce.
+
+    Workers resuming from different steps would pair up different steps in their
+    collectives (a checkpoint only rank 0 can see, on a node-local path, does that). Workers
+    with different masks, settings or data (the pipeline before fine-tuning computed on
+    hardware that rounds differently) would drift apart: DDP aligns the weights once, but
+    each worker re-applies its own masks after every step.
+    """
+    # Each value is compared through its mean and the mean of its square: the two agree
+    # (mean of squares == square of mean) only when every worker sent the same value. The
+    # fingerprint enters as two 24-bit pieces so the squares stay exact in float64.
+    values = [float(start_step), float(int(fingerprint[:6], 16)), float(int(fingerprint[6:12], 16))]
+    mine = torch.tensor([v for value in values for v in (value, value * value)], dtype=torch.float64)
+    mean = data_parallel.all_reduce_mean(mine)
+    if torch.equal(mean, mine):
+        return
+    if not torch.equal(mean[:2], mine[:2]):
+        raise InvalidConfigError(
+            "finetune.checkpoint",
+            f"worker {data_parallel.rank} would resume from step {start_step} but other workers from "
+            "another step; the checkpoint path must name storage that every worker reads")
+    raise RuntimeError(
+        f"worker {data_parallel.rank} disagrees with the others on the fine-tuning run (settings, masks "
+        "or data differ); every worker must reach fine-tuning with the same pruned model")
+
+
+def _share_step(data_parallel: DataParallel, objective: Objective, batch_loss: float,
+                batch_samples: int) -> tuple[float, int]:
+    """Average the multipliers across workers and total the batch's loss and sample count, in
+    one all-reduce. Returns (loss sum, samples) over the global batch."""
+    mine = torch.cat([objective.multipliers.detach().double().cpu(),
+                      torch.tensor([batch_loss, batch_samples], dtype=torch.float64)])
+    mean = data_parallel.all_reduce_mean(mine)
+    objective.multipliers = mean[:-2].to(objective.multipliers.dtype).clone()
+    world = data_parallel.world_size
+    return float(mean[-2]) * world, round(float(mean[-1]) * world)
+
+
+def _primal_share(objective: Objective, loss: torch.Tensor, groups: torch.Tensor, logits: torch.Tensor,
+                  global_size: int, data_parallel: DataParallel) -> torch.Tensor:
+    """This worker's primal loss, scaled by its share of the global batch (n_r · W / N), so
+    that DDP's plain average of the gradients weighs every sample alike: for a mean loss it
+    is the full-batch gradient (up to rounding). A worker whose slice is empty (a last global batch
+    smaller than the world) still joins the gradient all-reduce, with a zero loss that
+    reaches every parameter the forward pass used."""
+    if loss.numel() == 0:
+        return logits.sum() * 0.0
+    share = loss.numel() * data_parallel.world_size / global_size
+    return objective.primal_loss(loss, groups) * share
 
 
 def _lr_schedule(optimizer, config: FinetuneConfig, total_steps: int) -> Callable[[int], float]:
