@@ -291,3 +291,19 @@ def test_import_from_an_allowed_root_reuses_identical_content(client, digits_fil
     first = client.import_uri(str(copy), "dataset", sha256=digest)
     again = client.import_uri(f"file://{copy}", "dataset", sha256=digest)
     assert first.artifact_id == again.artifact_id and first.description["attributes"] == "cohort,ink"
+
+
+def test_several_workers_fine_tune_data_parallel_through_ray_train(client, uploaded):
+    model_id, dataset_id = uploaded
+    spec = specs.prune_and_finetune_spec(model=model_id, dataset=dataset_id, group_by="cohort", sparsity=0.5,
+                                         method="ceag", epochs=2, min_group_size=10)
+    spec.resources.workers = 2
+    job = client.create_job(spec)
+    events = list(client.watch(job.job_id))
+    job = client.get_job(job.job_id)
+    assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert abs(job.result.measured_sparsity - 0.5) < 0.01
+    assert any(r.stage == 4 for r in job.result.reports), "fine-tuned reports come back from rank 0"
+    steps = [e.progress.step for e in events if e.progress.phase == "finetune" and e.progress.total_steps]
+    assert steps and steps[-1] == 22, steps  # 2 epochs × 11 global batches, reported once (rank 0)
+    assert {o.role for o in job.result.outputs} == {"model", "sparse_model", "report"}
