@@ -307,3 +307,34 @@ def test_several_workers_fine_tune_data_parallel_through_ray_train(client, uploa
     steps = [e.progress.step for e in events if e.progress.phase == "finetune" and e.progress.total_steps]
     assert steps and steps[-1] == 22, steps  # 2 epochs × 11 global batches, reported once (rank 0)
     assert {o.role for o in job.result.outputs} == {"model", "sparse_model", "report"}
+
+
+def test_diagnose_predicts_the_damage_of_a_pruning(client, uploaded):
+    model_id, dataset_id = uploaded
+    job = client.wait_job(client.create_job(specs.diagnose_spec(
+        model=model_id, dataset=dataset_id, group_by="cohort", probes=2, samples_per_group=100, sparsity=0.8,
+        min_group_size=10)).job_id, timeout=300)
+    assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED, job.error
+    groups = {g.group: g for g in job.result.diagnostics.groups}
+    assert set(groups) == {"majority", "minority", "overall"}
+    for name in ("majority", "minority"):
+        g = groups[name]
+        assert g.n == 100 and g.gradient_norm > 0 and g.HasField("hessian_trace")
+        assert g.HasField("predicted_excess_loss") and g.HasField("measured_excess_loss")
+    assert {o.role for o in job.result.outputs} == {"model", "sparse_model", "report"}
+
+
+def test_budget_search_returns_a_sweep_with_per_group_reports(client, uploaded):
+    model_id, dataset_id = uploaded
+    job = client.wait_job(client.create_job(specs.budget_spec(
+        model=model_id, dataset=dataset_id, group_by="cohort", tolerance=0.05, low=0.3, high=0.95, max_probes=3,
+        min_group_size=10)).job_id, timeout=300)
+    assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED, job.error
+    sweep = job.result.sweep
+    assert 2 <= len(sweep) <= 3 and [p.sparsity for p in sweep] == sorted(p.sparsity for p in sweep)
+    assert all({g.group for g in p.report.groups} == {"majority", "minority"} for p in sweep)
+    met = [p.sparsity for p in sweep if p.tolerance_met]
+    if met:
+        assert abs(job.result.best_sparsity - max(met)) < 0.01
+    else:
+        assert not job.result.HasField("best_sparsity")
