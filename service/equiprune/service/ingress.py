@@ -25,7 +25,7 @@ from .errors import FailedPrecondition, InvalidArgument, ServiceError, client_st
 from .samples import is_sample, write_sample
 from .settings import ServerSettings
 from .specs import JobSpecModel, check_sections, engine_configs
-from .store.artifacts import ArtifactStore
+from .store.artifacts import ArtifactStore, sha256_of_file
 from .validation import described_list, describe_artifact
 
 JOB_ID = re.compile(r"^job-[0-9a-f]{16}$")
@@ -133,7 +133,7 @@ class Ingress:
             if kind != "dataset":
                 raise InvalidArgument("sample: URIs name datasets; use kind DATASET", field=f"{field}.uri")
             path = write_sample(source.uri, str(self.settings.data_dir / "samples"))
-            existing = self.artifacts.find(kind, _sha256(path))
+            existing = self.artifacts.find(kind, sha256_of_file(str(path)))
             return existing or self.artifacts.put_file(str(path), kind, display_name or path.name, source=source.uri,
                                                        description=describe_artifact(str(path), kind))
         if not source.sha256:
@@ -273,13 +273,3 @@ def _page_size(value: int, default: int) -> int:
     if value < 0 or value > 1000:
         raise InvalidArgument(f"must be between 0 and 1000, got {value}", field="page_size")
     return value or default
-
-
-def _sha256(path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

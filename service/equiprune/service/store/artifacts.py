@@ -430,7 +430,7 @@ class ArtifactStore:
         folder, hashed while it arrives.
         """
         if self._is_local:
-            return _Copied(path, os.path.getsize(path), _sha256_of_file(path))
+            return _Copied(path, os.path.getsize(path), sha256_of_file(path))
         with self._fs.open(path, "rb") as source:
             return self._copy_in(source, limit_field=None)
 
@@ -659,7 +659,7 @@ def _open_source(source_fs: fsspec.AbstractFileSystem, path: str, uri: str) -> B
         raise NotFound(f"nothing found at {uri}", field="source.uri") from None
 
 
-def _sha256_of_file(path: str) -> str:
+def sha256_of_file(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as source:
         while block := source.read(COPY_BLOCK_BYTES):
