@@ -24,13 +24,13 @@ from equiprune.v1 import artifacts_pb2, artifacts_pb2_grpc, jobs_pb2, jobs_pb2_g
 DIGITS_CNN = ArchitectureSpec("small_cnn", {"num_classes": 10, "in_channels": 1, "input_size": 8, "channels": [16, 32]})
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def client(server):
     with EquipruneClient(server.target, timeout=60) as c:
         yield c
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def digits_files(tmp_path_factory):
     """The digits dataset and a dense CNN trained on it, written locally (to be uploaded)."""
     folder = tmp_path_factory.mktemp("digits")
@@ -44,7 +44,7 @@ def digits_files(tmp_path_factory):
     return folder / "dense.safetensors", folder / "digits.npz"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def uploaded(client, digits_files):
     model_path, dataset_path = digits_files
     return (client.upload_file(model_path, "model", chunk_bytes=64 * 1024).artifact_id,
@@ -152,7 +152,7 @@ def test_list_jobs_filters_and_pages(client, uploaded):
 # ---------------------------------------------------------------------------- invalid requests
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stubs(server):
     channel = grpc.insecure_channel(server.target)
     yield artifacts_pb2_grpc.ArtifactServiceStub(channel), jobs_pb2_grpc.JobServiceStub(channel)
