@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ServedModel(_message.Message):
-    __slots__ = ("name", "artifact_id", "shadow_artifact_id", "group_by", "reference_accuracy", "reference_overall_accuracy", "tolerance", "create_time")
+    __slots__ = ("name", "artifact_id", "shadow_artifact_id", "group_by", "reference_accuracy", "reference_overall_accuracy", "tolerance", "create_time", "input_shape")
     class ReferenceAccuracyEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class ServedModel(_message.Message):
     REFERENCE_OVERALL_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     artifact_id: str
     shadow_artifact_id: str
@@ -34,10 +35,11 @@ class ServedModel(_message.Message):
     reference_overall_accuracy: float
     tolerance: float
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., artifact_id: _Optional[str] = ..., shadow_artifact_id: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., reference_accuracy: _Optional[_Mapping[str, float]] = ..., reference_overall_accuracy: _Optional[float] = ..., tolerance: _Optional[float] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    input_shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., artifact_id: _Optional[str] = ..., shadow_artifact_id: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., reference_accuracy: _Optional[_Mapping[str, float]] = ..., reference_overall_accuracy: _Optional[float] = ..., tolerance: _Optional[float] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., input_shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DeployModelRequest(_message.Message):
-    __slots__ = ("name", "artifact_id", "shadow_artifact_id", "group_by", "reference_job_id", "reference_accuracy", "reference_overall_accuracy", "tolerance")
+    __slots__ = ("name", "artifact_id", "shadow_artifact_id", "group_by", "reference_job_id", "reference_accuracy", "reference_overall_accuracy", "tolerance", "input_shape")
     class ReferenceAccuracyEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +55,7 @@ class DeployModelRequest(_message.Message):
     REFERENCE_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_OVERALL_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     artifact_id: str
     shadow_artifact_id: str
@@ -61,7 +64,8 @@ class DeployModelRequest(_message.Message):
     reference_accuracy: _containers.ScalarMap[str, float]
     reference_overall_accuracy: float
     tolerance: float
-    def __init__(self, name: _Optional[str] = ..., artifact_id: _Optional[str] = ..., shadow_artifact_id: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., reference_job_id: _Optional[str] = ..., reference_accuracy: _Optional[_Mapping[str, float]] = ..., reference_overall_accuracy: _Optional[float] = ..., tolerance: _Optional[float] = ...) -> None: ...
+    input_shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., artifact_id: _Optional[str] = ..., shadow_artifact_id: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., reference_job_id: _Optional[str] = ..., reference_accuracy: _Optional[_Mapping[str, float]] = ..., reference_overall_accuracy: _Optional[float] = ..., tolerance: _Optional[float] = ..., input_shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DeployModelResponse(_message.Message):
     __slots__ = ("model",)
