@@ -1,0 +1,234 @@
+"""Sliding windows as rings of time buckets, and the per-group numbers of one window.
+
+A window of `window_s` seconds is a ring of B buckets, each `window_s / B` seconds wide. A
+bucket is identified by its index `floor(t / width)`; slot `index % B` of the ring holds it
+until a newer bucket needs the slot, which drops the old one. That is the whole memory bound:
+B slots per window, whatever the traffic.
+
+A window's value at time `now` is the sum of the buckets whose index lies in
+`(now_index − B, now_index]`: the current, partly elapsed bucket and the B − 1 before it. So
+the window really spans between `window_s − width` and `window_s` seconds (with the default
+60 buckets: the 5-minute window covers 295 to 300 s); an event drops out of it all at once
+when its bucket leaves the ring, not at exactly `window_s` after it happened.
+
+Each bucket holds, per group, a flat run of `FIELDS` numbers (see the `F_*` offsets), so that
+summing buckets is one `map(add, …)` over a list rather than a loop per field.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from operator import add
+
+from equiprune.engine.report import wilson_interval
+
+# Per-group fields of a bucket (offsets into the group's run of FIELDS numbers).
+F_PREDICTIONS = 0  # predictions made (Predict and direct evaluation records)
+F_CONFIDENCE_N = 1  # predictions with a known confidence
+F_CONFIDENCE_SUM = 2
+F_BOUNDARY_N = 3  # predictions with a known boundary proxy (1 − Σp²)
+F_BOUNDARY_SUM = 4
+F_SHADOW_N = 5  # predictions the dense shadow also classified
+F_SHADOW_AGREE = 6  # ... and agreed on
+F_OUTCOMES = 7  # labelled outcomes (n)
+F_CORRECT = 8
+FIELDS = 9
+
+
+def window_label(seconds: int) -> str:
+    """'5m', '1h', '1d', '90s': the largest unit that divides the length evenly."""
+    for unit_s, suffix in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds % unit_s == 0:
+            return f"{seconds // unit_s}{suffix}"
+    return f"{seconds}s"
+
+
+class WindowRing:
+    """One window's ring of buckets for one model (all its groups)."""
+
+    __slots__ = ("window_s", "buckets", "width", "starts", "slots")
+
+    def __init__(self, window_s: int, buckets: int) -> None:
+        self.window_s = window_s
+        self.buckets = buckets
+        self.width = window_s / buckets
+        self.starts = [-1] * buckets  # bucket index held by each slot (-1: never used)
+        self.slots: list[list[float]] = [[] for _ in range(buckets)]
+
+    def index(self, t: float) -> int:
+        return int(t // self.width)
+
+    def slot_for(self, t: float, now_index: int) -> list[float] | None:
+        """The bucket run to add an event at time `t` to, or None when `t` is outside the
+        window at `now_index` (too old, or its slot already holds a newer bucket)."""
+        idx = int(t // self.width)
+        if idx <= now_index - self.buckets:
+            return None
+        pos = idx % self.buckets
+        held = self.starts[pos]
+        if held != idx:
+            if held > idx:
+                return None
+            self.starts[pos] = idx
+            self.slots[pos] = []
+        return self.slots[pos]
+
+    def sum(self, now: float, size: int) -> list[float]:
+        """Per-group sums (a flat run of `size` numbers) over the buckets inside the window."""
+        now_index = int(now // self.width)
+        oldest = now_index - self.buckets
+        total = [0] * size
+        for held, run in zip(self.starts, self.slots):
+            if oldest < held <= now_index and run:
+                total[: len(run)] = map(add, total, run)
+        return total
+
+    def to_json(self) -> dict:
+        used = [(pos, held) for pos, held in enumerate(self.starts) if held >= 0 and self.slots[pos]]
+        return {"window_s": self.window_s, "slots": [[pos, held, list(self.slots[pos])] for pos, held in used]}
+
+    @classmethod
+    def from_json(cls, data: dict, buckets: int) -> WindowRing:
+        ring = cls(int(data["window_s"]), buckets)
+        for pos, held, run in data["slots"]:
+            ring.starts[pos] = int(held)
+            ring.slots[pos] = list(run)
+        return ring
+
+
+def grow(run: list[float], group_id: int) -> int:
+    """Make `run` long enough for `group_id`'s fields; returns the group's offset."""
+    base = group_id * FIELDS
+    if len(run) <= base:
+        run.extend([0] * (base + FIELDS - len(run)))
+    return base
+
+
+def is_finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class GroupWindowMetrics:
+    """One group's numbers over one window (field names as in serving.proto)."""
+
+    group: str
+    predictions: int
+    n: int
+    accuracy: float | None
+    accuracy_ci_low: float | None
+    accuracy_ci_high: float | None
+    error_rate: float | None
+    mean_confidence: float | None
+    mean_boundary_proxy: float | None
+    reference_accuracy: float | None
+    accuracy_drop: float | None  # Δ_g = reference − accuracy
+    excess_accuracy_gap: float | None  # ψ_g = Δ_g − overall Δ
+    shadow_agreement: float | None
+    shadow_n: int
+    sufficient_data: bool
+
+
+@dataclass(frozen=True)
+class WindowMetrics:
+    """A model's numbers over one window (field names as in serving.proto)."""
+
+    window_seconds: int
+    groups: tuple[GroupWindowMetrics, ...]  # in name order
+    overall: GroupWindowMetrics  # group == ""
+    max_excess_accuracy_gap: float | None
+    max_excess_accuracy_gap_group: str  # "" when undefined
+    accuracy_parity_gap: float | None
+
+    @property
+    def label(self) -> str:
+        return window_label(self.window_seconds)
+
+    def group(self, name: str) -> GroupWindowMetrics:
+        for g in self.groups:
+            if g.group == name:
+                return g
+        raise KeyError(name)
+
+
+def window_metrics(
+    window_s: int,
+    sums: list[float],
+    group_names: list[str],
+    reference_accuracy: dict[str, float],
+    reference_overall_accuracy: float | None,
+    min_count: int,
+) -> WindowMetrics:
+    """Turn one window's per-group sums into metrics, with the engine's definitions of Δ_g and
+    ψ_g (engine/report.py): Δ_g = reference_g − acc_g, Δ = reference − acc overall, ψ_g = Δ_g − Δ.
+    Without a reference overall accuracy, the reference is the n-weighted mean of the
+    references of the groups with outcomes in this window (as build_report does)."""
+    per_group = {name: sums[gid * FIELDS : (gid + 1) * FIELDS] for gid, name in enumerate(group_names)}
+    for name in reference_accuracy:  # a referenced group without traffic still shows (as zeros)
+        per_group.setdefault(name, [0] * FIELDS)
+    total = [0] * FIELDS
+    for run in per_group.values():
+        total = list(map(add, total, run))
+
+    overall_reference = reference_overall_accuracy
+    if overall_reference is None:
+        weighted = [(run[F_OUTCOMES], reference_accuracy[name]) for name, run in per_group.items()
+                    if run[F_OUTCOMES] > 0 and name in reference_accuracy]
+        n_ref = sum(n for n, _ in weighted)
+        overall_reference = sum(n * r for n, r in weighted) / n_ref if n_ref else None
+    overall = _group_metrics("", total, overall_reference, None, min_count)
+    overall_drop = overall.accuracy_drop
+
+    groups = tuple(
+        _group_metrics(name, per_group[name], reference_accuracy.get(name), overall_drop, min_count)
+        for name in sorted(per_group)
+    )
+    judged = [g for g in groups if g.sufficient_data]
+    with_gap = [g for g in judged if g.excess_accuracy_gap is not None]
+    top = max(with_gap, key=lambda g: g.excess_accuracy_gap) if with_gap else None
+    accuracies = [g.accuracy for g in judged]
+    return WindowMetrics(
+        window_seconds=window_s,
+        groups=groups,
+        overall=overall,
+        max_excess_accuracy_gap=top.excess_accuracy_gap if top else None,
+        max_excess_accuracy_gap_group=top.group if top else "",
+        accuracy_parity_gap=(max(accuracies) - min(accuracies)) if accuracies else None,
+    )
+
+
+def _group_metrics(
+    name: str, run: list[float], reference: float | None, overall_drop: float | None, min_count: int
+) -> GroupWindowMetrics:
+    n, correct = int(run[F_OUTCOMES]), int(run[F_CORRECT])
+    accuracy = low = high = drop = gap = None
+    if n > 0:
+        accuracy = correct / n
+        low, high = wilson_interval(correct, n)
+        if reference is not None:
+            drop = reference - accuracy
+            if overall_drop is not None:
+                gap = drop - overall_drop
+    shadow_n = int(run[F_SHADOW_N])
+    return GroupWindowMetrics(
+        group=name,
+        predictions=int(run[F_PREDICTIONS]),
+        n=n,
+        accuracy=accuracy,
+        accuracy_ci_low=low,
+        accuracy_ci_high=high,
+        error_rate=None if accuracy is None else 1.0 - accuracy,
+        mean_confidence=_ratio(run[F_CONFIDENCE_SUM], run[F_CONFIDENCE_N]),
+        mean_boundary_proxy=_ratio(run[F_BOUNDARY_SUM], run[F_BOUNDARY_N]),
+        reference_accuracy=reference,
+        accuracy_drop=drop,
+        excess_accuracy_gap=gap,
+        shadow_agreement=_ratio(run[F_SHADOW_AGREE], shadow_n),
+        shadow_n=shadow_n,
+        sufficient_data=n >= min_count,
+    )
+
+
+def _ratio(numerator: float, count: float) -> float | None:
+    return numerator / count if count > 0 else None
