@@ -31,6 +31,7 @@ class ServerProcess:
         self.allow_import = list(allow_import)
         self.num_cpus = num_cpus
         self.port = free_port()
+        self.metrics_port = free_port()
         self.process: subprocess.Popen | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
         self.ray_tmp: str | None = None
@@ -45,7 +46,8 @@ class ServerProcess:
         env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": self.ray_tmp,
                "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "equiprune.service.launcher", "--port", str(self.port),
-               "--http-port", str(free_port()), "--data-dir", str(self.data_dir), "--num-cpus", str(self.num_cpus)]
+               "--http-port", str(free_port()), "--metrics-port", str(self.metrics_port),
+               "--data-dir", str(self.data_dir), "--num-cpus", str(self.num_cpus)]
         for root in self.allow_import:
             cmd += ["--allow-import", str(root)]
         log = open(self.log_path, "ab")

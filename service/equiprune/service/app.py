@@ -1,4 +1,5 @@
-"""The Serve application: the gRPC ingress bound to the job manager.
+"""The Serve application: the gRPC ingress bound to the job manager, the model server and
+the monitor.
 
 `build_app(settings)` is what the launcher runs; `app_builder` is the import path a Serve
 config file names (deploy/serve.yaml), so `serve run` / `serve deploy` run the very same
@@ -12,18 +13,21 @@ from ray.serve import Application
 
 from .ingress import Ingress
 from .manager import JobManager
+from .monitoring import MonitorService
+from .serving import ModelServer
 from .settings import ServerSettings
 
 GRPC_SERVICER_FUNCTIONS = [
     "equiprune.v1.artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server",
     "equiprune.v1.jobs_pb2_grpc.add_JobServiceServicer_to_server",
+    "equiprune.v1.serving_pb2_grpc.add_ServingServiceServicer_to_server",
 ]
 
 
 def build_app(settings: ServerSettings) -> Application:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     as_json = settings.model_dump(mode="json")
-    return Ingress.bind(JobManager.bind(as_json), as_json)
+    return Ingress.bind(JobManager.bind(as_json), as_json, ModelServer.bind(as_json), MonitorService.bind(as_json))
 
 
 def app_builder(args: dict) -> Application:

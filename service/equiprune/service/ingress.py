@@ -18,7 +18,7 @@ from ray import serve
 from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 
-from equiprune.v1 import artifacts_pb2, jobs_pb2
+from equiprune.v1 import artifacts_pb2, jobs_pb2, serving_pb2
 
 from . import convert
 from .errors import FailedPrecondition, InvalidArgument, ServiceError, client_status
@@ -27,6 +27,7 @@ from .settings import ServerSettings
 from .specs import JobSpecModel, check_sections, engine_configs
 from .store.artifacts import ArtifactStore, sha256_of_file
 from .validation import described_list, describe_artifact
+from . import serving_convert
 
 JOB_ID = re.compile(r"^job-[0-9a-f]{16}$")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -75,16 +76,23 @@ def streaming(method):
 
 
 def _require_job_id(job_id: str) -> str:
+    return _require_job_id_as(job_id, "job_id")
+
+
+def _require_job_id_as(job_id: str, field: str) -> str:
     if not JOB_ID.match(job_id):
-        raise InvalidArgument(f"{job_id!r} is not a job id (job- followed by 16 hex digits)", field="job_id")
+        raise InvalidArgument(f"{job_id!r} is not a job id (job- followed by 16 hex digits)", field=field)
     return job_id
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
 class Ingress:
-    def __init__(self, manager: DeploymentHandle, settings: dict) -> None:
+    def __init__(self, manager: DeploymentHandle, settings: dict, model_server: DeploymentHandle,
+                 monitor: DeploymentHandle) -> None:
         self.settings = ServerSettings.model_validate(settings)
         self.manager = manager
+        self.model_server = model_server
+        self.monitor = monitor
         s = self.settings
         self.artifacts = ArtifactStore(s.artifacts, max_upload_bytes=s.max_upload_bytes, max_chunk_bytes=s.max_chunk_bytes,
                                        import_roots=[str(p) for p in s.import_roots], cache_dir=str(s.data_dir / "cache"))
@@ -264,6 +272,68 @@ class Ingress:
                 after = event.sequence
             if done:
                 return
+
+    # ================================================================== ServingService
+
+    @unary(serving_pb2.DeployModelResponse)
+    async def DeployModel(self, request, grpc_context):
+        served = await asyncio.to_thread(serving_convert.check_deploy_request, request, self.artifacts)
+        if request.reference_job_id:
+            try:
+                job = await self.manager.get.remote(_require_job_id_as(request.reference_job_id, "reference_job_id"))
+            except Exception as err:  # noqa: BLE001 - re-raised naming this request's field
+                cause = getattr(err, "cause", err)
+                if isinstance(cause, ServiceError):
+                    raise type(cause)(cause.message, field="reference_job_id") from None
+                raise
+            served = serving_convert.with_job_reference(served, job, self.artifacts)
+        served = serving_convert.complete(served)
+        return serving_pb2.DeployModelResponse(model=serving_convert.served_to_proto(await self.monitor.deploy.remote(served)))
+
+    @unary(serving_pb2.UndeployModelResponse)
+    async def UndeployModel(self, request, grpc_context):
+        await self.monitor.undeploy.remote(request.name)
+        return serving_pb2.UndeployModelResponse()
+
+    @unary(serving_pb2.ListServedModelsResponse)
+    async def ListServedModels(self, request, grpc_context):
+        models = await self.monitor.list_served.remote()
+        return serving_pb2.ListServedModelsResponse(models=[serving_convert.served_to_proto(m) for m in models])
+
+    @unary(serving_pb2.PredictResponse)
+    async def Predict(self, request, grpc_context):
+        served = await self.monitor.served.remote(request.model)
+        inputs, groups = serving_convert.check_instances(request, served)
+        calls = [self._probabilities(served["artifact_id"], inputs, served["input_shape"])]
+        if served.get("shadow_artifact_id"):
+            calls.append(self._probabilities(served["shadow_artifact_id"], inputs, served["input_shape"]))
+        outputs = await asyncio.gather(*calls)
+        predictions = serving_convert.predictions(request.model, outputs[0], outputs[1] if len(outputs) > 1 else None)
+        await self.monitor.record_predictions.remote(request.model, serving_convert.prediction_items(
+            predictions, groups, outputs[0]))
+        return serving_pb2.PredictResponse(predictions=predictions)
+
+    async def _probabilities(self, artifact_id: str, inputs: list, shape: list[int]):
+        return await self.model_server.options(multiplexed_model_id=artifact_id).predict.remote(inputs, shape)
+
+    @unary(serving_pb2.ReportOutcomesResponse)
+    async def ReportOutcomes(self, request, grpc_context):
+        items = serving_convert.check_outcomes(request)
+        counts = await self.monitor.record_outcomes.remote(items)
+        return serving_pb2.ReportOutcomesResponse(**counts)
+
+    @unary(serving_pb2.RecordEvaluationsResponse)
+    async def RecordEvaluations(self, request, grpc_context):
+        records = serving_convert.check_evaluations(request)
+        counts = await self.monitor.record_evaluations.remote(request.model, records)
+        return serving_pb2.RecordEvaluationsResponse(**counts)
+
+    @unary(serving_pb2.GetModelMetricsResponse)
+    async def GetModelMetrics(self, request, grpc_context):
+        if not request.model:
+            raise InvalidArgument("required", field="model")
+        answer = await self.monitor.metrics.remote(request.model)
+        return serving_convert.metrics_to_proto(answer)
 
     def _job(self, record, *, with_result: bool = True) -> jobs_pb2.Job:
         return convert.job_to_proto(record, self.artifacts.get, with_result=with_result)

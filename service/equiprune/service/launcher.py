@@ -21,6 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="equiprune serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--port", type=int, default=9000, help="gRPC port (default 9000)")
     p.add_argument("--http-port", type=int, default=8000, help="Serve's HTTP proxy port (default 8000)")
+    p.add_argument("--metrics-port", type=int, default=9464, help="the monitor's Prometheus exporter port (default 9464)")
     p.add_argument("--host", default="127.0.0.1", help="address clients are told to use and the HTTP proxy binds")
     p.add_argument("--data-dir", default=os.environ.get("EQUIPRUNE_DATA_DIR", "equiprune-data"),
                    help="job database, artifacts and job folders (default ./equiprune-data)")
@@ -41,21 +42,25 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = ServerSettings(data_dir=Path(args.data_dir), host=args.host, grpc_port=args.port,
-                                  http_port=args.http_port, artifact_root=args.artifact_root,
+                                  http_port=args.http_port, metrics_port=args.metrics_port,
+                                  artifact_root=args.artifact_root,
                                   import_roots=tuple(Path(p) for p in args.allow_import))
     except ValidationError as err:
         first = err.errors()[0]
         print(f"error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
         return 2
+    start(settings, address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+    # After ray.init: Ray installs its own SIGTERM handler, which would end the process
+    # without the orderly shutdown below (monitor state saved, Serve stopped).
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    start(settings, address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
-    print(f"equiprune is serving gRPC on {settings.host}:{settings.grpc_port} "
-          f"(data in {settings.data_dir}; Ctrl-C stops it)", flush=True)
+    print(f"equiprune is serving gRPC on {settings.host}:{settings.grpc_port}, Prometheus metrics on "
+          f"http://{settings.host}:{settings.metrics_port}/metrics (data in {settings.data_dir}; Ctrl-C stops it)",
+          flush=True)
     stop.wait()
     print("stopping", flush=True)
-    shutdown()
+    shutdown(settings.application_name)
     return 0
 
 
@@ -81,11 +86,22 @@ def start(settings, *, address: str | None = None, num_cpus: int | None = None, 
     serve.run(build_app(settings), name=settings.application_name, blocking=False)
 
 
-def shutdown() -> None:
+def shutdown(application_name: str | None = None) -> None:
+    import logging
+
     import ray
     from ray import serve
 
     try:
+        if application_name is not None:
+            # Replicas are not guaranteed a last word when Serve stops: stop the jobs (they
+            # resume at the next start) and save the monitor first.
+            for deployment, method in (("JobManager", "stop_jobs"), ("MonitorService", "flush")):
+                try:
+                    handle = serve.get_deployment_handle(deployment, application_name)
+                    getattr(handle, method).remote().result(timeout_s=60)
+                except Exception:  # noqa: BLE001 - stopping must go on
+                    logging.getLogger("equiprune.service").exception("%s.%s failed on shutdown", deployment, method)
         serve.shutdown()
     finally:
         ray.shutdown()

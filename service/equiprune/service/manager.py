@@ -38,6 +38,7 @@ class JobManager:
         self._runs: set[asyncio.Task] = set()
         self._changed: asyncio.Condition | None = None
         self._recovery: asyncio.Task | None = None
+        self._stopping = False
 
     # ------------------------------------------------------------------ life cycle
 
@@ -82,6 +83,16 @@ class JobManager:
 
     def _known_request(self, request_id: str) -> bool:
         return self.store.find_request(request_id) is not None
+
+    async def stop_jobs(self) -> int:
+        """The service is stopping: end every running task now, leaving its job RUNNING so the
+        next start resumes it (from its checkpoint), rather than letting it run unobserved
+        while Serve shuts down. Returns how many were stopped."""
+        self._stopping = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            ray.cancel(task, force=True)
+        return len(tasks)
 
     async def cancel(self, job_id: str) -> JobRecord:
         await self.ready()
@@ -129,6 +140,8 @@ class JobManager:
     # ------------------------------------------------------------------ running
 
     def _launch(self, job_id: str) -> None:
+        if self._stopping:
+            return  # stays queued; the next start runs it
         run = asyncio.get_running_loop().create_task(self._run(job_id))
         self._runs.add(run)
         run.add_done_callback(self._runs.discard)
@@ -152,7 +165,7 @@ class JobManager:
                 self._apply(job_id, kind, payload, task)
                 await self._notify()
         except (ray.exceptions.TaskCancelledError, ray.exceptions.WorkerCrashedError, ray.exceptions.RayError) as err:
-            if not self.store.get(job_id).done:
+            if not self._stopping and not self.store.get(job_id).done:
                 log.warning("job %s: its task ended abnormally: %s", job_id, err)
                 self.store.finish(job_id, "failed", error={
                     "code": "ABORTED", "field": "",

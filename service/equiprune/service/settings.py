@@ -30,6 +30,11 @@ class ServerSettings(BaseModel):
     max_unfinished_jobs: int = Field(100, ge=1, description="queued + running jobs; more are refused (RESOURCE_EXHAUSTED)")
     max_attempts: int = Field(3, ge=1, description="runs of one job across service restarts before it is failed")
     progress_interval_s: float = Field(0.5, gt=0, description="least time between two step events of a job")
+    metrics_port: int = Field(9464, ge=1, le=65535, description="Prometheus exporter of the monitor (/metrics)")
+    monitor_windows_s: tuple[int, ...] = Field((300, 3600, 86400), min_length=1,
+                                               description="sliding windows of the monitor, in seconds")
+    monitor_min_count: int = Field(30, ge=1, description="outcomes a group needs in a window to be judged")
+    monitor_persist_interval_s: float = Field(10.0, gt=0, description="how often monitor state is written to disk")
 
     @field_validator("data_dir", "database_path")
     @classmethod

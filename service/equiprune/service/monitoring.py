@@ -1,0 +1,150 @@
+"""The monitor replica: served-model registry, per-group monitor state, Prometheus exporter.
+
+One replica owns all of it, so predictions, outcomes and scrapes see one consistent state
+(the platform notes measured that a per-replica exporter collides on its port, and that a
+dedicated owner of the registry is the simplest correct shape). State is written to the data
+directory every `monitor_persist_interval_s` and when the replica stops; a restart reads it
+back, pending predictions included, so outcomes that arrive after a restart still join.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+from ray import serve
+
+from .errors import NotFound
+from .monitor.exporter import MonitorExporter, serve_metrics
+from .monitor.state import ModelReference, Monitor, MonitorConfig
+from .settings import ServerSettings
+
+log = logging.getLogger("equiprune.service.monitoring")
+
+
+@serve.deployment(name="MonitorService", num_replicas=1, max_ongoing_requests=1000,
+                  ray_actor_options={"num_cpus": 0})
+class MonitorService:
+    def __init__(self, settings: dict) -> None:
+        self.settings = ServerSettings.model_validate(settings)
+        self.registry_path = self.settings.data_dir / "served_models.json"
+        self.state_path = self.settings.data_dir / "monitor_state.json"
+        self.models: dict[str, dict] = _read_json(self.registry_path) or {}
+        config = MonitorConfig(windows_s=tuple(self.settings.monitor_windows_s),
+                               min_count=self.settings.monitor_min_count)
+        self.monitor = Monitor.load(self.state_path, config=config) if self.state_path.exists() else Monitor(config)
+        for served in self.models.values():
+            self.monitor.register_model(_reference(served))
+        self.prometheus = CollectorRegistry()
+        MonitorExporter(self.monitor, self.prometheus)
+        self._http = serve_metrics(self.prometheus, self.settings.host, self.settings.metrics_port)
+        self._persister: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------ registry
+
+    async def deploy(self, served: dict) -> dict:
+        self._ensure_persisting()
+        self.models[served["name"]] = served
+        self.monitor.register_model(_reference(served))
+        _write_json(self.registry_path, self.models)
+        return served
+
+    async def undeploy(self, name: str) -> None:
+        if name not in self.models:
+            raise NotFound(f"no served model named {name!r}", field="name")
+        del self.models[name]
+        self.monitor.unregister_model(name)
+        _write_json(self.registry_path, self.models)
+
+    async def served(self, name: str) -> dict:
+        return self._get(name)
+
+    async def list_served(self) -> list[dict]:
+        return [self.models[name] for name in sorted(self.models)]
+
+    def _get(self, name: str) -> dict:
+        if name not in self.models:
+            raise NotFound(f"no served model named {name!r}", field="model")
+        return self.models[name]
+
+    # ------------------------------------------------------------------ traffic
+
+    async def record_predictions(self, model: str, items: list[tuple]) -> None:
+        self._ensure_persisting()
+        self.monitor.record_predictions(model, items)
+
+    async def record_outcomes(self, items: list[tuple[str, int]]) -> dict:
+        self._ensure_persisting()
+        return dict(self.monitor.record_outcomes(items))
+
+    async def record_evaluations(self, model: str, records: list[tuple]) -> dict:
+        self._ensure_persisting()
+        self._get(model)
+        return dict(self.monitor.record_evaluations(model, records))
+
+    async def metrics(self, name: str) -> dict:
+        served = self.models.get(name)
+        if served is None and name not in self.monitor.models(include_unregistered=True):
+            raise NotFound(f"no served model named {name!r} (now or before)", field="model")
+        return {"served": served, "metrics": asdict(self.monitor.metrics(name)),
+                "min_count": self.monitor.config.min_count}
+
+    # ------------------------------------------------------------------ persistence
+
+    def _ensure_persisting(self) -> None:
+        if self._persister is None:
+            self._persister = asyncio.get_running_loop().create_task(self._persist_forever())
+
+    async def _persist_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.monitor_persist_interval_s)
+            await asyncio.to_thread(self.persist)
+
+    async def flush(self) -> None:
+        """Write the state now (the launcher calls this before it stops Serve)."""
+        await asyncio.to_thread(self.persist)
+
+    def persist(self) -> None:
+        try:
+            self.monitor.maintain()  # forget expired predictions; the heartbeat the lag alert reads
+            self.monitor.save(self.state_path)
+        except Exception:  # noqa: BLE001 - keep serving; the next round tries again
+            log.exception("could not persist the monitor state")
+
+    async def check_health(self) -> None:
+        # Serve calls this every few seconds: it keeps the heartbeat fresh while idle, so the
+        # lagging alert fires only when the monitor itself stops.
+        self.monitor.maintain()
+
+    def __del__(self) -> None:
+        # Serve calls this when the replica stops: keep what arrived since the last round.
+        self.persist()
+        if getattr(self, "_http", None) is not None:
+            self._http[0].shutdown()
+
+
+def _reference(served: dict) -> ModelReference:
+    return ModelReference(
+        name=served["name"], group_by=tuple(served["group_by"]),
+        reference_accuracy=dict(served["reference_accuracy"]),
+        reference_overall_accuracy=served.get("reference_overall_accuracy"),
+        tolerance=served["tolerance"], num_classes=served.get("num_classes"))
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _write_json(path: Path, value) -> None:
+    temporary = path.with_suffix(f".tmp-{os.getpid()}-{time.monotonic_ns()}")
+    temporary.write_text(json.dumps(value, indent=1, allow_nan=False))
+    temporary.replace(path)
