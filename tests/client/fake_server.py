@@ -1,12 +1,13 @@
 """An in-process fake of the equiprune gRPC server, for testing the client without torch or Ray.
 
-It implements ArtifactService and JobService of proto/equiprune/v1 in memory, with enough of
-the real behaviour for the SDK: chunked uploads with offset checks, idempotent FinishUpload,
-streamed downloads, `sample:` imports, jobs that "run" on a thread by emitting a few scripted
-events and finish with per-group reports (and a sweep, for budget searches), CreateJob
-idempotency by request_id, WaitJob and a resumable WatchJob. FinishUpload answers a repeat
-for a finished session unless `server.artifacts.idempotent_finish` is False (the real store's
-behaviour: the session is gone).
+It implements ArtifactService, JobService and ServingService (see FakeServingService) of
+proto/equiprune/v1 in memory, with enough of the real behaviour for the SDK: chunked uploads
+with offset checks, idempotent FinishUpload, streamed downloads, `sample:` imports, jobs that
+"run" on a thread by emitting a few scripted events and finish with per-group reports (and a
+sweep, for budget searches), CreateJob idempotency by request_id, WaitJob and a resumable
+WatchJob, and served models with predictions, outcomes and window metrics. FinishUpload
+answers a repeat for a finished session unless `server.artifacts.idempotent_finish` is False
+(the real store's behaviour: the session is gone).
 
 Faults are injected through `server.faults`:
 
@@ -22,7 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import threading
+import time
 from collections import defaultdict
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -31,7 +35,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from equiprune.v1 import (artifacts_pb2, artifacts_pb2_grpc, jobs_pb2, jobs_pb2_grpc,
-                          reports_pb2)
+                          reports_pb2, serving_pb2, serving_pb2_grpc)
 
 SAMPLE_DIGITS = b"fake digits dataset\n" * 64
 GROUPS = {"young": (200, 0.95, 0.97), "old": (180, 0.90, 0.96), "rare": (8, 0.75, 0.875)}
@@ -542,6 +546,326 @@ def _phase_progress(phase: str, spec: jobs_pb2.JobSpec) -> list[jobs_pb2.Progres
     return [jobs_pb2.Progress(phase=phase)]
 
 
+# ------------------------------------------------------------------ serving
+
+SERVED_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+NUM_CLASSES = 10
+WINDOWS = (300, 3600, 86400)
+"""The fake monitor's windows in seconds (5m, 1h, 1d), shortest first."""
+DEFAULT_INPUT_SHAPE = (1, 8, 8)
+"""The sample shape of every fake job's dataset (digits)."""
+
+
+@dataclass
+class _Row:
+    """One thing the monitor counts: a prediction (joined to its outcome later) or a direct record."""
+
+    model: str
+    group: str
+    time: float
+    predicted: int
+    confidence: float | None
+    boundary: float | None = None
+    shadow: int | None = None
+    label: int | None = None
+
+
+class FakeServingService(serving_pb2_grpc.ServingServiceServicer):
+    """ServingService in memory, with the real monitor's bookkeeping.
+
+    The "model" is the softmax of an instance's first ten values (class = the largest); with a
+    shadow, the shadow agrees unless the first value is negative. Outcomes are joined once: a
+    repeat counts as `duplicate`, an id never issued as `unknown`, a label outside the ten
+    classes as `invalid`, and one for a prediction older than the longest window as `late`
+    (`server.serving.rows` can be aged by hand). Metrics cover WINDOWS with Wilson intervals;
+    groups need `min_count` outcomes to be judged. `clock` is injectable.
+    """
+
+    def __init__(self, faults: Faults, artifacts: FakeArtifactService, jobs: "FakeJobService") -> None:
+        self.faults = faults
+        self.artifacts = artifacts
+        self.jobs = jobs
+        self.min_count = 5
+        self.clock = time.time
+        self.models: dict[str, serving_pb2.ServedModel] = {}
+        self.history: dict[str, serving_pb2.ServedModel] = {}  # every name ever served, for metrics
+        self.predictions: dict[str, _Row] = {}
+        self.rows: list[_Row] = []
+        self.totals: dict[str, serving_pb2.MonitorTotals] = defaultdict(serving_pb2.MonitorTotals)
+        self._lock = threading.Lock()
+        self._counter = 0
+
+    # -------------------------------------------------------------- deployments
+
+    def DeployModel(self, request, context):
+        fault = self.faults.enter("DeployModel", request, context)
+        if not SERVED_NAME.match(request.name):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "name: 1-63 characters of a-z, 0-9 and -, starting with a letter")
+        self._model_artifact(request.artifact_id, "artifact_id", context)
+        if request.shadow_artifact_id:
+            self._model_artifact(request.shadow_artifact_id, "shadow_artifact_id", context)
+        if not request.group_by:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "group_by: name at least one group attribute")
+        tolerance = request.tolerance if request.HasField("tolerance") else 0.01
+        if not 0 <= tolerance < 1:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"tolerance: must be in [0, 1), got {tolerance}")
+        if request.reference_job_id and request.reference_accuracy:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "reference_accuracy: give reference_job_id or reference_accuracy, not both")
+        served = serving_pb2.ServedModel(name=request.name, artifact_id=request.artifact_id,
+                                         shadow_artifact_id=request.shadow_artifact_id, group_by=request.group_by,
+                                         tolerance=tolerance, create_time=_now(), input_shape=request.input_shape)
+        if request.reference_job_id:
+            self._job_reference(served, request.reference_job_id, context)
+        elif request.reference_accuracy:
+            served.reference_accuracy.update(request.reference_accuracy)
+            if request.HasField("reference_overall_accuracy"):
+                served.reference_overall_accuracy = request.reference_overall_accuracy
+        else:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "reference_job_id: give reference_job_id (a job with a dense report) or reference_accuracy")
+        if not served.input_shape:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "input_shape: required without a reference job: the shape of one instance")
+        with self._lock:
+            self.models[served.name] = served
+            self.history[served.name] = served
+        if fault and fault.after:
+            context.abort(fault.code, fault.message)
+        return serving_pb2.DeployModelResponse(model=served)
+
+    def _model_artifact(self, artifact_id: str, field_name: str, context) -> None:
+        artifact = self.artifacts.lookup(artifact_id, context, field_name)
+        if artifact.kind != artifacts_pb2.ARTIFACT_KIND_MODEL:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{field_name}: artifact {artifact_id} is not a model")
+
+    def _job_reference(self, served: serving_pb2.ServedModel, job_id: str, context) -> None:
+        """The dense report of a finished job (test split) becomes the reference."""
+        record = self.jobs._jobs.get(job_id)
+        if record is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"reference_job_id: no job {job_id!r}")
+        dense = [r for r in record.job.result.reports
+                 if r.stage == reports_pb2.REPORT_STAGE_DENSE and r.split == "test"]
+        if record.job.state != jobs_pb2.JOB_STATE_SUCCEEDED or not dense:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"reference_job_id: job {job_id} has no dense report (state {record.job.state})")
+        report = dense[0].report
+        served.reference_accuracy.update({g.group: g.accuracy for g in report.groups})
+        served.reference_overall_accuracy = report.overall.accuracy
+        if not served.input_shape:
+            served.input_shape.extend(DEFAULT_INPUT_SHAPE)
+
+    def UndeployModel(self, request, context):
+        fault = self.faults.enter("UndeployModel", request, context)
+        with self._lock:
+            if self.models.pop(request.name, None) is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"name: no served model named {request.name!r}")
+        if fault and fault.after:
+            context.abort(fault.code, fault.message)
+        return serving_pb2.UndeployModelResponse()
+
+    def ListServedModels(self, request, context):
+        self.faults.enter("ListServedModels", request, context)
+        with self._lock:
+            return serving_pb2.ListServedModelsResponse(models=[self.models[n] for n in sorted(self.models)])
+
+    # -------------------------------------------------------------- traffic
+
+    def Predict(self, request, context):
+        fault = self.faults.enter("Predict", request, context)
+        served = self._served(request.model, context)
+        if not 1 <= len(request.instances) <= 1024:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"instances: send 1 to 1024 instances, got {len(request.instances)}")
+        size = math.prod(served.input_shape)
+        for i, instance in enumerate(request.instances):
+            if len(instance.values) != size:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"instances[{i}].values: expected {size} values, got {len(instance.values)}")
+            self._group(served, instance.groups, f"instances[{i}]", context)
+        reply = serving_pb2.PredictResponse()
+        with self._lock:
+            for instance in request.instances:
+                scores = (list(instance.values[:NUM_CLASSES]) + [0.0] * NUM_CLASSES)[:NUM_CLASSES]
+                top = max(scores)
+                weights = [math.exp(v - top) for v in scores]
+                probabilities = [w / sum(weights) for w in weights]
+                predicted = probabilities.index(max(probabilities))
+                self._counter += 1
+                prediction = reply.predictions.add(prediction_id=f"pred-{self._counter:08x}", predicted_class=predicted,
+                                                   probabilities=probabilities)
+                shadow = None
+                if served.shadow_artifact_id:
+                    shadow = predicted if instance.values[0] >= 0 else (predicted + 1) % NUM_CLASSES
+                    prediction.shadow_class = shadow
+                row = _Row(served.name, self._group(served, instance.groups, "", context), self.clock(), predicted,
+                           max(probabilities), 1 - sum(p * p for p in probabilities), shadow)
+                self.predictions[prediction.prediction_id] = row
+                self.rows.append(row)
+                self.totals[served.name].predictions += 1
+        if fault and fault.after:
+            context.abort(fault.code, fault.message)
+        return reply
+
+    def ReportOutcomes(self, request, context):
+        fault = self.faults.enter("ReportOutcomes", request, context)
+        if not 1 <= len(request.outcomes) <= 100_000:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"outcomes: send 1 to 100000 outcomes, got {len(request.outcomes)}")
+        for i, outcome in enumerate(request.outcomes):
+            if not outcome.prediction_id:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"outcomes[{i}].prediction_id: required")
+        reply = serving_pb2.ReportOutcomesResponse()
+        oldest = self.clock() - max(WINDOWS)
+        with self._lock:
+            for outcome in request.outcomes:
+                row = self.predictions.get(outcome.prediction_id)
+                if row is None:
+                    reply.unknown += 1
+                    continue
+                totals = self.totals[row.model]
+                if not 0 <= outcome.label < NUM_CLASSES:
+                    reply.invalid += 1
+                    totals.outcomes_invalid += 1
+                elif row.label is not None:
+                    reply.duplicate += 1
+                    totals.outcomes_duplicate += 1
+                else:
+                    row.label = outcome.label
+                    if row.time < oldest:
+                        reply.late += 1
+                        totals.outcomes_late += 1
+                    else:
+                        reply.joined += 1
+                        totals.outcomes_joined += 1
+        if fault and fault.after:
+            context.abort(fault.code, fault.message)
+        return reply
+
+    def RecordEvaluations(self, request, context):
+        fault = self.faults.enter("RecordEvaluations", request, context)
+        served = self._served(request.model, context)
+        if not 1 <= len(request.records) <= 100_000:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"records: send 1 to 100000 records, got {len(request.records)}")
+        now = self.clock()
+        rows = []
+        for i, record in enumerate(request.records):
+            for name in ("label", "predicted_class"):
+                if not 0 <= getattr(record, name) < NUM_CLASSES:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"records[{i}].{name}: outside the model's classes")
+            if record.HasField("confidence") and not 0 <= record.confidence <= 1:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"records[{i}].confidence: must be in [0, 1]")
+            when = record.time.ToMicroseconds() / 1e6 if record.HasField("time") else now
+            rows.append(_Row(served.name, self._group(served, record.groups, f"records[{i}]", context), when,
+                             record.predicted_class, record.confidence if record.HasField("confidence") else None,
+                             label=record.label))
+        reply = serving_pb2.RecordEvaluationsResponse()
+        with self._lock:
+            for row in rows:
+                if row.time < now - max(WINDOWS):
+                    reply.late += 1
+                else:
+                    reply.recorded += 1
+                    self.rows.append(row)
+            self.totals[served.name].evaluation_records += len(rows)
+        if fault and fault.after:
+            context.abort(fault.code, fault.message)
+        return reply
+
+    def _served(self, name: str, context) -> serving_pb2.ServedModel:
+        served = self.models.get(name)
+        if served is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"model: no served model named {name!r}")
+        return served
+
+    @staticmethod
+    def _group(served: serving_pb2.ServedModel, groups, where: str, context) -> str:
+        """The monitored group: the values of the group_by attributes joined by `&`."""
+        for attribute in served.group_by:
+            if not groups.get(attribute):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"{where}.groups.{attribute}: the model is monitored by {attribute!r}; give its value")
+        return "&".join(groups[a] for a in served.group_by)
+
+    # -------------------------------------------------------------- monitor
+
+    def GetModelMetrics(self, request, context):
+        self.faults.enter("GetModelMetrics", request, context)
+        with self._lock:
+            served = self.history.get(request.model)
+            if served is None:
+                context.abort(grpc.StatusCode.NOT_FOUND,
+                              f"model: no served model named {request.model!r} (now or before)")
+            reply = serving_pb2.GetModelMetricsResponse(min_count=self.min_count, totals=self.totals[request.model])
+            if request.model in self.models:
+                reply.model.CopyFrom(served)
+            now = self.clock()
+            for seconds in WINDOWS:
+                rows = [r for r in self.rows if r.model == request.model and r.time >= now - seconds]
+                reply.windows.append(self._window(served, seconds, rows))
+        return reply
+
+    def _window(self, served, seconds: int, rows: list[_Row]) -> serving_pb2.WindowMetrics:
+        window = serving_pb2.WindowMetrics(window_seconds=seconds)
+        overall = self._metrics("overall", rows, None, None)
+        overall_drop = None
+        if overall.HasField("accuracy") and served.HasField("reference_overall_accuracy"):
+            overall.reference_accuracy = served.reference_overall_accuracy
+            overall_drop = overall.accuracy_drop = served.reference_overall_accuracy - overall.accuracy
+        window.overall.CopyFrom(overall)
+        names = sorted({r.group for r in rows} | set(served.reference_accuracy))
+        for name in names:
+            window.groups.append(self._metrics(name, [r for r in rows if r.group == name],
+                                               served.reference_accuracy.get(name), overall_drop))
+        judged = [g for g in window.groups if g.sufficient_data and g.HasField("excess_accuracy_gap")]
+        if judged:
+            top = max(judged, key=lambda g: g.excess_accuracy_gap)
+            window.max_excess_accuracy_gap, window.max_excess_accuracy_gap_group = top.excess_accuracy_gap, top.group
+        accuracies = [g.accuracy for g in window.groups if g.sufficient_data and g.HasField("accuracy")]
+        if accuracies:
+            window.accuracy_parity_gap = max(accuracies) - min(accuracies)
+        return window
+
+    def _metrics(self, name: str, rows: list[_Row], reference: float | None,
+                 overall_drop: float | None) -> serving_pb2.GroupWindowMetrics:
+        labelled = [r for r in rows if r.label is not None]
+        metrics = serving_pb2.GroupWindowMetrics(group=name, predictions=len(rows), n=len(labelled),
+                                                 sufficient_data=len(labelled) >= self.min_count)
+        if labelled:
+            correct = sum(r.label == r.predicted for r in labelled)
+            metrics.accuracy = correct / len(labelled)
+            metrics.accuracy_ci_low, metrics.accuracy_ci_high = wilson_interval(correct, len(labelled))
+            metrics.error_rate = 1 - metrics.accuracy
+        confidences = [r.confidence for r in rows if r.confidence is not None]
+        if confidences:
+            metrics.mean_confidence = sum(confidences) / len(confidences)
+        boundaries = [r.boundary for r in rows if r.boundary is not None]
+        if boundaries:
+            metrics.mean_boundary_proxy = sum(boundaries) / len(boundaries)
+        if reference is not None:
+            metrics.reference_accuracy = reference
+            if labelled:
+                metrics.accuracy_drop = reference - metrics.accuracy
+                if overall_drop is not None:
+                    metrics.excess_accuracy_gap = metrics.accuracy_drop - overall_drop
+        shadowed = [r for r in rows if r.shadow is not None]
+        metrics.shadow_n = len(shadowed)
+        if shadowed:
+            metrics.shadow_agreement = sum(r.shadow == r.predicted for r in shadowed) / len(shadowed)
+        return metrics
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % Wilson score interval of a proportion."""
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 # ------------------------------------------------------------------ the server
 
 class FakeServer:
@@ -551,9 +875,11 @@ class FakeServer:
         self.faults = Faults()
         self.artifacts = FakeArtifactService(self.faults, max_chunk_bytes)
         self.jobs = FakeJobService(self.faults, self.artifacts, step_delay)
+        self.serving = FakeServingService(self.faults, self.artifacts, self.jobs)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
         artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server(self.artifacts, self._server)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(self.jobs, self._server)
+        serving_pb2_grpc.add_ServingServiceServicer_to_server(self.serving, self._server)
         self.port = self._server.add_insecure_port("127.0.0.1:0")
         self.target = f"127.0.0.1:{self.port}"
 

@@ -7,9 +7,10 @@
             model="art-…", dataset="sample:digits", group_by=["cohort"], sparsity=0.9))
         job = client.wait_job(job.job_id)
 
-Modules: sdk (EquipruneClient), specs (job spec builders), errors (EquipruneError), retry
-(the retry policy), transfers (resumable uploads and downloads), tables and progress (text
-output), plots (the optional matplotlib PNG), runner, demo and cli (the `equiprune` command).
+Modules: sdk (EquipruneClient), serving (its deploy/predict/outcomes/metrics calls), specs
+(job spec builders), errors (EquipruneError), retry (the retry policy), transfers (resumable
+uploads and downloads), tables and progress (text output), plots (the optional matplotlib
+PNG), runner, demo, serving_commands and cli (the `equiprune` command).
 """
 
 from . import specs

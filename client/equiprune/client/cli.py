@@ -8,6 +8,10 @@
     equiprune budget --model art-1f2e --dataset art-77aa --group-by race --plot sweep.png
     equiprune jobs --state running
     equiprune job watch job-3c9d
+    equiprune deploy digits --model art-9a0b --group-by cohort --reference-job job-3c9d
+    equiprune predict digits --instances requests.jsonl --out predictions.jsonl
+    equiprune outcomes --from predictions.jsonl       # once the true labels are known
+    equiprune metrics digits --window 1h              # per-group accuracy, ψ_g, confidence
 
 --model and --dataset take an artifact id (art-…) or a URI the server imports (sample:digits,
 a path under the server's import roots, s3://…; give --model-sha256/--dataset-sha256 for
@@ -32,7 +36,7 @@ from .runner import (EXIT_JOB_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, Out
 from .sdk import DEFAULT_TARGET, EquipruneClient
 from .specs import (ARTIFACT_KINDS, FINETUNE_METHODS, JOB_KINDS, JOB_STATES, PRUNING_KINDS, PRUNING_SCHEDULES,
                     PRUNING_SCOPES)
-from . import specs, tables
+from . import serving_commands, specs, tables
 
 SERVE_MISSING = "equiprune serve needs the server extra: pip install 'equiprune[server]'"
 # Global options that take a value, for finding the command word before argparse runs.
@@ -138,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     _artifact_commands(command)
     _job_commands(command, sub, shared)
     _submit_commands(command)
+    serving_commands.add_commands(command)
     demo = command("demo", _demo, "the whole story against a running server: train, prune, fine-tune, compare")
     demo.add_argument("--dataset", help="local .npz to upload instead of the digits sample")
     demo.add_argument("--group-by", action="append", help="group attribute of --dataset (repeatable)")
@@ -145,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--arch-kwargs", help="JSON object of architecture keyword arguments")
     demo.add_argument("--sparsity", type=float, default=0.9)
     demo.add_argument("--out", default="runs/demo", help="folder for the downloaded model and report")
+    demo.add_argument("--deploy", metavar="NAME", help="then serve the fine-tuned model under NAME, its dense "
+                      "model as shadow and the job's dense report as reference")
     return parser
 
 

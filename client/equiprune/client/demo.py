@@ -68,8 +68,15 @@ def run_demo(client: EquipruneClient, args, out: Output) -> int:
     if job.state == jobs_pb2.JOB_STATE_SUCCEEDED:
         out.say("")
         downloads = download_outputs(client, job, Path(args.out), out, roles=("model", "report"))
+    served = None
+    if job.state == jobs_pb2.JOB_STATE_SUCCEEDED and getattr(args, "deploy", None):
+        served = client.deploy_model(args.deploy, _model_output(job), group_by, shadow_artifact_id=model_id,
+                                     reference_job_id=job.job_id, tolerance=FINETUNE["tolerance"])
+        out.say(f"\nserving {served.name}: model {served.artifact_id}, dense shadow {served.shadow_artifact_id}, "
+                f"reference from {job.job_id}")
     out.document({"dataset": to_dict(dataset), "train_job": to_dict(train), "job": to_dict(job),
-                  "baseline_job": to_dict(baseline), "downloads": downloads})
+                  "baseline_job": to_dict(baseline), "downloads": downloads,
+                  "served": to_dict(served) if served is not None else None})
     return job_exit_code(job, out)
 
 

@@ -2,10 +2,13 @@
 
 What is retried (the SDK's policy):
 
-* UNAVAILABLE, on every call. The server is unreachable or restarting; every call of the API
-  is safe to repeat: reads trivially, CreateJob because the SDK always sends a request_id,
+* UNAVAILABLE, on every call. The server is unreachable or restarting; the calls are safe to
+  repeat: reads trivially, CreateJob because the SDK always sends a request_id,
   PutUploadChunk because a chunk committed in full is accepted again unchanged, CancelJob
-  because cancelling twice changes nothing.
+  because cancelling twice changes nothing, DeployModel because it replaces, ReportOutcomes
+  because the server counts a repeated outcome as a duplicate. Two are not idempotent:
+  Predict and RecordEvaluations. UNAVAILABLE normally means the request reached no replica,
+  but when it did, the repeat is recorded twice (serving.py says more).
 * DEADLINE_EXCEEDED, on reads only (Get*, List*, GetUpload, WaitJob). A write that timed out
   may still be running on the server; repeating it blindly could double its effect, so the
   caller decides.

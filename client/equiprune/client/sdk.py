@@ -1,4 +1,4 @@
-"""EquipruneClient: the typed SDK over the ArtifactService and JobService gRPC API.
+"""EquipruneClient: the typed SDK over the ArtifactService, JobService and ServingService gRPC API.
 
     with EquipruneClient("127.0.0.1:9000") as client:
         data = client.import_uri("sample:digits", kind="dataset")
@@ -7,12 +7,15 @@
         for event in client.watch(job.job_id):
             print(event.progress.phase)
         job = client.get_job(job.job_id)
+        client.deploy_model("digits", model_id, ["cohort"], reference_job_id=job.job_id)
+        predictions = client.predict("digits", [(pixels, {"cohort": "minority"})])
 
 Every unary call has a deadline (`timeout`, overridable per call) and is retried with
 exponential backoff and jitter on UNAVAILABLE (and on DEADLINE_EXCEEDED for reads: see retry.py).
 Refusals surface as EquipruneError(code, message, field). Streams (`watch`, `download`)
 resume from the last sequence or offset seen; they have no overall deadline, since a job or a
-large model may legitimately take hours.
+large model may legitimately take hours. The serving calls live in serving.py (ServingCalls),
+with what their retries may cost: Predict is not idempotent.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from typing import Iterable, Iterator
 
 import grpc
 
-from equiprune.v1 import artifacts_pb2, artifacts_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from equiprune.v1 import artifacts_pb2, artifacts_pb2_grpc, jobs_pb2, jobs_pb2_grpc, serving_pb2_grpc
 
 from .errors import EquipruneError, SpecError
 from .retry import RETRY_ALWAYS, RETRY_READS, ResumeBudget, RetryPolicy, call_with_retry
+from .serving import ServingCalls
 from .specs import ARTIFACT_KINDS, JOB_KINDS, JOB_STATES
 from .transfers import ProgressCallback, download_file, upload_file
 
@@ -45,7 +49,7 @@ _CHANNEL_OPTIONS = [("grpc.max_receive_message_length", _MESSAGE_BYTES),
                     ("grpc.max_send_message_length", _MESSAGE_BYTES)]
 
 
-class EquipruneClient:
+class EquipruneClient(ServingCalls):
     """A connection to an equiprune server. Use as a context manager, or call close()."""
 
     def __init__(self, target: str = DEFAULT_TARGET, *, timeout: float = 30.0, retries: int = 5,
@@ -59,6 +63,7 @@ class EquipruneClient:
         self._channel = channel if channel is not None else grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self._artifacts = artifacts_pb2_grpc.ArtifactServiceStub(self._channel)
         self._jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
+        self._serving = serving_pb2_grpc.ServingServiceStub(self._channel)
         self._sleep = time.sleep  # between retries; injectable so that tests need not wait
 
     # ------------------------------------------------------------ life cycle
