@@ -193,3 +193,32 @@ def test_bad_serving_requests_name_the_field(served):
            "outcomes")
     expect(lambda: stub.GetModelMetrics(serving_pb2.GetModelMetricsRequest(model="nope")), grpc.StatusCode.NOT_FOUND,
            "model")
+
+
+def test_evaluation_records_second_model_and_undeploy(served):
+    _, stub, rows, job = served
+    pruned = stub.ListServedModels(serving_pb2.ListServedModelsRequest()).models[0].artifact_id
+    stub.DeployModel(serving_pb2.DeployModelRequest(
+        name="digits-labelled", artifact_id=pruned, group_by=["cohort"], input_shape=[1, 8, 8],
+        reference_accuracy={"majority": 0.98, "minority": 0.97}, reference_overall_accuracy=0.978, tolerance=0.02))
+    names = {m.name for m in stub.ListServedModels(serving_pb2.ListServedModelsRequest()).models}
+    assert names == {"digits", "digits-labelled"}  # two served names, one replica set (multiplexed)
+    records = [serving_pb2.EvaluationRecord(groups={"cohort": "minority"}, label=8, predicted_class=8 if i < 30 else 3,
+                                            confidence=0.9) for i in range(40)]
+    counts = stub.RecordEvaluations(serving_pb2.RecordEvaluationsRequest(model="digits-labelled", records=records))
+    assert (counts.recorded, counts.late) == (40, 0)
+    window = stub.GetModelMetrics(serving_pb2.GetModelMetricsRequest(model="digits-labelled")).windows[0]
+    minority = {g.group: g for g in window.groups}["minority"]
+    assert (minority.n, minority.accuracy) == (40, pytest.approx(0.75)) and minority.sufficient_data
+    assert minority.accuracy_drop == pytest.approx(0.97 - 0.75)
+    predictions = stub.Predict(serving_pb2.PredictRequest(model="digits-labelled", instances=[
+        serving_pb2.Instance(values=rows[0]["values"], groups=rows[0]["groups"])])).predictions
+    assert predictions[0].prediction_id.startswith("digits-labelled.") and not predictions[0].HasField("shadow_class")
+
+    stub.UndeployModel(serving_pb2.UndeployModelRequest(name="digits-labelled"))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(serving_pb2.PredictRequest(model="digits-labelled", instances=[
+            serving_pb2.Instance(values=rows[0]["values"], groups=rows[0]["groups"])]))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    kept = stub.GetModelMetrics(serving_pb2.GetModelMetricsRequest(model="digits-labelled"))
+    assert kept.totals.evaluation_records == 40, "an undeployed model's history stays queryable"
