@@ -17,16 +17,6 @@ def model_id(server):
     return server.artifacts.store(1, b"weights" * 10, "dense.safetensors", "upload").artifact_id
 
 
-@pytest.fixture
-def run(server, capsys):
-    """Run the CLI against the fake server; returns (exit code, stdout, stderr)."""
-    def invoke(*argv: str):
-        code = cli.main(["--server", server.target, "--timeout", "5", "--retries", "2", *argv])
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-    return invoke
-
-
 def _prune_finetune(model_id: str, *extra: str) -> list[str]:
     return ["prune-finetune", "--model", model_id, "--dataset", "sample:digits", "--group-by", "cohort",
             "--sparsity", "0.9", "--method", "ceag", "--epochs", "2", "--tolerance", "0.02", *extra]

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import grpc
 import pytest
 
-from equiprune.client import cli, tables
+from equiprune.client import tables
 from equiprune.client.errors import EquipruneError, SpecError
 from equiprune.v1 import serving_pb2
 
@@ -44,16 +44,6 @@ def deployed(client, model_id, shadow_id):
     return client.deploy_model("digits", model_id, ["cohort"], shadow_artifact_id=shadow_id,
                                reference_accuracy=REFERENCE, reference_overall_accuracy=0.89, tolerance=0.02,
                                input_shape=[1, 8, 8])
-
-
-@pytest.fixture
-def run(server, capsys):
-    """Run the CLI against the fake server; returns (exit code, stdout, stderr)."""
-    def invoke(*argv: str):
-        code = cli.main(["--server", server.target, "--timeout", "5", "--retries", "2", *argv])
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-    return invoke
 
 
 def write_jsonl(path, records) -> str:
