@@ -17,7 +17,6 @@ from .convert import parse, timestamp, without_none
 from .errors import FailedPrecondition, InvalidArgument
 from .monitor.state import make_prediction_id
 from .store.artifacts import ArtifactStore
-from .validation import described_list
 
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 MAX_INSTANCES = 1024
