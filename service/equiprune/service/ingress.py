@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import time
 from collections.abc import Callable
 
 import grpc
@@ -33,6 +34,7 @@ JOB_ID = re.compile(r"^job-[0-9a-f]{16}$")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 DEFAULT_WAIT_S, MAX_WAIT_S = 60.0, 600.0
 WATCH_POLL_S = 15.0
+SERVED_CACHE_S = 2.0
 MAX_DOWNLOAD_CHUNK = 4 * 1024 * 1024 - 64 * 1024  # stay below gRPC's default 4 MiB message limit
 
 
@@ -93,6 +95,7 @@ class Ingress:
         self.manager = manager
         self.model_server = model_server
         self.monitor = monitor
+        self._served_cache: dict[str, tuple[float, dict]] = {}
         s = self.settings
         self.artifacts = ArtifactStore(s.artifacts, max_upload_bytes=s.max_upload_bytes, max_chunk_bytes=s.max_chunk_bytes,
                                        import_roots=[str(p) for p in s.import_roots], cache_dir=str(s.data_dir / "cache"))
@@ -288,11 +291,13 @@ class Ingress:
                 raise
             served = serving_convert.with_job_reference(served, job, self.artifacts)
         served = serving_convert.complete(served)
+        self._served_cache.pop(served["name"], None)
         return serving_pb2.DeployModelResponse(model=serving_convert.served_to_proto(await self.monitor.deploy.remote(served)))
 
     @unary(serving_pb2.UndeployModelResponse)
     async def UndeployModel(self, request, grpc_context):
         await self.monitor.undeploy.remote(request.name)
+        self._served_cache.pop(request.name, None)
         return serving_pb2.UndeployModelResponse()
 
     @unary(serving_pb2.ListServedModelsResponse)
@@ -300,9 +305,20 @@ class Ingress:
         models = await self.monitor.list_served.remote()
         return serving_pb2.ListServedModelsResponse(models=[serving_convert.served_to_proto(m) for m in models])
 
+    async def _served(self, name: str) -> dict:
+        """The served model, cached for SERVED_CACHE_S: a Predict then costs two hops, not three.
+        A deploy or undeploy through another ingress replica shows here within that time."""
+        now = time.monotonic()
+        cached = self._served_cache.get(name)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        served = await self.monitor.served.remote(name)
+        self._served_cache[name] = (now + SERVED_CACHE_S, served)
+        return served
+
     @unary(serving_pb2.PredictResponse)
     async def Predict(self, request, grpc_context):
-        served = await self.monitor.served.remote(request.model)
+        served = await self._served(request.model)
         inputs, groups = serving_convert.check_instances(request, served)
         calls = [self._probabilities(served["artifact_id"], inputs, served["input_shape"])]
         if served.get("shadow_artifact_id"):
