@@ -150,3 +150,14 @@ def test_http_scrape(monitor):
     assert not thread.is_alive()
     families = {f.name: f for f in text_string_to_metric_families(body)}
     assert _value(families["equiprune_model_predictions"], model="cnn") == 40
+
+
+def test_every_exported_metric_is_documented():
+    """docs/monitoring.md names each metric a scrape can contain (counters with `_total`)."""
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "monitoring.md").read_text()
+    exported = {f"{name}_total" for name in COUNTERS} | GAUGES
+    undocumented = sorted(name for name in exported if f"`{name}`" not in docs and f"{name}{{" not in docs
+                          and name not in docs.split())
+    assert not undocumented, undocumented
