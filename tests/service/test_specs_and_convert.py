@@ -115,3 +115,20 @@ def test_budget_search_needs_no_sparsity_of_its_own():
     check_sections(spec)
     configs = engine_configs(spec, ("train", "test"))
     assert configs.budget.low == 0.5 and configs.budget.high == 0.95
+
+
+@pytest.mark.parametrize("train, field", [
+    (jobs_pb2.TrainOptions(architecture="no_such_net"), "spec.train.architecture"),
+    (jobs_pb2.TrainOptions(architecture="mlp", epochs=-5), "spec.train.epochs"),
+    (jobs_pb2.TrainOptions(architecture="mlp", lr=0.0), "spec.train.lr"),
+])
+def test_train_specs_are_checked_at_create_time(train, field):
+    pb = jobs_pb2.JobSpec(kind=jobs_pb2.JOB_KIND_TRAIN, dataset=artifacts_pb2.ArtifactRef(artifact_id="art-0000000000000002"),
+                          train=train)
+    assert _refused(pb).field == field
+
+
+def test_evaluate_checks_its_data_options():
+    pb = _spec(kind=jobs_pb2.JOB_KIND_EVALUATE, pruning=None, finetune=None,
+               data=jobs_pb2.DataOptions(group_by=["cohort"], tolerance=5.0))
+    assert _refused(pb).field == "spec.data.tolerance"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import shutil
 import time
 from collections.abc import Callable
 
@@ -144,9 +145,13 @@ class Ingress:
             if kind != "dataset":
                 raise InvalidArgument("sample: URIs name datasets; use kind DATASET", field=f"{field}.uri")
             path = write_sample(source.uri, str(self.settings.data_dir / "samples"))
-            existing = self.artifacts.find(kind, sha256_of_file(str(path)))
-            return existing or self.artifacts.put_file(str(path), kind, display_name or path.name, source=source.uri,
-                                                       description=describe_artifact(str(path), kind))
+            try:
+                existing = self.artifacts.find(kind, sha256_of_file(str(path)))
+                return existing or self.artifacts.put_file(str(path), kind, display_name or path.name,
+                                                           source=source.uri,
+                                                           description=describe_artifact(str(path), kind))
+            finally:
+                shutil.rmtree(path.parent, ignore_errors=True)
         if not source.sha256:
             raise InvalidArgument("required for imports: the content's sha256", field=f"{field}.sha256")
         existing = self.artifacts.find(kind, source.sha256.lower())

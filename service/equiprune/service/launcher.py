@@ -16,6 +16,8 @@ import sys
 import threading
 from pathlib import Path
 
+GRPC_MAX_MESSAGE_BYTES = 32 * 1024 * 1024  # the largest request we accept: 100,000 outcomes
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="equiprune serve", description=__doc__.split("\n\n")[0])
@@ -67,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 def start(settings, *, address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
     """Start (or join) Ray, start Serve with the gRPC proxy, and run the application."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Serve's gRPC proxy accepts messages up to 2 GiB by default, and our limits (2 MiB upload
+    # chunks, 1,024 instances, 100,000 outcomes) would only apply after one had been read into
+    # memory. The proxy inherits this from the environment Ray starts with.
+    os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(GRPC_MAX_MESSAGE_BYTES))
     import ray
     from ray import serve
     from ray.serve.config import gRPCOptions

@@ -17,7 +17,7 @@ import time
 import ray
 from ray import serve
 
-from .errors import FailedPrecondition, ResourceExhausted
+from .errors import FailedPrecondition, ResourceExhausted, client_status
 from .settings import ServerSettings
 from .store.jobs import JobEventRecord, JobRecord, SqliteJobStore
 from .tasks import execute_job
@@ -110,13 +110,19 @@ class JobManager:
 
     # ------------------------------------------------------------------ queries
 
+    # Every query first makes sure unfinished jobs were resumed: after Serve restarts this
+    # replica alone, no create or cancel may come to do it.
+
     async def get(self, job_id: str) -> JobRecord:
+        await self.ready()
         return self.store.get(job_id)
 
     async def list(self, states: tuple[str, ...], kind: str | None, page_size: int, page_token: str):
+        await self.ready()
         return self.store.list(states=states, kind=kind, page_size=page_size, page_token=page_token)
 
     async def wait(self, job_id: str, timeout_s: float) -> JobRecord:
+        await self.ready()
         deadline = time.monotonic() + timeout_s
         while True:
             record = self.store.get(job_id)
@@ -127,13 +133,16 @@ class JobManager:
 
     async def events(self, job_id: str, after_sequence: int, wait_s: float) -> tuple[list[JobEventRecord], bool]:
         """Events after `after_sequence`, waiting up to `wait_s` for one; and whether the job is done."""
+        await self.ready()
         deadline = time.monotonic() + wait_s
         while True:
             events = self.store.events_since(job_id, after_sequence)
-            done = self.store.get(job_id).done
+            # Done only once the caller has the job's last event (the terminal one): a long
+            # history arrives in pages, and the stream must not end on the first.
+            last = events[-1].sequence if events else after_sequence
+            done = self.store.get(job_id).done and last >= self.store.last_sequence(job_id)
             remaining = deadline - time.monotonic()
             if events or done or remaining <= 0:
-                # A done job's last event is its terminal one; nothing follows it.
                 return events, done
             await self._wait_for_change(remaining)
 
@@ -171,6 +180,15 @@ class JobManager:
                     "code": "ABORTED", "field": "",
                     "message": f"the process running the job stopped unexpectedly ({type(err).__name__}); "
                                "it may have run out of memory"})
+        except Exception as err:  # noqa: BLE001 - e.g. the job store failing: never strand the job
+            log.exception("job %s: recording its progress failed", job_id)
+            ray.cancel(task, force=True)
+            status = client_status(err)
+            try:
+                self.store.finish(job_id, "failed", error={"code": status.code, "field": status.field or "",
+                                                           "message": status.message})
+            except Exception:  # noqa: BLE001 - the store itself is failing; the next start requeues it
+                log.exception("job %s: could not record its failure", job_id)
         finally:
             self._tasks.pop(job_id, None)
             await self._notify()
@@ -187,7 +205,15 @@ class JobManager:
             self.store.finish(job_id, "failed", error=payload)
 
     def _check_resources(self, resources: dict) -> None:
-        """Refuse a job that this cluster could never schedule (it would wait forever)."""
+        """Refuse a job that this cluster could never schedule (it would wait forever): one
+        worker must fit on one node, and all of them in the cluster."""
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        for key, field in (("CPU", "cpus_per_worker"), ("GPU", "gpus_per_worker")):
+            need = resources[field]
+            largest = max((n.get(key, 0) for n in nodes), default=0)
+            if need > largest:
+                raise FailedPrecondition(f"one worker asks for {need} {key}(s) but the largest node has {int(largest)}",
+                                         field=f"spec.resources.{field}")
         total = ray.cluster_resources()
         gpus = resources["workers"] * resources["gpus_per_worker"]
         if gpus > total.get("GPU", 0):

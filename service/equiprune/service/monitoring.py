@@ -20,7 +20,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from ray import serve
 
-from .errors import NotFound
+from .errors import FailedPrecondition, NotFound
 from .monitor.exporter import MonitorExporter, serve_metrics
 from .monitor.state import ModelReference, Monitor, MonitorConfig
 from .settings import ServerSettings
@@ -50,6 +50,11 @@ class MonitorService:
 
     async def deploy(self, served: dict) -> dict:
         self._ensure_persisting()
+        known = self.monitor.models(include_unregistered=True)
+        if served["name"] in known and list(self.monitor.reference(served["name"]).group_by) != served["group_by"]:
+            raise FailedPrecondition(
+                f"{served['name']!r} was monitored by {list(self.monitor.reference(served['name']).group_by)}; its "
+                "history would mix two groupings — deploy under a new name", field="group_by")
         self.models[served["name"]] = served
         self.monitor.register_model(_reference(served))
         _write_json(self.registry_path, self.models)

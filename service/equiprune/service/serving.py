@@ -51,10 +51,11 @@ class ModelServer:
 
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=BATCH_WAIT_S)
     async def _batched(self, requests: list[tuple]) -> list[list[list[float]]]:
-        # A batch may mix models (the replica serves several); one forward pass per model.
-        by_model: dict[str, list[int]] = {}
-        for i, (artifact_id, *_rest) in enumerate(requests):
-            by_model.setdefault(artifact_id, []).append(i)
+        # A batch may mix models (the replica serves several) and, for one artifact served
+        # under two names, instance shapes: one forward pass per (model, shape).
+        by_model: dict[tuple, list[int]] = {}
+        for i, (artifact_id, _model, _inputs, shape) in enumerate(requests):
+            by_model.setdefault((artifact_id, shape), []).append(i)
         results: list = [None] * len(requests)
         for indices in by_model.values():
             model, shape = requests[indices[0]][1], requests[indices[0]][3]

@@ -21,6 +21,7 @@ from .store.artifacts import ArtifactStore
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 MAX_INSTANCES = 1024
 MAX_OUTCOMES = 100_000
+MAX_PREDICTION_ID = 128  # ids are "<model ≤ 63>.<24 hex>"
 DEFAULT_TOLERANCE = 0.01
 
 
@@ -161,8 +162,9 @@ def check_outcomes(request: serving_pb2.ReportOutcomesRequest) -> list[tuple[str
         raise InvalidArgument(f"send 1 to {MAX_OUTCOMES} outcomes, got {len(request.outcomes)}", field="outcomes")
     items = []
     for i, outcome in enumerate(request.outcomes):
-        if not outcome.prediction_id:
-            raise InvalidArgument("required", field=f"outcomes[{i}].prediction_id")
+        if not outcome.prediction_id or len(outcome.prediction_id) > MAX_PREDICTION_ID:
+            raise InvalidArgument(f"required, at most {MAX_PREDICTION_ID} characters",
+                                  field=f"outcomes[{i}].prediction_id")
         items.append((outcome.prediction_id, outcome.label))
     return items
 

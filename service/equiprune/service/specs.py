@@ -9,6 +9,7 @@ before anything runs, with the field named as the client wrote it (`spec.pruning
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -171,11 +172,36 @@ def _engine_configs(spec: JobSpecModel, split_names: tuple[str, ...]) -> EngineC
         if spec.pruning.kind == "n_m":
             raise InvalidArgument("N:M pruning has a fixed sparsity (n/m); there is nothing to search",
                                   field="spec.pruning.kind")
+    if spec.kind == "train":
+        _check_train(spec.train)
     if spec.kind in ("train", "evaluate"):
+        _check_data(spec.data)
         return EngineConfigs(None, budget)
     # A search chooses each probe's sparsity: validate the rest with the top of its range.
     sparsity = budget.high if budget is not None else None
     return EngineConfigs(compression_job(spec, split_names, sparsity=sparsity), budget)
+
+
+def _check_train(t: TrainSpec) -> None:
+    from equiprune.engine.models.registry import available_architectures
+
+    known = available_architectures()
+    if t.architecture not in known:
+        raise InvalidArgument(f"unknown architecture {t.architecture!r}; registered: {', '.join(known)}",
+                              field="spec.train.architecture")
+    try:
+        FinetuneConfig(epochs=t.epochs, lr=t.lr, seed=t.seed)  # the training loop's own checks
+    except EngineError as err:
+        raise InvalidArgument(err.problem, field="spec.train." + err.field.rpartition(".")[2]) from None
+    if len(json.dumps(t.architecture_kwargs)) > 4096:
+        raise InvalidArgument("at most 4 KiB of JSON", field="spec.train.architecture_kwargs")
+
+
+def _check_data(d: DataSpec) -> None:
+    if not 0 <= d.tolerance < 1:
+        raise InvalidArgument(f"must be in [0, 1) (a fraction of accuracy), got {d.tolerance}", field="spec.data.tolerance")
+    if d.min_group_size < 1:
+        raise InvalidArgument(f"must be at least 1, got {d.min_group_size}", field="spec.data.min_group_size")
 
 
 def compression_job(spec: JobSpecModel, split_names: tuple[str, ...], *, sparsity: float | None = None) -> CompressionJob:
