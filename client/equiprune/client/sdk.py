@@ -89,6 +89,15 @@ class EquipruneClient(ServingCalls):
         """The deadline of a call that may move or validate a whole model on the server."""
         return timeout if timeout is not None else max(self.timeout, SLOW_CALL_SECONDS)
 
+    def _pages(self, method, request, items: str, timeout: float | None) -> Iterator:
+        """Every item of a paginated List call, fetching pages lazily."""
+        while True:
+            page = self._unary(method, request, timeout=timeout, read=True)
+            yield from getattr(page, items)
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
     # ------------------------------------------------------------ artifacts
 
     def upload_file(self, path: str | os.PathLike, kind: str | int, display_name: str | None = None,
@@ -115,12 +124,7 @@ class EquipruneClient(ServingCalls):
         """Every stored artifact (of `kind`, when given), newest first, fetching pages lazily."""
         request = artifacts_pb2.ListArtifactsRequest(
             kind=ARTIFACT_KINDS.value(kind, "kind") if kind is not None else 0, page_size=page_size)
-        while True:
-            page = self._unary(self._artifacts.ListArtifacts, request, timeout=timeout, read=True)
-            yield from page.artifacts
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
+        return self._pages(self._artifacts.ListArtifacts, request, "artifacts", timeout)
 
     def download(self, artifact_id: str, path: str | os.PathLike, on_progress: ProgressCallback | None = None, *,
                  chunk_bytes: int = 0) -> artifacts_pb2.Artifact:
@@ -154,12 +158,7 @@ class EquipruneClient(ServingCalls):
         request = jobs_pb2.ListJobsRequest(
             states=[JOB_STATES.value(state, "states") for state in states],
             kind=JOB_KINDS.value(kind, "kind") if kind is not None else 0, page_size=page_size)
-        while True:
-            page = self._unary(self._jobs.ListJobs, request, timeout=timeout, read=True)
-            yield from page.jobs
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
+        return self._pages(self._jobs.ListJobs, request, "jobs", timeout)
 
     def cancel_job(self, job_id: str, *, timeout: float | None = None) -> jobs_pb2.Job:
         """Cancel a job; cancelling a finished job changes nothing."""

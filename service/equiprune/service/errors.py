@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from equiprune.engine.errors import EngineError, UnsupportedOperationError
@@ -58,6 +59,20 @@ class Cancelled(ServiceError):
 
 class Unavailable(ServiceError):
     code = "UNAVAILABLE"
+
+
+@contextmanager
+def naming(field: str):
+    """Re-raise a refusal from a store or another replica as being about the caller's request
+    `field` (the store says `artifact_id`; the request said `spec.model.artifact_id`). A
+    refusal that crossed a replica boundary arrives wrapped; its `cause` is the refusal."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - only refusals are renamed; the rest propagates as it was
+        refusal = exc if isinstance(exc, ServiceError) else getattr(exc, "cause", None)
+        if isinstance(refusal, ServiceError):
+            raise type(refusal)(refusal.message, field=field) from None
+        raise
 
 
 @dataclass(frozen=True)

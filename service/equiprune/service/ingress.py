@@ -23,12 +23,12 @@ from ray.serve.handle import DeploymentHandle
 from equiprune.v1 import artifacts_pb2, jobs_pb2, serving_pb2
 
 from . import convert
-from .errors import FailedPrecondition, InvalidArgument, ServiceError, client_status
+from .errors import InvalidArgument, client_status, naming
 from .samples import is_sample, write_sample
 from .settings import ServerSettings
 from .specs import JobSpecModel, check_sections, engine_configs
 from .store.artifacts import ArtifactStore, sha256_of_file
-from .validation import described_list, describe_artifact
+from .validation import artifact_of_kind, described_list, describe_artifact
 from . import serving_convert
 
 JOB_ID = re.compile(r"^job-[0-9a-f]{16}$")
@@ -206,9 +206,9 @@ class Ingress:
     def _validated_spec(self, pb: jobs_pb2.JobSpec) -> JobSpecModel:
         spec = convert.spec_from_proto(pb, self._resolve)
         check_sections(spec)
-        dataset = self._artifact_of_kind(spec.dataset, "dataset", "spec.dataset")
+        dataset = artifact_of_kind(self.artifacts, spec.dataset, "dataset", "spec.dataset")
         if spec.model is not None:
-            self._artifact_of_kind(spec.model, "model", "spec.model")
+            artifact_of_kind(self.artifacts, spec.model, "model", "spec.model")
         attributes = described_list(dataset.description, "attributes")
         for name in spec.data.group_by:
             if name not in attributes:
@@ -222,22 +222,10 @@ class Ingress:
         if which is None:
             return None
         if which == "artifact_id":
-            return self._get(ref.artifact_id, f"{field}.artifact_id").artifact_id
+            with naming(f"{field}.artifact_id"):
+                return self.artifacts.get(ref.artifact_id).artifact_id
         kind = "model" if field == "spec.model" else "dataset"
         return self._import(kind, ref.uri, "", f"{field}.uri").artifact_id
-
-    def _get(self, artifact_id: str, field: str):
-        """The artifact, with a refusal naming the request's field rather than the store's."""
-        try:
-            return self.artifacts.get(artifact_id)
-        except ServiceError as err:
-            raise type(err)(err.message, field=field) from None
-
-    def _artifact_of_kind(self, artifact_id: str, kind: str, field: str):
-        record = self._get(artifact_id, field)
-        if record.kind != kind:
-            raise FailedPrecondition(f"artifact {artifact_id} is a {record.kind}, not a {kind}", field=field)
-        return record
 
     @unary(jobs_pb2.GetJobResponse)
     async def GetJob(self, request, grpc_context):
@@ -287,13 +275,8 @@ class Ingress:
     async def DeployModel(self, request, grpc_context):
         served = await asyncio.to_thread(serving_convert.check_deploy_request, request, self.artifacts)
         if request.reference_job_id:
-            try:
+            with naming("reference_job_id"):
                 job = await self.manager.get.remote(_require_job_id_as(request.reference_job_id, "reference_job_id"))
-            except Exception as err:  # noqa: BLE001 - re-raised naming this request's field
-                cause = getattr(err, "cause", err)
-                if isinstance(cause, ServiceError):
-                    raise type(cause)(cause.message, field="reference_job_id") from None
-                raise
             served = serving_convert.with_job_reference(served, job, self.artifacts)
         served = serving_convert.complete(served)
         self._served_cache.pop(served["name"], None)

@@ -31,7 +31,7 @@ from equiprune.engine.pipeline import CompressionJob, CompressionResult, run_com
 from equiprune.engine.report import build_report
 
 from .settings import ServerSettings
-from .specs import JobSpecModel, compression_job, engine_configs
+from .specs import JobSpecModel, compression_job, engine_configs, resolve_split
 from .store.artifacts import ArtifactStore
 
 Emit = Callable[[dict], None]
@@ -266,8 +266,6 @@ def _load_model(ctx: JobContext, dataset: GroupDataset) -> LoadedModel:
 
 
 def _split(ctx: JobContext, key: str, conventional: str, dataset: GroupDataset) -> str | None:
-    from .specs import resolve_split
-
     return resolve_split(getattr(ctx.spec.data, key), conventional, dataset.split_names, f"spec.data.{key}")
 
 

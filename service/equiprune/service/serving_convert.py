@@ -13,10 +13,11 @@ import time
 
 from equiprune.v1 import serving_pb2
 
-from .convert import parse, timestamp, without_none
+from .convert import parse, timestamp
 from .errors import FailedPrecondition, InvalidArgument
 from .monitor.state import make_prediction_id
 from .store.artifacts import ArtifactStore
+from .validation import artifact_of_kind
 
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 MAX_INSTANCES = 1024
@@ -31,9 +32,9 @@ DEFAULT_TOLERANCE = 0.01
 def check_deploy_request(request: serving_pb2.DeployModelRequest, artifacts: ArtifactStore) -> dict:
     if not NAME.match(request.name):
         raise InvalidArgument("1-63 characters of a-z, 0-9 and -, starting with a letter", field="name")
-    _model_artifact(artifacts, request.artifact_id, "artifact_id")
+    artifact_of_kind(artifacts, request.artifact_id, "model", "artifact_id")
     if request.shadow_artifact_id:
-        _model_artifact(artifacts, request.shadow_artifact_id, "shadow_artifact_id")
+        artifact_of_kind(artifacts, request.shadow_artifact_id, "model", "shadow_artifact_id")
     if not request.group_by:
         raise InvalidArgument("name at least one group attribute", field="group_by")
     tolerance = request.tolerance if request.HasField("tolerance") else DEFAULT_TOLERANCE
@@ -98,17 +99,6 @@ def served_to_proto(served: dict) -> serving_pb2.ServedModel:
     if served.get("reference_overall_accuracy") is not None:
         pb.reference_overall_accuracy = served["reference_overall_accuracy"]
     return pb
-
-
-def _model_artifact(artifacts: ArtifactStore, artifact_id: str, field: str) -> None:
-    from .errors import ServiceError
-
-    try:
-        record = artifacts.get(artifact_id)
-    except ServiceError as err:
-        raise type(err)(err.message, field=field) from None
-    if record.kind != "model":
-        raise FailedPrecondition(f"artifact {artifact_id} is a {record.kind}, not a model", field=field)
 
 
 def _check_fraction(value: float, field: str) -> None:
@@ -198,6 +188,6 @@ def metrics_to_proto(answer: dict) -> serving_pb2.GetModelMetricsResponse:
     if answer["served"] is not None:
         pb.model.CopyFrom(served_to_proto(answer["served"]))
     for window in metrics["windows"]:
-        pb.windows.append(parse(serving_pb2.WindowMetrics, without_none(window)))
+        pb.windows.append(parse(serving_pb2.WindowMetrics, window))
     pb.totals.CopyFrom(parse(serving_pb2.MonitorTotals, metrics["totals"]))
     return pb

@@ -12,7 +12,7 @@ from equiprune.engine.dataset import load_dataset
 from equiprune.engine.errors import EngineError
 from equiprune.engine.models.io import load_model
 
-from .errors import InvalidArgument
+from .errors import FailedPrecondition, InvalidArgument, naming
 
 
 def describe_artifact(path: str, kind: str) -> dict[str, str]:
@@ -47,6 +47,15 @@ def _describe_dataset(path: str) -> dict[str, str]:
         "attributes": ",".join(dataset.attribute_names),
         "splits": ",".join(dataset.split_names),
     }
+
+
+def artifact_of_kind(artifacts, artifact_id: str, kind: str, field: str):
+    """The stored artifact `artifact_id`, which must be a `kind`; refusals name `field`."""
+    with naming(field):
+        record = artifacts.get(artifact_id)
+    if record.kind != kind:
+        raise FailedPrecondition(f"artifact {artifact_id} is a {record.kind}, not a {kind}", field=field)
+    return record
 
 
 def described_list(description: dict[str, str], key: str) -> tuple[str, ...]:
