@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from equiprune.engine.errors import InvalidModelError
+from equiprune.engine.models.pt2_check import audit_pt2_archive
 from equiprune.engine.pruning.masks import apply_masks
 from equiprune.engine.models import (
     ArchitectureSpec,
@@ -116,7 +117,8 @@ def test_spec_argument_is_needed_when_the_file_carries_none(cnn) -> None:
 def test_exported_round_trip_in_both_modes(cnn, pt2_files, training) -> None:
     loaded = load_model(pt2_files[training])
     assert loaded.format == "exported" and loaded.exported_training is training
-    assert loaded.spec == CNN and loaded.example_input_shape == (2, 3, 8, 8)
+    # The batch dimension was exported as dynamic: one sample is a batch the program accepts.
+    assert loaded.spec == CNN and loaded.example_input_shape == (1, 3, 8, 8)
     assert_states_bit_equal(
         {k: v for k, v in cnn.state_dict().items()},
         {k: v for k, v in loaded.module.state_dict().items()},
@@ -389,11 +391,15 @@ def test_crafted_archives_are_refused_before_torch_reads_them(pt2_files, name, c
     expect_error(lambda: load_exported(crafted), "model.exported_program", fragment)
 
 
-def test_sample_inputs_needing_full_unpickling_never_run(pt2_files, tmp_path) -> None:
+def test_sample_inputs_are_never_read(pt2_files, tmp_path) -> None:
+    # Every torch.export.save archive carries its sample inputs as a pickle: the audit drops
+    # them unread, so even a payload there never runs and the program still loads.
     canary = tmp_path / "code-ran"
     payload = pickle.dumps(MakeDirectory(str(canary)), protocol=2)
     crafted = rewrite_pt2(pt2_files[False], {"data/sample_inputs/model.pt": payload})
-    expect_error(lambda: load_model(crafted), "model.exported_program", "sample inputs")
+    assert audit_pt2_archive(crafted).dropped_sample_inputs
+    loaded = load_model(crafted)
+    assert loaded.example_input_shape == (1, 3, 8, 8)
     assert not canary.exists()
 
 

@@ -10,8 +10,9 @@ A .pt2 file carries its own graph, so it needs no registered architecture, but i
 in the mode it was exported in: torch cannot switch an exported module between train and eval
 (``.train()``/``.eval()`` raise). `LoadedModel.exported_training` records that mode.
 
-Before torch reads a .pt2, `pt2_check.check_pt2_archive` refuses archives that could run code
-on load (``torch.export.load`` is not safe for untrusted files; that module says why).
+Before torch reads a .pt2, `pt2_check.audit_pt2_archive` refuses archives that could run code
+on load (``torch.export.load`` is not safe for untrusted files; that module says why) and
+rebuilds the archive from the audited entries: torch only ever reads the rebuilt copy.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torch import nn
 
 from equiprune.engine.errors import InvalidModelError
 from equiprune.engine.modes import mode
-from equiprune.engine.models.pt2_check import EXPORTED_FIELD, check_pt2_archive
+from equiprune.engine.models.pt2_check import EXPORTED_FIELD, audit_pt2_archive
 from equiprune.engine.models.sniff import describe_foreign_bytes, is_torch_save_zip
 from equiprune.engine.models.registry import ArchitectureSpec, build_model, example_input_shape
 
@@ -302,12 +303,12 @@ def save_exported(module: nn.Module, example_input: torch.Tensor, path: str | os
 
 
 def load_exported(source: ModelSource, spec: ArchitectureSpec | None = None) -> LoadedModel:
-    """Load a .pt2 after checking it cannot run code on load (see the module docstring)."""
-    data = read_source(source, EXPORTED_FIELD)
-    check_pt2_archive(data)
+    """Load a .pt2 after auditing it (see the module docstring): torch reads the archive the
+    audit rebuilt, never the bytes as they arrived."""
+    audited = audit_pt2_archive(read_source(source, EXPORTED_FIELD))
     extra_files = {EXPORT_METADATA_FILE: ""}
     try:
-        program = torch.export.load(io.BytesIO(data), extra_files=extra_files)
+        program = torch.export.load(io.BytesIO(audited.archive), extra_files=extra_files)
         module = program.module()
     except Exception as exc:  # deserialisation failures come in many exception types
         raise InvalidModelError(
@@ -346,12 +347,21 @@ def _check_exported_weights(program: torch.export.ExportedProgram) -> None:
 
 
 def _example_shape(program: torch.export.ExportedProgram) -> tuple[int, ...] | None:
-    examples = program.example_inputs
-    if not examples:
-        return None
-    args, _ = examples
-    first = next((a for a in args if isinstance(a, torch.Tensor)), None)
-    return tuple(first.shape) if first is not None else None
+    """The shape of an input batch the program accepts, read from its first user input's
+    placeholder (the sample inputs are never read: they are a pickle). A dynamic batch
+    dimension becomes 1; any other dynamic dimension leaves the shape unknown (None)."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op != "placeholder" or node.name not in user_inputs:
+            continue
+        value = node.meta.get("val")
+        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+            return None
+        dims = [d if isinstance(d, int) else None for d in value.shape]
+        if dims[0] is None:
+            dims[0] = 1
+        return tuple(dims) if all(d is not None for d in dims) else None
+    return None
 
 
 # Ops whose behaviour depends on the mode carry a bool argument named like this in their schema
