@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import struct
 from collections.abc import Mapping
@@ -33,6 +34,7 @@ from equiprune.engine.errors import InvalidModelError
 from equiprune.engine.modes import mode
 from equiprune.engine.models.pt2_check import EXPORTED_FIELD, audit_pt2_archive
 from equiprune.engine.models.sniff import describe_foreign_bytes, is_torch_save_zip
+from equiprune.engine.models.footprint import ModelLimits, check_state_shapes, exported_footprint, meta_model
 from equiprune.engine.models.registry import ArchitectureSpec, build_model, example_input_shape
 
 ModelSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
@@ -116,10 +118,27 @@ def looks_like_safetensors(data: bytes) -> bool:
     return 2 <= header_length <= len(data) - 8 and data[8:9] == b"{"
 
 
+# safetensors dtype names → torch dtypes (what the header may declare).
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "C64": torch.complex64,
+}
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """What a safetensors file declares, read from its JSON header alone (no tensor loaded)."""
+
+    metadata: dict[str, str]
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, torch.dtype]
+
+
 def read_safetensors(data: bytes, field: str = WEIGHTS_FIELD) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and ``__metadata__`` of a safetensors file, with a clear error for anything
     that is not one (never falling back to another deserialiser)."""
-    metadata = safetensors_metadata(data, field)
+    metadata = safetensors_header(data, field).metadata
     try:
         tensors = safetensors.torch.load(data)
     except Exception as exc:  # the Rust parser raises its own SafetensorError and others
@@ -129,6 +148,12 @@ def read_safetensors(data: bytes, field: str = WEIGHTS_FIELD) -> tuple[dict[str,
 
 def safetensors_metadata(data: bytes, field: str = WEIGHTS_FIELD) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file, after checking its header (no tensors read)."""
+    return safetensors_header(data, field).metadata
+
+
+def safetensors_header(data: bytes, field: str = WEIGHTS_FIELD) -> SafetensorsHeader:
+    """Metadata, tensor shapes and dtypes of a safetensors file, from its header alone, after
+    checking that every tensor's bytes lie inside the file."""
     if not looks_like_safetensors(data):
         raise InvalidModelError(
             field, f"not a safetensors file ({describe_foreign_bytes(data)}); save weights with safetensors"
@@ -138,29 +163,43 @@ def safetensors_metadata(data: bytes, field: str = WEIGHTS_FIELD) -> dict[str, s
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise InvalidModelError(field, "not a valid safetensors file: __metadata__ must map strings to strings")
-    _check_data_size(header, len(data) - 8 - header_length, field)
-    return metadata
+    available = len(data) - 8 - header_length
+    shapes, dtypes = {}, {}
+    for name, entry in header.items():
+        shapes[name], dtypes[name] = _header_entry(name, entry, available, field)
+    return SafetensorsHeader(metadata, shapes, dtypes)
 
 
 def _parse_safetensors_header(raw: bytes, field: str) -> dict[str, Any]:
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise InvalidModelError(field, "not a safetensors file: its header is not JSON") from None
     if not isinstance(header, dict):
         raise InvalidModelError(field, "not a safetensors file: its header is not a JSON object")
     return header
 
 
-def _check_data_size(header: Mapping[str, Any], available: int, field: str) -> None:
+def _header_entry(name: str, entry: Any, available: int, field: str) -> tuple[tuple[int, ...], torch.dtype]:
+    """One tensor's shape and dtype; its declared bytes must match the shape and fit the file."""
     try:
-        declared = max((int(entry["data_offsets"][1]) for entry in header.values()), default=0)
-    except (KeyError, TypeError, ValueError, IndexError):
-        raise InvalidModelError(field, "not a valid safetensors file: a tensor entry lacks data_offsets") from None
-    if declared > available:
+        dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+        shape = tuple(entry["shape"])
+        begin, end = (int(v) for v in entry["data_offsets"])
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape) or len(shape) > 8:
+            raise ValueError(shape)
+    except (KeyError, TypeError, ValueError):
+        raise InvalidModelError(field, f"not a valid safetensors file: tensor {name[:80]!r} has a malformed "
+                                       "dtype, shape or data_offsets") from None
+    expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if not 0 <= begin <= end or end - begin != expected:
+        raise InvalidModelError(field, f"not a valid safetensors file: tensor {name[:80]!r} declares {end - begin} "
+                                       f"bytes for shape {shape}")
+    if end > available:
         raise InvalidModelError(
-            field, f"truncated safetensors file: header declares {declared} bytes of tensor data, file has {available}"
+            field, f"truncated safetensors file: header declares {end} bytes of tensor data, file has {available}"
         )
+    return shape, dtype
 
 
 def state_dict_for_saving(module_or_state: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -198,14 +237,23 @@ def resolve_spec(given: ArchitectureSpec | None, stored: ArchitectureSpec | None
     )
 
 
-def load_safetensors(source: ModelSource, spec: ArchitectureSpec | None = None) -> LoadedModel:
-    """Build the architecture and load checked weights into it (returned in eval mode)."""
-    tensors, metadata = read_safetensors(read_source(source, WEIGHTS_FIELD))
-    return loaded_from_state(resolve_spec(spec, spec_from_metadata(metadata)), tensors)
+def load_safetensors(source: ModelSource, spec: ArchitectureSpec | None = None, *,
+                     limits: ModelLimits | None = None) -> LoadedModel:
+    """Build the architecture and load checked weights into it (returned in eval mode).
+
+    Nothing sized by the file is allocated before the architecture passed `limits` on the meta
+    device and the header's tensor names and shapes matched it."""
+    data = read_source(source, WEIGHTS_FIELD)
+    header = safetensors_header(data)
+    spec = resolve_spec(spec, spec_from_metadata(header.metadata))
+    check_state_shapes(meta_model(spec, limits), header.shapes, header.dtypes, WEIGHTS_FIELD)
+    tensors, _ = read_safetensors(data)
+    return loaded_from_state(spec, tensors)
 
 
 def loaded_from_state(spec: ArchitectureSpec, state: Mapping[str, torch.Tensor]) -> LoadedModel:
-    """A LoadedModel of format safetensors: the architecture built and the checked state loaded."""
+    """A LoadedModel of format safetensors: the architecture built and the checked state loaded
+    (callers check `spec` against the limits on the meta device first)."""
     return LoadedModel(
         module=model_from_state_dict(spec, state),
         format="safetensors",
@@ -224,8 +272,10 @@ def model_from_state_dict(spec: ArchitectureSpec, state: Mapping[str, torch.Tens
     return model.eval()
 
 
-def check_state_dict(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], field: str) -> None:
-    """Raise naming the first offending tensors: key sets, shapes, dtype kinds, finiteness."""
+def check_state_dict(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], field: str, *,
+                     check_values: bool = True) -> None:
+    """Raise naming the first offending tensors: key sets, shapes, dtype kinds and (with
+    `check_values`) finiteness."""
     missing = [name for name in expected if name not in given]
     unexpected = [name for name in given if name not in expected]
     if missing or unexpected:
@@ -249,7 +299,8 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], given: Mapping[str, t
     ]
     if wrong_kinds:
         raise InvalidModelError(field, f"{len(wrong_kinds)} tensors have the wrong dtype: {_first(wrong_kinds)}")
-    _check_finite(given, field)
+    if check_values:
+        _check_finite(given, field)
 
 
 def _check_finite(tensors: Mapping[str, torch.Tensor], field: str) -> None:
@@ -302,7 +353,8 @@ def save_exported(module: nn.Module, example_input: torch.Tensor, path: str | os
     write_target(buffer.getvalue(), path)
 
 
-def load_exported(source: ModelSource, spec: ArchitectureSpec | None = None) -> LoadedModel:
+def load_exported(source: ModelSource, spec: ArchitectureSpec | None = None, *,
+                  limits: ModelLimits | None = None) -> LoadedModel:
     """Load a .pt2 after auditing it (see the module docstring): torch reads the archive the
     audit rebuilt, never the bytes as they arrived."""
     audited = audit_pt2_archive(read_source(source, EXPORTED_FIELD))
@@ -315,6 +367,8 @@ def load_exported(source: ModelSource, spec: ArchitectureSpec | None = None) -> 
             EXPORTED_FIELD, f"torch.export.load could not read the program: {type(exc).__name__}: {exc}"
         ) from None
     _check_exported_weights(program)
+    input_shape = _example_shape(program)
+    exported_footprint(program, input_shape[1:] if input_shape else None, limits)
     metadata = _export_metadata(extra_files.get(EXPORT_METADATA_FILE, ""))
     stored_spec = ArchitectureSpec.from_dict(metadata["spec"]) if metadata.get("spec") else None
     training = exported_training_mode(program)
@@ -325,7 +379,7 @@ def load_exported(source: ModelSource, spec: ArchitectureSpec | None = None) -> 
         format="exported",
         spec=spec if spec is not None else stored_spec,
         exported_training=training,
-        example_input_shape=_example_shape(program),
+        example_input_shape=input_shape,
     )
 
 
@@ -407,16 +461,18 @@ def _node_mode(node: torch.fx.Node) -> bool | None:
 # --- format dispatch ---------------------------------------------------------------------------
 
 
-def load_model(source: ModelSource, spec: ArchitectureSpec | None = None) -> LoadedModel:
-    """Load whatever the bytes are: a .pt2 (zip), a sparse or a dense safetensors file."""
+def load_model(source: ModelSource, spec: ArchitectureSpec | None = None, *,
+               limits: ModelLimits | None = None) -> LoadedModel:
+    """Load whatever the bytes are: a .pt2 (zip), a sparse or a dense safetensors file, within
+    `limits` (this machine's defaults when None)."""
     data = read_source(source, WEIGHTS_FIELD)
     if data[:4] in (b"PK\x03\x04", b"PK\x05\x06") and not is_torch_save_zip(data):
-        return load_exported(data, spec)
+        return load_exported(data, spec, limits=limits)
     if looks_like_safetensors(data):
         metadata = safetensors_metadata(data)
         # Imported here: sparse builds on this module.
         from equiprune.engine.models import sparse
 
         if sparse.is_sparse_metadata(metadata):
-            return sparse.load_sparse_model(data, spec)
-    return load_safetensors(data, spec)
+            return sparse.load_sparse_model(data, spec, limits=limits)
+    return load_safetensors(data, spec, limits=limits)

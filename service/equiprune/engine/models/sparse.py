@@ -41,11 +41,13 @@ from equiprune.engine.models.io import (
     loaded_from_state,
     read_safetensors,
     read_source,
+    safetensors_header,
     resolve_spec,
     spec_from_metadata,
     state_dict_for_saving,
     write_target,
 )
+from equiprune.engine.models.footprint import ModelLimits, check_state_shapes, meta_model
 from equiprune.engine.models.registry import ArchitectureSpec
 
 SPARSE_FORMAT = "sparse-bitmask-v1"
@@ -115,10 +117,29 @@ def load_sparse(source: ModelSource) -> tuple[dict[str, torch.Tensor], Architect
     return state, spec_from_metadata(metadata)
 
 
-def load_sparse_model(source: ModelSource, spec: ArchitectureSpec | None = None) -> LoadedModel:
-    """Build the architecture and load the decoded, checked weights (eval mode)."""
-    state, stored_spec = load_sparse(source)
-    return loaded_from_state(resolve_spec(spec, stored_spec), state)
+def load_sparse_model(source: ModelSource, spec: ArchitectureSpec | None = None, *,
+                      limits: ModelLimits | None = None) -> LoadedModel:
+    """Build the architecture and load the decoded, checked weights (eval mode).
+
+    The layout's shapes size what decoding allocates, so they are compared with the
+    architecture built on the meta device (within `limits`) before anything is decoded."""
+    data = read_source(source, WEIGHTS_FIELD)
+    header = safetensors_header(data)
+    if not is_sparse_metadata(header.metadata):
+        raise InvalidModelError(WEIGHTS_FIELD, f"not an equiprune sparse file (metadata {FORMAT_METADATA_KEY!r} "
+                                               f"is {header.metadata.get(FORMAT_METADATA_KEY)!r}, expected {SPARSE_FORMAT!r})")
+    spec = resolve_spec(spec, spec_from_metadata(header.metadata))
+    order, shapes = _layout(header.metadata)
+    declared, dtypes = {}, {}
+    for name in order:
+        stored_as = f"{DENSE}/{name}" if f"{DENSE}/{name}" in header.shapes else f"{VALUES}/{name}"
+        _require(stored_as in header.shapes and (name in shapes or stored_as.startswith(DENSE)),
+                 f"the tensor {name!r} is missing")
+        declared[name] = header.shapes[stored_as] if stored_as.startswith(DENSE) else shapes[name]
+        dtypes[name] = header.dtypes[stored_as]
+    check_state_shapes(meta_model(spec, limits), declared, dtypes, WEIGHTS_FIELD)
+    state, _ = load_sparse(data)
+    return loaded_from_state(spec, state)
 
 
 def storage_sizes(module_or_state: nn.Module | Mapping[str, torch.Tensor],
