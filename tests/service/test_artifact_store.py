@@ -388,13 +388,16 @@ def test_import_errors_name_their_field(store, root, tmp_path, imports):
     assert _staged_files(store, root, tmp_path) == []  # refused copies are cleaned up
 
 
-def test_import_from_an_fsspec_url(store):
+def test_import_from_an_fsspec_url_only_once_its_protocol_is_allowed(store, open_store):
     data = _content(3_000, seed=9)
     name = f"equiprune-source-{uuid.uuid4().hex}"
     memory = fsspec.filesystem("memory")
     memory.pipe_file(f"/{name}/model.pt2", data)
     try:
-        record = store.import_uri("model", f"memory://{name}/model.pt2", _sha(data))
+        with pytest.raises(FailedPrecondition) as caught:  # no remote protocol by default
+            store.import_uri("model", f"memory://{name}/model.pt2", _sha(data))
+        assert caught.value.field == "source.uri" and "import_protocols" in caught.value.message
+        record = open_store(import_protocols=("memory",)).import_uri("model", f"memory://{name}/model.pt2", _sha(data))
     finally:
         memory.rm(f"/{name}", recursive=True)
     assert (record.display_name, record.source) == ("model.pt2", f"memory://{name}/model.pt2")

@@ -23,7 +23,7 @@ from ray.serve.handle import DeploymentHandle
 from equiprune.v1 import artifacts_pb2, jobs_pb2, serving_pb2
 
 from . import convert
-from .errors import InvalidArgument, client_status, naming
+from .errors import InvalidArgument, ServiceError, client_status, naming
 from .samples import is_sample, write_sample
 from .settings import ServerSettings
 from .specs import JobSpecModel, check_sections, engine_configs
@@ -99,7 +99,10 @@ class Ingress:
         self._served_cache: dict[str, tuple[float, dict]] = {}
         s = self.settings
         self.artifacts = ArtifactStore(s.artifacts, max_upload_bytes=s.max_upload_bytes, max_chunk_bytes=s.max_chunk_bytes,
-                                       import_roots=[str(p) for p in s.import_roots], cache_dir=str(s.data_dir / "cache"))
+                                       import_roots=[str(p) for p in s.import_roots],
+                                       import_protocols=s.import_protocols,
+                                       import_allow_private_addresses=s.import_allow_private_addresses,
+                                       cache_dir=str(s.data_dir / "cache"))
         (s.data_dir / "samples").mkdir(parents=True, exist_ok=True)
         # Resume the jobs a previous run left unfinished now, not at the first request.
         self._resumed = manager.ready.remote()
@@ -152,16 +155,20 @@ class Ingress:
                                                            description=describe_artifact(str(path), kind))
             finally:
                 shutil.rmtree(path.parent, ignore_errors=True)
-        if not source.sha256:
-            raise InvalidArgument("required for imports: the content's sha256", field=f"{field}.sha256")
-        existing = self.artifacts.find(kind, source.sha256.lower())
-        if existing is not None:
-            return existing
         try:
+            if not source.sha256:
+                raise InvalidArgument("required for imports: the content's sha256", field="source.sha256")
+            # The policy first: a URI the server may not read is refused even when the content
+            # is already stored.
+            self.artifacts.check_import_uri(source.uri)
+            existing = self.artifacts.find(kind, source.sha256.lower())
+            if existing is not None:
+                return existing
             return self.artifacts.import_uri(kind, source.uri, source.sha256, display_name, validate=describe_artifact)
-        except InvalidArgument as err:
+        except ServiceError as err:
+            # The store names `source.*`; in a job spec the same fields are `spec.dataset.uri.*`.
             if field != "source" and err.field and err.field.startswith("source."):
-                raise InvalidArgument(err.message, field=field + err.field[len("source"):]) from None
+                raise type(err)(err.message, field=field + err.field[len("source"):]) from None
             raise
 
     @unary(artifacts_pb2.GetArtifactResponse)

@@ -30,23 +30,35 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact-root", default=None, help="local folder or fsspec URL for artifacts (default <data-dir>/artifacts)")
     p.add_argument("--allow-import", action="append", default=[], metavar="DIR",
                    help="a local folder ImportArtifact may read from (repeatable; none by default)")
+    p.add_argument("--allow-import-protocol", action="append", default=[], metavar="PROTO",
+                   help="a remote protocol ImportArtifact may fetch from, e.g. https or s3 "
+                        "(repeatable; none by default)")
+    p.add_argument("--allow-private-imports", action="store_true",
+                   help="let http(s) imports reach loopback, private and link-local addresses (off by default)")
     p.add_argument("--address", default=None, help="join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting one")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs the embedded Ray may use (default: all)")
     p.add_argument("--num-gpus", type=int, default=None, help="GPUs the embedded Ray may use (default: all it finds)")
     return p
 
 
+def settings_from_args(args: argparse.Namespace):
+    """The ServerSettings the command line asks for (raises pydantic's ValidationError)."""
+    from .settings import ServerSettings
+
+    return ServerSettings(data_dir=Path(args.data_dir), host=args.host, grpc_port=args.port,
+                          http_port=args.http_port, metrics_port=args.metrics_port,
+                          artifact_root=args.artifact_root,
+                          import_roots=tuple(Path(p) for p in args.allow_import),
+                          import_protocols=tuple(args.allow_import_protocol),
+                          import_allow_private_addresses=args.allow_private_imports)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from pydantic import ValidationError
 
-    from .settings import ServerSettings
-
     try:
-        settings = ServerSettings(data_dir=Path(args.data_dir), host=args.host, grpc_port=args.port,
-                                  http_port=args.http_port, metrics_port=args.metrics_port,
-                                  artifact_root=args.artifact_root,
-                                  import_roots=tuple(Path(p) for p in args.allow_import))
+        settings = settings_from_args(args)
     except ValidationError as err:
         first = err.errors()[0]
         print(f"error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)

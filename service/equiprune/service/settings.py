@@ -11,6 +11,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from equiprune.service.store.fetch import protocol_setting_problem
+
 MiB = 1024 * 1024
 
 
@@ -25,6 +27,10 @@ class ServerSettings(BaseModel):
     artifact_root: str | None = Field(None, description="local folder or fsspec URL; default <data_dir>/artifacts")
     database_path: Path | None = Field(None, description="SQLite file; default <data_dir>/jobs.sqlite")
     import_roots: tuple[Path, ...] = Field((), description="local folders ImportArtifact may read from")
+    import_protocols: tuple[str, ...] = Field((), description="remote protocols ImportArtifact may fetch from "
+                                              "(https, s3, ...); none by default (docs/service.md)")
+    import_allow_private_addresses: bool = Field(False, description="let http(s) imports reach loopback, "
+                                                 "private, link-local and other non-global addresses")
     max_upload_bytes: int = Field(2 * 1024 * MiB, ge=1)
     max_chunk_bytes: int = Field(2 * MiB, ge=1024, le=3 * MiB)  # below gRPC's 4 MiB message limit
     max_unfinished_jobs: int = Field(100, ge=1, description="queued + running jobs; more are refused (RESOURCE_EXHAUSTED)")
@@ -45,6 +51,16 @@ class ServerSettings(BaseModel):
     @classmethod
     def _absolute_roots(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
         return tuple(p.expanduser().resolve() for p in value)
+
+    @field_validator("import_protocols")
+    @classmethod
+    def _importable_protocols(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(p.strip().lower().removesuffix("://") for p in value))
+        for name in names:
+            problem = protocol_setting_problem(name)
+            if problem is not None:
+                raise ValueError(problem)
+        return names
 
     @property
     def artifacts(self) -> str:

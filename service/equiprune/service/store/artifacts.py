@@ -2,7 +2,9 @@
 
 Content enters three ways: a resumable chunked upload, an import from a URI, or a file the
 service wrote itself. Every way checks the sha256, hands a local copy to an optional validator,
-and only then stores the artifact. Layout inside the root:
+and only then stores the artifact. Imports follow a policy: local paths only under
+`import_roots`, remote protocols only those in `import_protocols`, http(s) only through
+fetch.py, which vets the addresses it connects to. Layout inside the root:
 
     artifacts/<art-id>/content     the bytes
     artifacts/<art-id>/meta.json   the ArtifactRecord, written last (temp name, then move), so a
@@ -21,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import re
@@ -29,6 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -40,7 +44,9 @@ from equiprune.service.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    Unavailable,
 )
+from equiprune.service.store.fetch import HTTP_PROTOCOLS, LOCAL_PROTOCOLS, ImportPolicy, import_protocol, open_http
 from equiprune.service.store.jobs import check_page_size, decode_page_token, encode_page_token, filter_digest
 
 KINDS = ("model", "dataset", "report")
@@ -51,11 +57,7 @@ _ARTIFACT_ID = re.compile(r"^art-[0-9a-f]{16}$")
 _UPLOAD_ID = re.compile(r"^upl-[0-9a-f]{16}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
-# fsspec protocols that wrap another filesystem: through them a URL could reach local files
-# without passing the import-roots check, so they are refused outright.
-_WRAPPING_PROTOCOLS = frozenset(
-    {"dir", "reference", "zip", "tar", "libarchive", "blockcache", "filecache", "simplecache", "cached"}
-)
+log = logging.getLogger("equiprune.service")
 
 Validator = Callable[[str, str], dict[str, str]]
 """(local file path, kind) -> description; raises to refuse the content."""
@@ -127,6 +129,8 @@ class ArtifactStore:
         max_upload_bytes: int = 2 * 1024**3,
         max_chunk_bytes: int = 2 * 1024**2,
         import_roots: Sequence[str] = (),
+        import_protocols: Sequence[str] = (),
+        import_allow_private_addresses: bool = False,
         cache_dir: str | None = None,
     ) -> None:
         self._fs, base = fsspec.core.url_to_fs(str(root))
@@ -135,6 +139,8 @@ class ArtifactStore:
         self.max_upload_bytes = max_upload_bytes
         self.max_chunk_bytes = max_chunk_bytes
         self._import_roots = tuple(os.path.realpath(r) for r in import_roots)
+        self._import_policy = ImportPolicy(frozenset(p.lower() for p in import_protocols),
+                                           import_allow_private_addresses)
         self._cache_dir = cache_dir
         self._records: dict[str, ArtifactRecord] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -266,21 +272,27 @@ class ArtifactStore:
     def import_uri(
         self, kind: str, uri: str, sha256: str, display_name: str = "", validate: Validator | None = None
     ) -> ArtifactRecord:
-        """Copies content from a local path (under `import_roots`) or an fsspec URL."""
+        """Copies content from a local path (under `import_roots`), an http(s) URL or another
+        fsspec URL whose protocol is in `import_protocols`.
+
+        No refusal quotes the fetched content or its digest: the server must not become a
+        way to read what only it can reach.
+        """
         _check_kind(kind, "kind")
         expected = _normalise_sha256(sha256, "source.sha256")
-        source_fs, source_path = self._resolve_source(uri)
+        protocol = self.check_import_uri(uri)
         name = display_name or posixpath.basename(uri.rstrip("/"))
         _check_display_name(name)
-        size = self._source_size(source_fs, source_path, uri)
-        with _open_source(source_fs, source_path, uri) as source:
+        with self._open_import(uri, protocol) as (source, size):
             copy = self._copy_in(source, limit_field="source.uri")
         try:
-            if copy.size_bytes != size:
+            if size is not None and copy.size_bytes != size:
                 raise FailedPrecondition(f"{uri} changed while it was being copied; try again", field="source.uri")
+            if copy.size_bytes == 0:
+                raise InvalidArgument(f"{uri} is empty", field="source.uri")
             if copy.sha256 != expected:
                 raise InvalidArgument(
-                    f"{uri} has sha256 {copy.sha256}, not the expected {expected}", field="source.sha256"
+                    f"the content of {uri} does not match the expected sha256 {expected}", field="source.sha256"
                 )
             description = _run_validator(validate, copy.path, kind)
             return self._store(kind, name, uri, copy, description, place=self._placer(copy))
@@ -478,28 +490,53 @@ class ArtifactStore:
 
     # --- import sources --------------------------------------------------------------------
 
-    def _resolve_source(self, uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-        """The filesystem and path of an import URI, refusing what the server must not read."""
-        if not uri:
-            raise InvalidArgument("source.uri is empty", field="source.uri")
-        protocol = uri.split("://", 1)[0].lower() if "://" in uri else ""
-        if "::" in uri or protocol in _WRAPPING_PROTOCOLS:
-            raise InvalidArgument(
-                f"{uri!r} uses a chained or wrapping fsspec protocol, which imports do not accept", field="source.uri"
-            )
-        try:
-            source_fs, path = fsspec.core.url_to_fs(uri)
-        except ImportError as exc:
-            raise FailedPrecondition(
-                f"the server cannot read {protocol}:// URLs (a package is missing: {exc})", field="source.uri"
-            ) from None
-        except (ValueError, TypeError) as exc:
-            raise InvalidArgument(f"{uri!r} is not a readable URI: {exc}", field="source.uri") from None
+    def check_import_uri(self, uri: str) -> str:
+        """The URI's protocol ('' for a plain path) if the import policy lets it be read at all;
+        cheap (no network), so a request is refused before anything else is looked up."""
+        protocol = import_protocol(uri)
+        if protocol in LOCAL_PROTOCOLS or not protocol:
+            self._resolve_source(uri, protocol)  # the import-roots check
+        elif protocol not in HTTP_PROTOCOLS and protocol not in fsspec.available_protocols():
+            raise InvalidArgument(f"{uri!r} uses an unknown protocol {protocol!r}", field="source.uri")
+        else:
+            self._import_policy.check_allowed(protocol, uri)
+        return protocol
+
+    @contextmanager
+    def _open_import(self, uri: str, protocol: str) -> Iterator[tuple[BinaryIO, int | None]]:
+        """The source as a stream, and its size if known beforehand (checked against the limit
+        before a byte is read)."""
+        if protocol in HTTP_PROTOCOLS:
+            with open_http(uri, self._import_policy) as body:
+                if body.size is not None:
+                    self._check_size_limit(body.size, "source.uri")
+                yield body, body.size
+            return
+        source_fs, source_path = self._resolve_source(uri, protocol)
+        size = self._source_size(source_fs, source_path, uri)
+        with _source_errors(uri, "open"):
+            stream = source_fs.open(source_path, "rb")
+        with stream:
+            yield _RefusingReadErrors(stream, uri), size
+
+    def _resolve_source(self, uri: str, protocol: str) -> tuple[fsspec.AbstractFileSystem, str]:
+        """The fsspec filesystem and path of an allowed, non-http import URI."""
+        with _source_errors(uri, "reach"):
+            try:
+                source_fs, path = fsspec.core.url_to_fs(uri)
+            except ImportError as exc:
+                raise FailedPrecondition(
+                    f"the server cannot read {protocol}:// URLs (a package is missing: {exc})", field="source.uri"
+                ) from None
+            except (ValueError, TypeError) as exc:
+                raise InvalidArgument(f"{uri!r} is not a readable URI: {exc}", field="source.uri") from None
         if isinstance(source_fs, LocalFileSystem):
-            path = self._allowed_local_path(path)
+            path = self._allowed_local_path(path, uri)
+        elif protocol in LOCAL_PROTOCOLS or not protocol:
+            raise InvalidArgument(f"{uri!r} is not a local path", field="source.uri")
         return source_fs, path
 
-    def _allowed_local_path(self, path: str) -> str:
+    def _allowed_local_path(self, path: str, uri: str) -> str:
         """The real path (symlinks and `..` resolved) if it lies under an import root."""
         real = os.path.realpath(path)
         for root in self._import_roots:
@@ -509,13 +546,12 @@ class ArtifactStore:
             reason = "imports of local paths are disabled (the server setting `import_roots` is empty)"
         else:
             reason = "the path is not under any directory of the server setting `import_roots`"
-        raise FailedPrecondition(f"the server does not allow imports from {path}: {reason}", field="source.uri")
+        # Named as the client wrote it: the resolved path would reveal the server's folders.
+        raise FailedPrecondition(f"the server does not allow imports from {uri}: {reason}", field="source.uri")
 
     def _source_size(self, source_fs: fsspec.AbstractFileSystem, path: str, uri: str) -> int:
-        try:
+        with _source_errors(uri, "look up"):
             info = source_fs.info(path)
-        except FileNotFoundError:
-            raise NotFound(f"nothing found at {uri}", field="source.uri") from None
         if info.get("type") != "file":
             raise InvalidArgument(f"{uri} is not a file", field="source.uri")
         size = int(info.get("size") or 0)
@@ -652,11 +688,32 @@ def _upload_meta(upload: UploadRecord) -> dict:
     return meta
 
 
-def _open_source(source_fs: fsspec.AbstractFileSystem, path: str, uri: str) -> BinaryIO:
+@contextmanager
+def _source_errors(uri: str, action: str) -> Iterator[None]:
+    """Failures of an import source as refusals naming source.uri, never INTERNAL. The
+    exception's own text stays in the server log: it may quote what the source said."""
     try:
-        return source_fs.open(path, "rb")
+        yield
     except FileNotFoundError:
         raise NotFound(f"nothing found at {uri}", field="source.uri") from None
+    except IsADirectoryError:
+        raise InvalidArgument(f"{uri} is not a file", field="source.uri") from None
+    except PermissionError:
+        raise FailedPrecondition(f"the server is not permitted to read {uri}", field="source.uri") from None
+    except OSError:
+        log.warning("import source %s: could not %s it", uri, action, exc_info=True)
+        raise Unavailable(f"could not {action} {uri} (the server log has the details)", field="source.uri") from None
+
+
+class _RefusingReadErrors:
+    """A source stream whose read failures are refusals (a broken connection mid-copy)."""
+
+    def __init__(self, stream: BinaryIO, uri: str) -> None:
+        self._stream, self._uri = stream, uri
+
+    def read(self, size: int) -> bytes:
+        with _source_errors(self._uri, "read"):
+            return self._stream.read(size)
 
 
 def sha256_of_file(path: str) -> str:
