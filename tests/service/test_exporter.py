@@ -26,6 +26,7 @@ COUNTERS = {
     "equiprune_model_predictions",
     "equiprune_model_outcomes",
     "equiprune_model_evaluation_records",
+    "equiprune_model_repaired_values",
     "equiprune_monitor_evicted_predictions",
     "equiprune_monitor_unattributed_outcomes",
 }
@@ -121,6 +122,7 @@ def test_values_equal_the_monitor(monitor):
     assert _value(families["equiprune_model_outcomes"], model="cnn", result="joined") == totals.outcomes_joined == 30
     assert _value(families["equiprune_model_outcomes"], model="cnn", result="duplicate") == 1
     assert _value(families["equiprune_model_evaluation_records"], model="cnn") == 1
+    assert _value(families["equiprune_model_repaired_values"], model="cnn") == 0
 
     status = monitor.status()
     assert _value(families["equiprune_monitor_pending_predictions"]) == status.pending_predictions == 11

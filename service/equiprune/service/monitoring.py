@@ -116,8 +116,14 @@ class MonitorService:
         await asyncio.to_thread(self.persist)
 
     def persist(self) -> None:
+        # Two steps, each failing on its own: a broken tick must not stop the save. The save
+        # itself isolates models (Monitor.save): one model's bad state is repaired or left out
+        # of this round and every other model and the ledger are still written.
         try:
             self.monitor.maintain()  # forget expired predictions; the heartbeat the lag alert reads
+        except Exception:  # noqa: BLE001 - keep serving and still save; the next round tries again
+            log.exception("the monitor's periodic tick failed")
+        try:
             self.monitor.save(self.state_path)
         except Exception:  # noqa: BLE001 - keep serving; the next round tries again
             log.exception("could not persist the monitor state")

@@ -1,23 +1,20 @@
 """Production monitoring: per-group accuracy, confidence and shadow agreement of served models
 over sliding windows, joined from delayed outcomes, with a Prometheus exporter.
 
-`Monitor` (state.py) is the one stateful object; windows.py holds the bucket rings and the
-metric math, ledger.py the bounded join of outcomes to predictions, exporter.py the
-Prometheus collector (the only module that imports prometheus_client). docs/monitoring.md
-documents every metric, the windows, the join and the memory bound.
+`Monitor` (state.py) is the one stateful object; model.py holds what it keeps and answers per
+model, windows.py the bucket rings and the metric math, ledger.py the bounded join of outcomes
+to predictions, refusals.py what input is refused, persistence.py the snapshot file, and
+exporter.py the Prometheus collector (the only module that imports prometheus_client).
+docs/monitoring.md documents every metric, the windows, the join and the memory bound.
 """
 
+from .model import ModelMetrics, ModelReference, MonitorTotals
+from .refusals import MonitorGroupLimitError, MonitorInputError, UnknownModelError
 from .state import (
     OUTCOME_RESULTS,
-    ModelMetrics,
-    ModelReference,
     Monitor,
     MonitorConfig,
-    MonitorGroupLimitError,
-    MonitorInputError,
     MonitorStatus,
-    MonitorTotals,
-    UnknownModelError,
     make_prediction_id,
     model_of_prediction_id,
 )

@@ -5,10 +5,16 @@ for each registered model's windows (one consistent `now` per scrape) and yields
 families built from them, so what Prometheus sees is exactly what GetModelMetrics returns.
 Labels are bounded: model, group, window and result. Prediction ids never become labels.
 Names and meanings: docs/monitoring.md.
+
+One model never spoils the scrape for the others: a sample whose value is not a finite number
+is left out (like an unset value; a NaN or Inf sample would poison every PromQL aggregate over
+it), and a model whose metrics cannot be computed at all is logged and left out of this scrape.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Iterator
 from threading import Thread
 from wsgiref.simple_server import WSGIServer
@@ -18,10 +24,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
-from .state import OUTCOME_RESULTS, Monitor, ModelMetrics
+from .model import ModelMetrics
+from .state import OUTCOME_RESULTS, Monitor, MonitorStatus
 from .windows import window_label
 
-# (metric name, GroupWindowMetrics attribute, help). Values that are None are left out.
+log = logging.getLogger("equiprune.service.monitor")
+
+# (metric name, GroupWindowMetrics attribute, help). Values that are None (or not finite) are left out.
 GROUP_WINDOW_GAUGES = (
     ("equiprune_group_predictions", "predictions", "Predictions in the window."),
     ("equiprune_group_outcomes", "n", "Labelled outcomes (n) in the window."),
@@ -55,10 +64,25 @@ class MonitorExporter(Collector):
 
     def collect(self) -> Iterator[Metric]:
         now = self.monitor.now()
-        reports = [self.monitor.metrics(name, now) for name in self.monitor.models()]
+        status = self.monitor.status()
+        reports = list(_reports(self.monitor, now))
         yield from _group_window_families(reports)
-        yield from _model_families(reports)
-        yield from _monitor_families(self.monitor)
+        yield from _model_families(reports, status)
+        yield from _monitor_families(status)
+
+
+def _reports(monitor: Monitor, now: float) -> Iterator[ModelMetrics]:
+    for name in monitor.models():
+        try:
+            yield monitor.metrics(name, now)
+        except Exception:  # noqa: BLE001 - one model's failure must not take every model's metrics down
+            log.exception("monitor: the metrics of model %r could not be computed; left out of this scrape", name)
+
+
+def _add(family: Metric, labels: list[str], value) -> None:
+    """Add a sample unless its value is unset or not a finite number."""
+    if value is not None and math.isfinite(value):
+        family.add_metric(labels, float(value))
 
 
 def _group_window_families(reports: list[ModelMetrics]) -> Iterator[Metric]:
@@ -70,14 +94,12 @@ def _group_window_families(reports: list[ModelMetrics]) -> Iterator[Metric]:
             for group in window.groups:
                 labels = [report.model, group.group, label]
                 for family, attribute in families:
-                    value = getattr(group, attribute)
-                    if value is not None:
-                        family.add_metric(labels, float(value))
+                    _add(family, labels, getattr(group, attribute))
     for family, _ in families:
         yield family
 
 
-def _model_families(reports: list[ModelMetrics]) -> Iterator[Metric]:
+def _model_families(reports: list[ModelMetrics], status: MonitorStatus) -> Iterator[Metric]:
     reference = GaugeMetricFamily("equiprune_group_reference_accuracy_ratio",
                                   "Dense reference accuracy of the group.", labels=["model", "group"])
     max_gap = GaugeMetricFamily("equiprune_model_max_excess_accuracy_gap_ratio",
@@ -92,26 +114,27 @@ def _model_families(reports: list[ModelMetrics]) -> Iterator[Metric]:
                                    labels=["model", "result"])
     evaluations = CounterMetricFamily("equiprune_model_evaluation_records", "Evaluation records received.",
                                       labels=["model"])
+    repaired = CounterMetricFamily("equiprune_model_repaired_values",
+                                   "Window values found not to be finite numbers and reset (a bug let them in).",
+                                   labels=["model"])
     for report in reports:
         model, totals = report.model, report.totals
         for group, accuracy in sorted(report.reference.reference_accuracy.items()):
-            reference.add_metric([model, group], float(accuracy))
+            _add(reference, [model, group], accuracy)
         for window in report.windows:
             label = window_label(window.window_seconds)
-            if window.max_excess_accuracy_gap is not None:
-                max_gap.add_metric([model, label], window.max_excess_accuracy_gap)
-            if window.accuracy_parity_gap is not None:
-                parity.add_metric([model, label], window.accuracy_parity_gap)
-        tolerance.add_metric([model], report.reference.tolerance)
-        predictions.add_metric([model], totals.predictions)
+            _add(max_gap, [model, label], window.max_excess_accuracy_gap)
+            _add(parity, [model, label], window.accuracy_parity_gap)
+        _add(tolerance, [model], report.reference.tolerance)
+        _add(predictions, [model], totals.predictions)
         for result in OUTCOME_RESULTS:
-            outcomes.add_metric([model, result], getattr(totals, f"outcomes_{result}"))
-        evaluations.add_metric([model], totals.evaluation_records)
-    yield from (reference, max_gap, parity, tolerance, predictions, outcomes, evaluations)
+            _add(outcomes, [model, result], getattr(totals, f"outcomes_{result}"))
+        _add(evaluations, [model], totals.evaluation_records)
+        _add(repaired, [model], status.repaired_values.get(model, 0))
+    yield from (reference, max_gap, parity, tolerance, predictions, outcomes, evaluations, repaired)
 
 
-def _monitor_families(monitor: Monitor) -> Iterator[Metric]:
-    status = monitor.status()
+def _monitor_families(status: MonitorStatus) -> Iterator[Metric]:
     yield GaugeMetricFamily("equiprune_monitor_heartbeat_timestamp_seconds",
                             "Last time the monitor loop ran, or the monitor started (unix seconds).",
                             value=status.heartbeat_time)

@@ -18,7 +18,9 @@ plain dict instead would rescan its deleted slots on every eviction.
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from collections.abc import Mapping
 from typing import NamedTuple
 
 
@@ -125,16 +127,38 @@ class JoinLedger:
         }
 
     @classmethod
-    def from_json(cls, data: dict, max_pending: int, ttl_s: float, max_remembered: int) -> JoinLedger:
+    def from_json(cls, data: dict, max_pending: int, ttl_s: float, max_remembered: int,
+                  models: Mapping[int, tuple[int, int]]) -> tuple[JoinLedger, int]:
+        """The ledger `to_json` wrote, its model indexes renumbered by `models` (saved index →
+        (index now, the model's number of groups)). An entry of a model that was not loaded, or
+        one that does not fit (an id that is not a string, a time that is not finite, a group
+        its model does not have, a class that is not an index) is dropped rather than joined
+        wrongly later. Returns the ledger and how many entries were dropped; ValueError when
+        the parallel lists are not of one length."""
         ledger = cls(max_pending, ttl_s, max_remembered)
-        p = data["pending"]
-        for entry in zip(p["ids"], p["model"], p["time_s"], p["group"], p["predicted_class"]):
-            ledger.add(entry[0], PendingPrediction(*entry[1:]))
-        j = data["joined"]
+        dropped = 0
+        p, j = data["pending"], data["joined"]
+        columns = [p["ids"], p["model"], p["time_s"], p["group"], p["predicted_class"]]
+        if len({len(c) for c in columns}) != 1 or len(j["ids"]) != len(j["model"]):
+            raise ValueError("the ledger's parallel lists differ in length")
+        for prediction_id, model, time_s, group, predicted_class in zip(*columns):
+            loaded = models.get(model) if type(model) is int else None
+            if (loaded is None or type(prediction_id) is not str
+                    or type(time_s) not in (int, float) or not math.isfinite(time_s)
+                    or type(group) is not int or not 0 <= group < loaded[1]
+                    or type(predicted_class) is not int or predicted_class < 0):
+                dropped += 1
+                continue
+            ledger.add(prediction_id, PendingPrediction(loaded[0], time_s, group, predicted_class))
         for prediction_id, model in zip(j["ids"], j["model"]):
-            ledger._joined[prediction_id] = model
+            loaded = models.get(model) if type(model) is int else None
+            if loaded is None or type(prediction_id) is not str:
+                dropped += 1
+                continue
+            ledger._joined[prediction_id] = loaded[0]
             ledger._joined_order.append(prediction_id)
         while len(ledger._joined_order) > max_remembered:
             ledger._joined.pop(ledger._joined_order.popleft(), None)
-        ledger.evicted = int(data.get("evicted", 0))
-        return ledger
+        evicted = data.get("evicted", 0)
+        ledger.evicted = evicted if type(evicted) is int and evicted >= 0 else 0
+        return ledger, dropped

@@ -11,23 +11,37 @@ What is bounded, and by what (docs/monitoring.md has the numbers):
 - the join ledger: `max_pending` pending predictions (and `pending_ttl_s`), and
   `remembered_outcome_ids` joined ids for duplicate detection.
 The model table itself grows with the names ever registered (their history stays queryable).
+
+One model's trouble stays its own (issue #8): refusals.py keeps anything that is not a finite
+number out, metrics() cannot be made to raise by a bad value that got in anyway, a save
+repairs or leaves out one model without failing the others (persistence.py), and a load skips
+a damaged model's section and loads the rest.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from operator import mul
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from equiprune.engine.dataset import INTERSECTION_SEPARATOR
-from equiprune.service.errors import InvalidArgument, NotFound, ResourceExhausted
 
 from .ledger import JoinLedger, PendingPrediction
+from .model import ModelMetrics, ModelReference, ModelState, MonitorTotals
+from .persistence import encode_snapshot, read_snapshot, section_name, write_atomically
+from .refusals import (
+    MonitorGroupLimitError,
+    UnknownModelError,
+    check_evaluations,
+    check_predictions,
+    group_name,
+    is_class_index,
+    is_finite_real,
+)
 from .windows import (
     F_BOUNDARY_N,
     F_BOUNDARY_SUM,
@@ -39,30 +53,15 @@ from .windows import (
     F_SHADOW_AGREE,
     F_SHADOW_N,
     FIELDS,
-    WindowMetrics,
-    WindowRing,
     grow,
-    is_finite,
     window_metrics,
 )
 
+log = logging.getLogger("equiprune.service.monitor")
+
 SNAPSHOT_FORMAT = "equiprune-monitor"
 SNAPSHOT_VERSION = 1
-MAX_GROUP_VALUE_CHARS = 200
 OUTCOME_RESULTS = ("joined", "unknown", "duplicate", "late", "invalid")
-
-
-class MonitorInputError(InvalidArgument, ValueError):
-    """Bad input to the monitor; `field` names the part of the request at fault.
-    An InvalidArgument, so errors.client_status maps it to INVALID_ARGUMENT as is."""
-
-
-class MonitorGroupLimitError(ResourceExhausted, ValueError):
-    """A model already monitors `max_groups_per_model` groups and a new one arrived."""
-
-
-class UnknownModelError(NotFound, LookupError):
-    """No model of that name was ever registered (or it is not registered now, for writes)."""
 
 
 @dataclass(frozen=True)
@@ -93,76 +92,6 @@ class MonitorConfig:
 
 
 @dataclass(frozen=True)
-class ModelReference:
-    """What a served model is judged against: per-group dense accuracies and ε."""
-
-    name: str
-    group_by: tuple[str, ...]
-    reference_accuracy: Mapping[str, float] = field(default_factory=dict)
-    reference_overall_accuracy: float | None = None
-    tolerance: float = 0.01
-    num_classes: int | None = None
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise MonitorInputError("must not be empty", field="name")
-        group_by = tuple(self.group_by)
-        if not group_by or any(not isinstance(a, str) or not a for a in group_by):
-            raise MonitorInputError("must name at least one attribute, none empty", field="group_by")
-        object.__setattr__(self, "group_by", group_by)
-        reference = dict(self.reference_accuracy)
-        for group, accuracy in reference.items():
-            if not is_finite(accuracy) or not 0.0 <= accuracy <= 1.0:
-                raise MonitorInputError(f"must be in [0, 1], got {accuracy!r}", field=f"reference_accuracy[{group}]")
-        object.__setattr__(self, "reference_accuracy", reference)
-        overall = self.reference_overall_accuracy
-        if overall is not None and (not is_finite(overall) or not 0.0 <= overall <= 1.0):
-            raise MonitorInputError(f"must be in [0, 1], got {overall!r}", field="reference_overall_accuracy")
-        if not is_finite(self.tolerance) or not 0.0 <= self.tolerance < 1.0:
-            raise MonitorInputError(f"must be in [0, 1), got {self.tolerance!r}", field="tolerance")
-        if self.num_classes is not None and int(self.num_classes) < 1:
-            raise MonitorInputError(f"must be at least 1, got {self.num_classes!r}", field="num_classes")
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "group_by": list(self.group_by), "reference_accuracy": dict(self.reference_accuracy)}
-
-    @classmethod
-    def from_json(cls, data: dict) -> ModelReference:
-        return cls(**{**data, "group_by": tuple(data["group_by"])})
-
-
-@dataclass(frozen=True)
-class MonitorTotals:
-    """Lifetime counters of one model (field names as in serving.proto)."""
-
-    predictions: int = 0
-    outcomes_joined: int = 0
-    outcomes_unknown: int = 0
-    outcomes_duplicate: int = 0
-    outcomes_late: int = 0
-    outcomes_invalid: int = 0
-    evaluation_records: int = 0
-
-
-@dataclass(frozen=True)
-class ModelMetrics:
-    """Everything GetModelMetrics returns for one model."""
-
-    model: str
-    reference: ModelReference
-    registered: bool
-    windows: tuple[WindowMetrics, ...]  # shortest first
-    totals: MonitorTotals
-    min_count: int
-
-    def window(self, seconds: int) -> WindowMetrics:
-        for w in self.windows:
-            if w.window_seconds == seconds:
-                return w
-        raise KeyError(seconds)
-
-
-@dataclass(frozen=True)
 class MonitorStatus:
     """Monitor-wide numbers (not per model)."""
 
@@ -171,22 +100,7 @@ class MonitorStatus:
     heartbeat_time: float  # last maintain(), or creation/restore (clock seconds)
     last_persist_time: float | None  # when the last saved snapshot was taken
     unattributed_outcomes: dict[str, int]  # results whose prediction id names no known model
-
-
-class _Model:
-    """Mutable per-model state; only the Monitor touches it, under its lock."""
-
-    __slots__ = ("index", "reference", "registered", "group_names", "group_ids", "key_cache", "rings", "totals")
-
-    def __init__(self, index: int, reference: ModelReference, config: MonitorConfig) -> None:
-        self.index = index
-        self.reference = reference
-        self.registered = True
-        self.group_names: list[str] = []
-        self.group_ids: dict[str, int] = {}
-        self.key_cache: dict[tuple, int] = {}  # group attribute values → group id
-        self.rings = [WindowRing(w, config.buckets_per_window) for w in config.windows_s]
-        self.totals = dict.fromkeys(asdict(MonitorTotals()), 0)
+    repaired_values: dict[str, int]  # per model: non-finite window values reset (a bug let them in)
 
 
 def make_prediction_id(model: str) -> str:
@@ -204,8 +118,8 @@ class Monitor:
         self.config = config or MonitorConfig()
         self._clock = clock
         self._lock = threading.Lock()
-        self._models: list[_Model] = []
-        self._by_name: dict[str, _Model] = {}
+        self._models: list[ModelState] = []
+        self._by_name: dict[str, ModelState] = {}
         self._ledger = JoinLedger(self.config.max_pending, self.config.pending_ttl_s,
                                   self.config.remembered_outcome_ids)
         self._unattributed = dict.fromkeys(OUTCOME_RESULTS, 0)
@@ -220,7 +134,7 @@ class Monitor:
         with self._lock:
             model = self._by_name.get(reference.name)
             if model is None:
-                model = _Model(len(self._models), reference, self.config)
+                model = ModelState(len(self._models), reference, self.config.windows_s, self.config.buckets_per_window)
                 self._models.append(model)
                 self._by_name[reference.name] = model
             elif model.reference.group_by != reference.group_by:
@@ -247,7 +161,7 @@ class Monitor:
         MonitorInputError naming `<field_prefix>.<attribute>` when one is missing. Lets the
         service refuse a request before running the model."""
         with self._lock:
-            return _group_name(self._known(name).reference.group_by, groups, field_prefix)
+            return group_name(self._known(name).reference.group_by, groups, field_prefix)
 
     # -- recording -----------------------------------------------------------------------
 
@@ -258,11 +172,13 @@ class Monitor:
     ) -> int:
         """Record served predictions: (prediction_id, time_s, groups, predicted_class,
         probabilities, shadow_class or None). The whole batch is checked before anything is
-        counted. Returns the number recorded."""
+        counted (refusals.check_predictions: probabilities must be finite and in [0, 1], classes
+        in range). Returns the number recorded."""
         with self._lock:
             model = self._registered(name)
             now = self._clock()
-            rows = self._check_predictions(model, items, now)
+            rows = check_predictions(items, model.reference.group_by, model.reference.num_classes,
+                                     self._ledger.knows, now)
             gids = self._group_ids(model, [row[2] for row in rows], "instances")
             ledger, index, totals = self._ledger, model.index, model.totals
             now_indexes = [ring.index(now) for ring in model.rings]
@@ -291,7 +207,8 @@ class Monitor:
         """Join true labels to pending predictions: (prediction_id, label). Each outcome counts
         in exactly one of joined / unknown / duplicate / late / invalid (see docs/monitoring.md
         for the order of the checks). A joined outcome lands in the buckets of its
-        prediction's time."""
+        prediction's time. A label that is not a class index (negative, not an int) is
+        "invalid"; a prediction id that is not a string is an unattributed "invalid"."""
         counts = dict.fromkeys(OUTCOME_RESULTS, 0)
         with self._lock:
             now = self._clock()
@@ -299,18 +216,23 @@ class Monitor:
             ledger, models = self._ledger, self._models
             now_indexes: dict[int, list[int]] = {}  # per model touched, computed once per call
             for prediction_id, label in items:
+                if not isinstance(prediction_id, str):
+                    self._unattributed["invalid"] += 1
+                    counts["invalid"] += 1
+                    continue
                 entry = ledger.pending(prediction_id, now)
+                valid_label = is_class_index(label)
                 if entry is None:
                     joined_model = ledger.joined_model(prediction_id)
                     result = "unknown" if joined_model is None else "duplicate"
-                    if label < 0:
+                    if not valid_label:
                         result = "invalid"
                     self._count_unmatched(prediction_id, joined_model, result)
                     counts[result] += 1
                     continue
                 model = models[entry.model]
                 num_classes = model.reference.num_classes
-                if label < 0 or (num_classes is not None and label >= num_classes):
+                if not valid_label or (num_classes is not None and label >= num_classes):
                     result = "invalid"  # the prediction stays pending: a corrected label may follow
                 elif entry.time_s < late_before:
                     result = "late"
@@ -344,7 +266,7 @@ class Monitor:
         with self._lock:
             model = self._registered(name)
             now = self._clock()
-            rows = self._check_evaluations(model, records, now)
+            rows = check_evaluations(records, model.reference.group_by, model.reference.num_classes, now)
             gids = self._group_ids(model, [row[1] for row in rows], "records")
             late_before = now - self.config.longest_window_s
             now_indexes = [ring.index(now) for ring in model.rings]
@@ -403,6 +325,7 @@ class Monitor:
                 heartbeat_time=self._heartbeat_time,
                 last_persist_time=self._last_persist_time,
                 unattributed_outcomes=dict(self._unattributed),
+                repaired_values={m.reference.name: m.repaired_values for m in self._models},
             )
 
     def now(self) -> float:
@@ -425,16 +348,7 @@ class Monitor:
         with self._lock:
             taken_at = self._clock()
             ledger = self._ledger.copy()
-            models = [
-                {
-                    "reference": m.reference.to_json(),
-                    "registered": m.registered,
-                    "groups": list(m.group_names),
-                    "totals": dict(m.totals),
-                    "rings": [ring.to_json() for ring in m.rings],
-                }
-                for m in self._models
-            ]
+            models = [m.to_json() for m in self._models]
             unattributed = dict(self._unattributed)
         return {
             "format": SNAPSHOT_FORMAT,
@@ -452,46 +366,60 @@ class Monitor:
         """A monitor with the state of `snapshot`, under its saved config or `config`. With a
         new config, a window kept from the saved one keeps its buckets (when
         `buckets_per_window` is unchanged), a new window starts empty, and smaller ledger
-        bounds forget the oldest entries."""
+        bounds forget the oldest entries.
+
+        Not a snapshot at all (format, version, config): ValueError. A damaged part is logged
+        and skipped instead, so that it cannot keep the rest from loading: a model's section
+        (that model starts afresh when registered again; its pending predictions are dropped),
+        the ledger (it starts empty), the unattributed counts. Non-finite window values are
+        repaired and counted in the model's `repaired_values`."""
         if snapshot.get("format") != SNAPSHOT_FORMAT or snapshot.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"not an {SNAPSHOT_FORMAT} v{SNAPSHOT_VERSION} snapshot")
         saved_data = dict(snapshot["config"])
         saved = MonitorConfig(**{**saved_data, "windows_s": tuple(saved_data["windows_s"])})
         config = config or saved
-        same_buckets = config.buckets_per_window == saved.buckets_per_window
         monitor = cls(config, clock)
-        for index, data in enumerate(snapshot["models"]):
-            model = _Model(index, ModelReference.from_json(data["reference"]), config)
-            model.registered = bool(data["registered"])
-            model.group_names = list(data["groups"])
-            model.group_ids = {g: i for i, g in enumerate(model.group_names)}
-            model.totals.update(data["totals"])
-            saved_rings = {int(r["window_s"]): r for r in data["rings"]} if same_buckets else {}
-            model.rings = [WindowRing.from_json(saved_rings[w], config.buckets_per_window) if w in saved_rings
-                           else WindowRing(w, config.buckets_per_window) for w in config.windows_s]
+        loaded: dict[int, tuple[int, int]] = {}  # saved index → (index now, number of groups)
+        for saved_index, section in enumerate(snapshot.get("models") or []):
+            try:
+                model = ModelState.from_json(len(monitor._models), section, config.windows_s,
+                                             config.buckets_per_window, saved.buckets_per_window)
+                if model.reference.name in monitor._by_name:
+                    raise ValueError("a second section for the same model")
+            except Exception as exc:  # noqa: BLE001 - a damaged section may fail anyhow; the others still load
+                log.error("monitor snapshot: the section of model %r (#%d) is damaged and was not loaded: %r",
+                          section_name(section), saved_index, exc)
+                continue
             monitor._models.append(model)
             monitor._by_name[model.reference.name] = model
-        monitor._ledger = JoinLedger.from_json(snapshot["ledger"], config.max_pending, config.pending_ttl_s,
-                                               config.remembered_outcome_ids)
-        monitor._unattributed.update(snapshot["unattributed_outcomes"])
-        monitor._last_persist_time = snapshot.get("taken_at")
+            loaded[saved_index] = (model.index, len(model.group_names))
+        try:
+            monitor._ledger, dropped = JoinLedger.from_json(snapshot["ledger"], config.max_pending,
+                                                            config.pending_ttl_s, config.remembered_outcome_ids,
+                                                            loaded)
+            if dropped:
+                log.warning("monitor snapshot: %d ledger entries (of models not loaded, or damaged) were dropped",
+                            dropped)
+        except Exception as exc:  # noqa: BLE001 - as above: without the ledger the windows still load
+            log.error("monitor snapshot: the ledger is damaged and was not loaded; it starts empty: %r", exc)
+        saved_unattributed = snapshot.get("unattributed_outcomes")
+        for result in OUTCOME_RESULTS:
+            count = saved_unattributed.get(result, 0) if isinstance(saved_unattributed, dict) else None
+            if type(count) is int and count >= 0:
+                monitor._unattributed[result] = count
+            else:
+                log.error("monitor snapshot: the unattributed %r count is damaged (%r); it starts at 0", result, count)
+        taken_at = snapshot.get("taken_at")
+        monitor._last_persist_time = taken_at if is_finite_real(taken_at) else None
         return monitor
 
     def save(self, path: str | Path) -> None:
-        """Write the snapshot atomically (temporary file in the same folder, fsync, rename).
-        Serialising happens outside the lock, so traffic waits only for the copy."""
+        """Write the snapshot atomically (persistence.write_atomically). Serialising happens
+        outside the lock, so traffic waits only for the copy. Each model is encoded on its
+        own: one that cannot be (a bug let a NaN in) is repaired or, failing that, left out of
+        this round, and the other models and the ledger are saved all the same."""
         snapshot = self.snapshot()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(snapshot, f, separators=(",", ":"), allow_nan=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomically(path, encode_snapshot(snapshot, self._repaired_section))
         with self._lock:
             self._last_persist_time = snapshot["taken_at"]
 
@@ -499,68 +427,33 @@ class Monitor:
     def load(cls, path: str | Path, clock: Callable[[], float] = time.time,
              config: MonitorConfig | None = None) -> Monitor:
         """Monitor.restore of a file `save` wrote."""
-        with open(path, encoding="utf-8") as f:
-            return cls.restore(json.load(f), clock, config)
+        return cls.restore(read_snapshot(path), clock, config)
+
+    def _repaired_section(self, index: int) -> dict:
+        """Repair model `index` in its live state, so that its windows and its next save are
+        clean again, and return its section anew (save found that it cannot be encoded)."""
+        with self._lock:
+            model = self._models[index]
+            repaired = model.repair()
+            log.error("monitor: model %r had %d window values that were not finite numbers; reset them to 0 "
+                      "(%d so far)", model.reference.name, repaired, model.repaired_values)
+            return model.to_json()
 
     # -- internals (called with the lock held) -------------------------------------------
 
-    def _known(self, name: str) -> _Model:
+    def _known(self, name: str) -> ModelState:
         model = self._by_name.get(name)
         if model is None:
             raise UnknownModelError(f"no monitored model named {name!r}", field="model")
         return model
 
-    def _registered(self, name: str) -> _Model:
+    def _registered(self, name: str) -> ModelState:
         model = self._known(name)
         if not model.registered:
             raise UnknownModelError(f"model {name!r} is not deployed", field="model")
         return model
 
-    def _check_predictions(self, model: _Model, items, now: float) -> list[tuple]:
-        rows, seen = [], set()
-        num_classes = model.reference.num_classes
-        group_by = model.reference.group_by
-        for i, (prediction_id, t, groups, cls, probabilities, shadow) in enumerate(items):
-            if not isinstance(prediction_id, str) or not prediction_id:
-                raise MonitorInputError("must be a non-empty string", field=f"predictions[{i}].prediction_id")
-            if prediction_id in seen or self._ledger.knows(prediction_id):
-                raise MonitorInputError(f"{prediction_id!r} was already recorded",
-                                        field=f"predictions[{i}].prediction_id")
-            seen.add(prediction_id)
-            if not is_finite(t):
-                raise MonitorInputError(f"must be a finite time, got {t!r}", field=f"predictions[{i}].time_s")
-            width = len(probabilities)
-            if not 0 <= cls < width or (num_classes is not None and cls >= num_classes):
-                raise MonitorInputError(f"{cls} is not a class of the {width} probabilities",
-                                        field=f"predictions[{i}].predicted_class")
-            if shadow is not None and not 0 <= shadow < width:
-                raise MonitorInputError(f"{shadow} is not a class of the {width} probabilities",
-                                        field=f"predictions[{i}].shadow_class")
-            key = _group_key(group_by, groups, f"instances[{i}].groups")
-            boundary = 1.0 - sum(map(mul, probabilities, probabilities))
-            rows.append((prediction_id, min(t, now), key, cls, float(probabilities[cls]), boundary, shadow))
-        return rows
-
-    def _check_evaluations(self, model: _Model, records, now: float) -> list[tuple]:
-        rows = []
-        num_classes = model.reference.num_classes
-        group_by = model.reference.group_by
-        for i, (t, groups, label, cls, confidence) in enumerate(records):
-            if t is None:
-                t = now
-            elif not is_finite(t):
-                raise MonitorInputError(f"must be a finite time, got {t!r}", field=f"records[{i}].time")
-            for field_name, value in (("label", label), ("predicted_class", cls)):
-                if value < 0 or (num_classes is not None and value >= num_classes):
-                    limit = f" (the model has {num_classes} classes)" if num_classes is not None else ""
-                    raise MonitorInputError(f"{value} is not a class{limit}", field=f"records[{i}].{field_name}")
-            if confidence is not None and (not is_finite(confidence) or not 0.0 <= confidence <= 1.0):
-                raise MonitorInputError(f"must be in [0, 1], got {confidence!r}", field=f"records[{i}].confidence")
-            key = _group_key(group_by, groups, f"records[{i}].groups")
-            rows.append((min(t, now), key, label, cls, confidence))
-        return rows
-
-    def _group_ids(self, model: _Model, keys: list[tuple], field_prefix: str) -> list[int]:
+    def _group_ids(self, model: ModelState, keys: list[tuple], field_prefix: str) -> list[int]:
         """Group ids for checked keys, creating new groups (up to the limit) only now that the
         whole batch is known to be valid."""
         cache = model.key_cache
@@ -573,7 +466,7 @@ class Monitor:
             ids.append(gid)
         return ids
 
-    def _group_id(self, model: _Model, group: str, field_prefix: str) -> int:
+    def _group_id(self, model: ModelState, group: str, field_prefix: str) -> int:
         gid = model.group_ids.get(group)
         if gid is None:
             limit = self.config.max_groups_per_model
@@ -597,20 +490,3 @@ class Monitor:
             self._unattributed[result] += 1
         else:
             model.totals["outcomes_" + result] += 1
-
-
-def _group_key(group_by: tuple[str, ...], groups: Mapping[str, str], field_prefix: str) -> tuple[str, ...]:
-    try:
-        key = tuple(groups[attribute] for attribute in group_by)
-    except KeyError as missing:
-        raise MonitorInputError(f"the model is monitored by {list(group_by)}; this instance has no {missing.args[0]!r}",
-                                field=f"{field_prefix}.{missing.args[0]}") from None
-    for attribute, value in zip(group_by, key):
-        if not isinstance(value, str) or not value or len(value) > MAX_GROUP_VALUE_CHARS:
-            raise MonitorInputError(f"must be a non-empty string of at most {MAX_GROUP_VALUE_CHARS} characters",
-                                    field=f"{field_prefix}.{attribute}")
-    return key
-
-
-def _group_name(group_by: tuple[str, ...], groups: Mapping[str, str], field_prefix: str) -> str:
-    return INTERSECTION_SEPARATOR.join(_group_key(group_by, groups, field_prefix))

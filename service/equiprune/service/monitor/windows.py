@@ -35,6 +35,16 @@ F_OUTCOMES = 7  # labelled outcomes (n)
 F_CORRECT = 8
 FIELDS = 9
 
+# Fields that only mean something together (a sum and its count, agreements and their count,
+# correct and n): when repair() must reset one of them it resets its partner too, so that a
+# mean or a share over the window stays one of real values.
+PARTNER = {
+    F_CONFIDENCE_N: F_CONFIDENCE_SUM, F_CONFIDENCE_SUM: F_CONFIDENCE_N,
+    F_BOUNDARY_N: F_BOUNDARY_SUM, F_BOUNDARY_SUM: F_BOUNDARY_N,
+    F_SHADOW_N: F_SHADOW_AGREE, F_SHADOW_AGREE: F_SHADOW_N,
+    F_OUTCOMES: F_CORRECT, F_CORRECT: F_OUTCOMES,
+}
+
 
 def window_label(seconds: int) -> str:
     """'5m', '1h', '1d', '90s': the largest unit that divides the length evenly."""
@@ -84,15 +94,50 @@ class WindowRing:
                 total[: len(run)] = map(add, total, run)
         return total
 
+    def repair(self) -> int:
+        """Reset every value that is not a plain finite number. Only a bug can put one here
+        (the monitor refuses such input), but one NaN would make its window's means NaN and
+        the model's snapshot unwritable. A value is reset to 0 together with its PARTNER; a
+        finite number of another type (numpy's) becomes a float. Returns how many values
+        were repaired (a good partner reset along with a bad value is not counted)."""
+        repaired = 0
+        for run in self.slots:
+            for offset, value in enumerate(run):
+                if _is_plain_finite(value):
+                    continue
+                repaired += 1
+                number = _as_finite_float(value)
+                if number is not None:
+                    run[offset] = number
+                    continue
+                run[offset] = 0
+                field = offset % FIELDS
+                if field in PARTNER:
+                    partner = offset - field + PARTNER[field]
+                    if partner > offset and not _is_plain_finite(run[partner]):
+                        repaired += 1  # bad as well: count it before the loop would see it reset
+                    run[partner] = 0
+        return repaired
+
     def to_json(self) -> dict:
         used = [(pos, held) for pos, held in enumerate(self.starts) if held >= 0 and self.slots[pos]]
         return {"window_s": self.window_s, "slots": [[pos, held, list(self.slots[pos])] for pos, held in used]}
 
     @classmethod
-    def from_json(cls, data: dict, buckets: int) -> WindowRing:
+    def from_json(cls, data: dict, buckets: int, groups: int) -> WindowRing:
+        """The ring `to_json` wrote, for a model with `groups` groups. ValueError for one that
+        cannot be this model's: a slot outside the ring or holding a bucket another slot would,
+        or a run that is not whole groups of numbers or is longer than the model's groups.
+        Non-finite numbers are kept for the caller to repair() and count."""
         ring = cls(int(data["window_s"]), buckets)
         for pos, held, run in data["slots"]:
-            ring.starts[pos] = int(held)
+            if not (type(pos) is int and type(held) is int and 0 <= pos < buckets and held >= 0
+                    and held % buckets == pos):
+                raise ValueError(f"window {ring.window_s} s: slot {pos!r} cannot hold bucket {held!r}")
+            if (not isinstance(run, list) or len(run) % FIELDS or len(run) > groups * FIELDS
+                    or not all(type(v) is int or type(v) is float for v in run)):  # NaN is a float
+                raise ValueError(f"window {ring.window_s} s, slot {pos}: not {groups} groups × {FIELDS} numbers")
+            ring.starts[pos] = held
             ring.slots[pos] = list(run)
         return ring
 
@@ -107,6 +152,19 @@ def grow(run: list[float], group_id: int) -> int:
 
 def is_finite(value: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _is_plain_finite(value) -> bool:
+    """What the JSON snapshot can hold as is (a bool or a numpy number would need converting)."""
+    return (type(value) is int or type(value) is float) and math.isfinite(value)
+
+
+def _as_finite_float(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 @dataclass(frozen=True)
@@ -173,8 +231,8 @@ def window_metrics(
 
     overall_reference = reference_overall_accuracy
     if overall_reference is None:
-        weighted = [(run[F_OUTCOMES], reference_accuracy[name]) for name, run in per_group.items()
-                    if run[F_OUTCOMES] > 0 and name in reference_accuracy]
+        weighted = [(_count(run[F_OUTCOMES]), reference_accuracy[name]) for name, run in per_group.items()
+                    if _count(run[F_OUTCOMES]) > 0 and name in reference_accuracy]
         n_ref = sum(n for n, _ in weighted)
         overall_reference = sum(n * r for n, r in weighted) / n_ref if n_ref else None
     overall = _group_metrics("", total, overall_reference, None, min_count)
@@ -201,7 +259,10 @@ def window_metrics(
 def _group_metrics(
     name: str, run: list[float], reference: float | None, overall_drop: float | None, min_count: int
 ) -> GroupWindowMetrics:
-    n, correct = int(run[F_OUTCOMES]), int(run[F_CORRECT])
+    # Counts and ratios are guarded so that a non-finite value a bug let into a bucket makes
+    # that number unset (or 0) instead of making metrics() raise (int(nan)) or return NaN.
+    n = _count(run[F_OUTCOMES])
+    correct = min(_count(run[F_CORRECT]), n)
     accuracy = low = high = drop = gap = None
     if n > 0:
         accuracy = correct / n
@@ -210,10 +271,10 @@ def _group_metrics(
             drop = reference - accuracy
             if overall_drop is not None:
                 gap = drop - overall_drop
-    shadow_n = int(run[F_SHADOW_N])
+    shadow_n = _count(run[F_SHADOW_N])
     return GroupWindowMetrics(
         group=name,
-        predictions=int(run[F_PREDICTIONS]),
+        predictions=_count(run[F_PREDICTIONS]),
         n=n,
         accuracy=accuracy,
         accuracy_ci_low=low,
@@ -224,11 +285,19 @@ def _group_metrics(
         reference_accuracy=reference,
         accuracy_drop=drop,
         excess_accuracy_gap=gap,
-        shadow_agreement=_ratio(run[F_SHADOW_AGREE], shadow_n),
+        shadow_agreement=_ratio(min(_count(run[F_SHADOW_AGREE]), shadow_n), shadow_n),
         shadow_n=shadow_n,
         sufficient_data=n >= min_count,
     )
 
 
+def _count(value: float) -> int:
+    """A summed count as an int; 0 for one that is not a finite positive number."""
+    return int(value) if is_finite(value) and value > 0 else 0
+
+
 def _ratio(numerator: float, count: float) -> float | None:
-    return numerator / count if count > 0 else None
+    """numerator / count, or None when there is nothing to divide by or either is not finite."""
+    if not (is_finite(count) and count > 0 and is_finite(numerator)):
+        return None
+    return numerator / count
