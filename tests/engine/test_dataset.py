@@ -505,19 +505,25 @@ def _lying_header() -> bytes:
     return buffer.getvalue() + b"\0" * 48
 
 
-@pytest.mark.parametrize(
-    ("members", "field", "match"),
-    [
-        (lambda: _valid_members() + [("labels.npy", _npy(np.zeros(12, dtype=int)))], "dataset.labels", "more than"),
-        (lambda: _valid_members() + [("readme.txt", b"hello")], "dataset.readme.txt", "not a .npy"),
-        (lambda: _replace_member("labels", _npy(np.array([{"a": 1}] * 12))), "dataset.labels", "pickled objects"),
-        (lambda: _replace_member("labels", _npy(np.zeros(12, dtype=[("a", "i4")]))), "dataset.labels", "not allowed"),
-        (lambda: _replace_member("inputs", _lying_header()), "dataset.inputs", "promises"),
-        (lambda: _replace_member("inputs", b"not an array"), "dataset.inputs", "cannot read"),
-    ],
-    ids=["duplicate member", "non-npy member", "object array", "structured array", "header lies", "garbage member"],
-)
-def test_bad_archive_members_are_refused(members, field, match):
+BAD_MEMBER_CASES = {
+    "duplicate member": (
+        lambda: _valid_members() + [("labels.npy", _npy(np.zeros(12, dtype=int)))], "dataset.labels", "more than"
+    ),
+    "non-npy member": (lambda: _valid_members() + [("readme.txt", b"hello")], "dataset.readme.txt", "not a .npy"),
+    "object array": (
+        lambda: _replace_member("labels", _npy(np.array([{"a": 1}] * 12))), "dataset.labels", "pickled objects"
+    ),
+    "structured array": (
+        lambda: _replace_member("labels", _npy(np.zeros(12, dtype=[("a", "i4")]))), "dataset.labels", "not allowed"
+    ),
+    "header lies": (lambda: _replace_member("inputs", _lying_header()), "dataset.inputs", "promises"),
+    "garbage member": (lambda: _replace_member("inputs", b"not an array"), "dataset.inputs", "cannot read"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MEMBER_CASES))
+def test_bad_archive_members_are_refused(case):
+    members, field, match = BAD_MEMBER_CASES[case]
     assert_refused(lambda: load_dataset(_zip_bytes(members())), field, match=match)
 
 
@@ -539,6 +545,22 @@ def test_missing_file_is_refused(tmp_path):
 
 def test_archive_larger_than_max_bytes_is_refused():
     assert_refused(lambda: load_dataset(npz_bytes(make_arrays()), max_bytes=100), "dataset", match="limit is 100")
+
+
+def test_max_bytes_counts_the_memory_of_the_loaded_dataset_not_the_file():
+    arrays = make_arrays()  # uint8 inputs and int8 race codes: the file is far smaller than the tensors
+    codes = ("labels", "attr__race", "attr__gender", "split")
+    names = ("attr__race__names", "attr__gender__names", "split__names", "label_names")
+    loaded = arrays["inputs"].size * 4 + sum(arrays[k].size * 8 for k in codes) + sum(arrays[k].nbytes for k in names)
+    assert loaded > sum(a.nbytes for a in arrays.values())
+    assert_refused(lambda: load_dataset(npz_bytes(arrays), max_bytes=loaded - 1), "dataset", match=f"needs {loaded} ")
+    assert len(load_dataset(npz_bytes(arrays), max_bytes=loaded)) == 12
+
+
+def test_unicode_names_wider_than_any_allowed_name_are_refused_before_reading():
+    arrays = make_arrays()
+    arrays["label_names"] = np.array(["a", "b", "c"], dtype="<U101")
+    assert_refused(lambda: load_arrays(arrays), "dataset.label_names", match="up to 101 characters")
 
 
 def test_compressed_archives_load():
