@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from equiprune.engine import array_chunks, dataset
+from equiprune.engine import array_chunks, dataset, machine
 from equiprune.engine.array_chunks import plan_chunks
 from equiprune.engine.dataset import (
     DEFAULT_MAX_BYTES,
@@ -301,13 +301,13 @@ def test_default_limit_follows_the_machine(monkeypatch, tmp_path):
     page = 4096
     memory = {"SC_PAGE_SIZE": page, "SC_PHYS_PAGES": 16 * 2**30 // page}
     monkeypatch.setattr(os, "sysconf", lambda name: memory[name])
-    monkeypatch.setattr(dataset, "_CGROUP_MEMORY_LIMITS", ())
+    monkeypatch.setattr(machine, "_CGROUP_MEMORY_LIMITS", ())
     assert default_max_dataset_bytes() == 4 * 2**30
     memory["SC_PHYS_PAGES"] = 256 * 2**30 // page
     assert default_max_dataset_bytes() == DEFAULT_MAX_BYTES == 8 * 2**30
     cgroup = tmp_path / "memory.max"
     cgroup.write_text("2147483648\n")
-    monkeypatch.setattr(dataset, "_CGROUP_MEMORY_LIMITS", (str(tmp_path / "absent"), str(cgroup)))
+    monkeypatch.setattr(machine, "_CGROUP_MEMORY_LIMITS", (str(tmp_path / "absent"), str(cgroup)))
     assert default_max_dataset_bytes() == 2**29
     cgroup.write_text("max\n")
     assert default_max_dataset_bytes() == DEFAULT_MAX_BYTES

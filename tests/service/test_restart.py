@@ -37,7 +37,7 @@ def test_a_job_interrupted_by_a_restart_resumes_from_its_checkpoint(own_server, 
             p = event.progress
             if p.phase == "finetune" and p.total_steps and p.step >= 2 * p.total_steps // p.epochs:
                 break
-    checkpoint = own_server.data_dir / "jobs" / job.job_id / "checkpoint.pt"
+    checkpoint = own_server.data_dir / "jobs" / job.job_id / "work" / "checkpoint.pt"
     assert checkpoint.exists()
 
     own_server.stop()

@@ -21,11 +21,11 @@ This module is the public face; the work is split across
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 import numpy as np
 
+from equiprune.engine import machine
 from equiprune.engine.dataset_checks import (
     ATTR_PREFIX,
     ATTRIBUTE_NAME_PATTERN,
@@ -78,37 +78,10 @@ DEFAULT_MAX_BYTES = 8 * 2**30
 # Share of the machine's memory one loaded dataset may take by default: a job holds the dataset
 # next to a model, its copies and activations, and a host runs more than one job.
 DEFAULT_MEMORY_SHARE = 4
-# Linux cgroup files holding a container's memory limit (v2, then v1).
-_CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
-
-
 def default_max_dataset_bytes() -> int:
     """The default `max_bytes`: a quarter of the memory this machine (or its container's
-    cgroup limit, when lower) can hold, at most DEFAULT_MAX_BYTES (8 GiB). Where the memory
-    cannot be read, DEFAULT_MAX_BYTES."""
-    memory = _physical_memory()
-    for path in _CGROUP_MEMORY_LIMITS:
-        limit = _read_int(path)
-        if limit is not None and limit > 0:
-            memory = limit if memory is None else min(memory, limit)
-    if memory is None:
-        return DEFAULT_MAX_BYTES
-    return min(DEFAULT_MAX_BYTES, memory // DEFAULT_MEMORY_SHARE)
-
-
-def _physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
-        return None
-
-
-def _read_int(path: str) -> int | None:
-    try:
-        with open(path) as handle:
-            return int(handle.read().strip())  # "max" (no limit) is not an int
-    except (OSError, ValueError):
-        return None
+    cgroup limit, when lower) can hold (`machine.memory_bytes`), at most DEFAULT_MAX_BYTES."""
+    return min(DEFAULT_MAX_BYTES, machine.memory_bytes() // DEFAULT_MEMORY_SHARE)
 
 
 def load_dataset(source: PathOrFile, *, max_bytes: int | None = None) -> GroupDataset:

@@ -25,9 +25,16 @@ GRPC_SERVICER_FUNCTIONS = [
 
 
 def build_app(settings: ServerSettings) -> Application:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings)
     as_json = settings.model_dump(mode="json")
     return Ingress.bind(JobManager.bind(as_json), as_json, ModelServer.bind(as_json), MonitorService.bind(as_json))
+
+
+def prepare_data_dir(settings: ServerSettings) -> None:
+    """The data folder is the service's alone: sandboxed workers run as other users and must not
+    read the job database, other tenants' artifacts or other jobs' folders (docs/security.md)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.chmod(0o700)
 
 
 def app_builder(args: dict) -> Application:

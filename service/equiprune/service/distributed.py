@@ -23,6 +23,11 @@ An `EngineError` cannot cross a process boundary as itself (its two-argument con
 not survive pickling), so workers raise `WorkerEngineError` carrying its class name, field
 and problem, and the driver raises the engine error again, with its field.
 
+Trust: these workers run outside the sandbox, because data-parallel training needs the
+network between them. They load data-only formats only — safetensors weights into our own
+architecture code, after the meta-device budget checks, and the .npz reader that never
+unpickles — and refuse a .pt2 program (its graph is code; it runs only in the sandbox).
+
 Paths: `model_path`, `dataset_path` and `checkpoint_path` are read on every worker, so on a
 multi-node cluster they must name storage every node sees (the fine-tuning checkpoint is
 written by rank 0 only; the engine refuses a run whose workers would resume from different
@@ -53,6 +58,7 @@ from equiprune.engine.dataset import load_dataset
 from equiprune.engine.errors import EngineError
 from equiprune.engine.finetune.distributed import DataParallel, from_process_group
 from equiprune.engine.jsonable import json_safe
+from equiprune.engine.models.footprint import ModelLimits
 from equiprune.engine.models.io import load_model
 from equiprune.engine.pipeline import CompressionJob, run_compression, write_outputs
 
@@ -96,6 +102,7 @@ def run_compression_on_ray_train(
     storage_path: str,
     checkpoint_path: str | None = None,
     on_progress: Progress | None = None,
+    limits: ModelLimits | None = None,
 ) -> tuple[dict, dict[str, str]]:
     """Run the compression pipeline with data-parallel fine-tuning on `workers` Ray Train workers.
     Returns (result.to_dict(), written) where written maps role ("model", "sparse_model",
@@ -107,7 +114,7 @@ def run_compression_on_ray_train(
         train_loop_config={
             "model_path": str(model_path), "dataset_path": str(dataset_path), "job": job,
             "checkpoint_path": str(checkpoint_path) if checkpoint_path is not None else None,
-            "threads": cpus_per_worker, "progress": progress,
+            "threads": cpus_per_worker, "progress": progress, "limits": limits,
         },
         scaling_config=_scaling(workers, cpus_per_worker, gpus_per_worker),
         run_config=RunConfig(storage_path=str(storage_path), name=f"equiprune-{uuid.uuid4().hex[:12]}",
@@ -222,7 +229,9 @@ def _train_worker(config: dict) -> None:
     progress: Queue | None = config["progress"]
     with tempfile.TemporaryDirectory(prefix="equiprune-outputs-") as folder:
         try:
-            loaded = load_model(config["model_path"])
+            # These workers are not sandboxed (they need the network between them): they read
+            # data-only formats only, within the limits, never a .pt2 program.
+            loaded = load_model(config["model_path"], limits=config["limits"], allow_exported=False)
             dataset = load_dataset(config["dataset_path"])
             result = run_compression(
                 loaded, dataset, job, checkpoint_path=config["checkpoint_path"], data_parallel=data_parallel,

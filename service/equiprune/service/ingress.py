@@ -27,8 +27,10 @@ from .errors import InvalidArgument, ServiceError, client_status, naming
 from .samples import is_sample, write_sample
 from .settings import ServerSettings
 from .specs import JobSpecModel, check_sections, engine_configs
-from .store.artifacts import ArtifactStore, sha256_of_file
-from .validation import artifact_of_kind, described_list, describe_artifact
+from .sandbox import sandbox_from_settings
+from .store import artifact_store
+from .store.artifacts import sha256_of_file
+from .validation import SandboxValidator, artifact_of_kind, check_job_fit, described_list
 from . import serving_convert
 
 JOB_ID = re.compile(r"^job-[0-9a-f]{16}$")
@@ -98,11 +100,10 @@ class Ingress:
         self.monitor = monitor
         self._served_cache: dict[str, tuple[float, dict]] = {}
         s = self.settings
-        self.artifacts = ArtifactStore(s.artifacts, max_upload_bytes=s.max_upload_bytes, max_chunk_bytes=s.max_chunk_bytes,
-                                       import_roots=[str(p) for p in s.import_roots],
-                                       import_protocols=s.import_protocols,
-                                       import_allow_private_addresses=s.import_allow_private_addresses,
-                                       cache_dir=str(s.data_dir / "cache"))
+        self.artifacts = artifact_store(s)
+        self.sandbox = sandbox_from_settings(s)
+        # Every upload and import is validated in a sandboxed worker, never in this process.
+        self.validate = SandboxValidator(self.sandbox, s.sandbox_validation_timeout_s)
         (s.data_dir / "samples").mkdir(parents=True, exist_ok=True)
         # Resume the jobs a previous run left unfinished now, not at the first request.
         self._resumed = manager.ready.remote()
@@ -130,7 +131,7 @@ class Ingress:
 
     @unary(artifacts_pb2.FinishUploadResponse)
     async def FinishUpload(self, request, grpc_context):
-        record = await asyncio.to_thread(self.artifacts.finish_upload, request.upload_id, describe_artifact)
+        record = await asyncio.to_thread(self.artifacts.finish_upload, request.upload_id, self.validate)
         return artifacts_pb2.FinishUploadResponse(artifact=convert.artifact_to_proto(record))
 
     @unary(artifacts_pb2.ImportArtifactResponse)
@@ -152,7 +153,7 @@ class Ingress:
                 existing = self.artifacts.find(kind, sha256_of_file(str(path)))
                 return existing or self.artifacts.put_file(str(path), kind, display_name or path.name,
                                                            source=source.uri,
-                                                           description=describe_artifact(str(path), kind))
+                                                           description=self.validate(str(path), kind))
             finally:
                 shutil.rmtree(path.parent, ignore_errors=True)
         try:
@@ -164,7 +165,7 @@ class Ingress:
             existing = self.artifacts.find(kind, source.sha256.lower())
             if existing is not None:
                 return existing
-            return self.artifacts.import_uri(kind, source.uri, source.sha256, display_name, validate=describe_artifact)
+            return self.artifacts.import_uri(kind, source.uri, source.sha256, display_name, validate=self.validate)
         except ServiceError as err:
             # The store names `source.*`; in a job spec the same fields are `spec.dataset.uri.*`.
             if field != "source" and err.field and err.field.startswith("source."):
@@ -214,14 +215,15 @@ class Ingress:
         spec = convert.spec_from_proto(pb, self._resolve)
         check_sections(spec)
         dataset = artifact_of_kind(self.artifacts, spec.dataset, "dataset", "spec.dataset")
-        if spec.model is not None:
-            artifact_of_kind(self.artifacts, spec.model, "model", "spec.model")
+        model = artifact_of_kind(self.artifacts, spec.model, "model", "spec.model") if spec.model is not None else None
         attributes = described_list(dataset.description, "attributes")
         for name in spec.data.group_by:
             if name not in attributes:
                 raise InvalidArgument(f"the dataset has no attribute {name!r}; its attributes: {', '.join(attributes)}",
                                       field="spec.data.group_by")
         engine_configs(spec, described_list(dataset.description, "splits"))
+        check_job_fit(spec, model.description if model is not None else None, dataset.description,
+                      self.sandbox.config.model_limits)
         return spec
 
     def _resolve(self, ref, field: str) -> str | None:
@@ -286,8 +288,27 @@ class Ingress:
                 job = await self.manager.get.remote(_require_job_id_as(request.reference_job_id, "reference_job_id"))
             served = serving_convert.with_job_reference(served, job, self.artifacts)
         served = serving_convert.complete(served)
+        served = await asyncio.to_thread(self._probed, served)
         self._served_cache.pop(served["name"], None)
         return serving_pb2.DeployModelResponse(model=serving_convert.served_to_proto(await self.monitor.deploy.remote(served)))
+
+    def _probed(self, served: dict) -> dict:
+        """Run the model (and its shadow) on one zero instance of the declared shape, in the
+        sandbox: a shape the model cannot take is refused now, not at the first Predict."""
+        widths = {}
+        for key in ("artifact_id", "shadow_artifact_id"):
+            if served.get(key):
+                try:
+                    widths[key] = self.sandbox.run("probe", {"input_shape": served["input_shape"]},
+                                                   {"model": self.artifacts.local_path(served[key])},
+                                                   purpose="validation",
+                                                   timeout_s=self.settings.sandbox_validation_timeout_s)["outputs"]
+                except ServiceError as refusal:
+                    # A shape the model cannot take names input_shape; a model that will not load, the model.
+                    if refusal.field == "input_shape" or refusal.code == "INTERNAL":
+                        raise
+                    raise type(refusal)(refusal.message, field=key) from None
+        return serving_convert.with_output_width(served, widths)
 
     @unary(serving_pb2.UndeployModelResponse)
     async def UndeployModel(self, request, grpc_context):

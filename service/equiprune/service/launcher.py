@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
                         "(repeatable; none by default)")
     p.add_argument("--allow-private-imports", action="store_true",
                    help="let http(s) imports reach loopback, private and link-local addresses (off by default)")
+    p.add_argument("--sandbox-isolation", choices=["full", "limits-only"], default="full",
+                   help="full (default): each sandboxed worker runs as a user of its own without network, which "
+                        "needs root; limits-only: resource limits alone, for unprivileged hosts (weaker)")
     p.add_argument("--address", default=None, help="join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting one")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs the embedded Ray may use (default: all)")
     p.add_argument("--num-gpus", type=int, default=None, help="GPUs the embedded Ray may use (default: all it finds)")
@@ -50,7 +53,8 @@ def settings_from_args(args: argparse.Namespace):
                           artifact_root=args.artifact_root,
                           import_roots=tuple(Path(p) for p in args.allow_import),
                           import_protocols=tuple(args.allow_import_protocol),
-                          import_allow_private_addresses=args.allow_private_imports)
+                          import_allow_private_addresses=args.allow_private_imports,
+                          sandbox_isolation=args.sandbox_isolation)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as err:
         first = err.errors()[0]
         print(f"error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+        return 2
+    from .sandbox.startup import SandboxUnsafe, check_sandbox
+
+    try:
+        print(check_sandbox(settings), flush=True)
+    except SandboxUnsafe as err:
+        print(f"error: {err}. Run the service as root (each sandboxed worker then gets a user of its own and no "
+              "network), or accept weaker isolation with --sandbox-isolation limits-only (docs/security.md)",
+              file=sys.stderr)
         return 2
     start(settings, address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
     # After ray.init: Ray installs its own SIGTERM handler, which would end the process

@@ -57,7 +57,7 @@ class JobManager:
                     "message": f"the service stopped during each of the job's {record.attempt} runs; not retried again"})
                 continue
             if record.state == "running":
-                checkpoint = self.settings.job_dir(record.job_id) / "checkpoint.pt"
+                checkpoint = self.settings.job_dir(record.job_id) / "work" / "checkpoint.pt"
                 how = ("resuming fine-tuning from its last checkpoint" if checkpoint.exists()
                        else "starting again (no checkpoint had been written yet)")
                 self.store.requeue(record.job_id, f"the service restarted during run {record.attempt}; {how}")

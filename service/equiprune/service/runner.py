@@ -1,10 +1,12 @@
-"""Run one job: read its artifacts, call the engine, store its outputs, return its result.
+"""Compute one job: read its model and dataset, call the engine, write its output files.
 
-Plain Python around the engine — no Ray here (the job manager runs this inside a Ray task),
-so it is tested directly. Progress goes out through `emit(progress)` as dictionaries shaped
-like the proto `Progress`; step events are thinned to one per `progress_interval_s` (a
-fine-tuning run takes thousands of steps and every event is a database row), while phase
-changes and reports always go out. `emit` may raise to cancel the run.
+Plain Python around the engine — no Ray here, and no artifact store: a single-worker job runs
+this inside the sandbox (`sandbox.worker`), which can reach nothing but the files it was
+handed and its own working folder; the job's task then stores the files this returns
+(`tasks.store_outputs`). Data-parallel jobs call it in the task itself (their workers need
+the network), with local paths, and accept only data-only model formats (`check_data_parallel
+_model`). Progress goes out through `emit(progress)` as dictionaries shaped like the proto
+`Progress`; `emit` may raise to cancel the run.
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO, Union
 
 import torch
 
@@ -25,16 +26,18 @@ from equiprune.engine.evaluation import evaluate
 from equiprune.engine.finetune.config import FinetuneConfig
 from equiprune.engine.finetune.loop import finetune
 from equiprune.engine.jsonable import json_safe
+from equiprune.engine.errors import InvalidModelError
+from equiprune.engine.models.footprint import ModelLimits, measure
 from equiprune.engine.models.io import LoadedModel, load_model, save_safetensors
 from equiprune.engine.models.registry import ArchitectureSpec, build_model
+from equiprune.engine.modes import try_set_mode
 from equiprune.engine.pipeline import CompressionJob, CompressionResult, run_compression, write_outputs
 from equiprune.engine.report import build_report
 
-from .settings import ServerSettings
 from .specs import JobSpecModel, compression_job, engine_configs, resolve_split
-from .store.artifacts import ArtifactStore
 
 Emit = Callable[[dict], None]
+Source = Union[str, Path, BinaryIO]
 
 # The engine's pipeline stage names → the proto's ReportStage names.
 _STAGES = {"dense": "dense", "pruned": "pruned", "pruned_without_recalibration": "pruned_without_recalibration",
@@ -42,37 +45,58 @@ _STAGES = {"dense": "dense", "pruned": "pruned", "pruned_without_recalibration":
 
 
 @dataclasses.dataclass
-class JobContext:
-    """Where one job reads and writes."""
+class JobFiles:
+    """What one job reads and where it writes. `dataset` and `model` are local paths or open
+    binary files; `work_dir` holds the checkpoint and the outputs (inside the sandbox it is the
+    working folder, so relative paths are used there)."""
 
-    job_id: str
+    dataset: Source
+    model: Source | None
+    work_dir: Path
+    limits: ModelLimits | None = None
+    max_dataset_bytes: int | None = None
+    # Data-parallel jobs only: Ray Train workers open the inputs by path and keep a run folder.
+    dataset_path: str | None = None
+    model_path: str | None = None
+
+
+@dataclasses.dataclass
+class JobContext:
+    """One job being computed."""
+
     spec: JobSpecModel
-    settings: ServerSettings
-    artifacts: ArtifactStore
+    files: JobFiles
     emit: Emit
 
     @property
     def work_dir(self) -> Path:
-        return self.settings.job_dir(self.job_id)
+        return self.files.work_dir
 
     @property
     def checkpoint_path(self) -> Path:
         return self.work_dir / "checkpoint.pt"
 
 
-def run_job(job_id: str, spec: JobSpecModel, settings: ServerSettings, emit: Emit) -> dict:
-    """Execute `spec`; return the result dictionary (shaped like the proto JobResult)."""
-    artifacts = ArtifactStore(settings.artifacts, max_upload_bytes=settings.max_upload_bytes,
-                              max_chunk_bytes=settings.max_chunk_bytes)
-    ctx = JobContext(job_id, spec, settings, artifacts, _Throttled(emit, settings.progress_interval_s))
-    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+def compute_job(spec: JobSpecModel, files: JobFiles, emit: Emit) -> dict:
+    """Execute `spec`; return the result dictionary (shaped like the proto JobResult) whose
+    `files` lists what to store: role, path (relative to the work folder), kind, name."""
+    ctx = JobContext(spec, files, emit)
     ctx.emit({"phase": "load", "message": "reading the model and dataset"})
-    dataset = load_dataset(artifacts.local_path(spec.dataset))
+    dataset = load_dataset(_rewound(files.dataset), **_dataset_limit(files))
     result = _RUNNERS[spec.kind](ctx, dataset)
     ctx.emit({"phase": "done"})
-    # The run is complete: its checkpoint and scratch outputs have nothing left to resume.
-    shutil.rmtree(ctx.work_dir, ignore_errors=True)
     return result
+
+
+def _dataset_limit(files: JobFiles) -> dict:
+    return {} if files.max_dataset_bytes is None else {"max_bytes": files.max_dataset_bytes}
+
+
+def _rewound(source: Source) -> Source:
+    """An open file is read from its start each time (a budget search reads the model often)."""
+    if hasattr(source, "seek"):
+        source.seek(0)
+    return source
 
 
 # ----------------------------------------------------------------------------- kinds
@@ -81,9 +105,13 @@ def run_job(job_id: str, spec: JobSpecModel, settings: ServerSettings, emit: Emi
 def _train(ctx: JobContext, dataset: GroupDataset) -> dict:
     t = ctx.spec.train
     spec = ArchitectureSpec(t.architecture, dict(t.architecture_kwargs))
+    # Refused before anything is allocated: the architecture within the limits, taking this
+    # dataset's samples, with an output per class.
+    footprint = measure(spec, dataset.sample_shape, limits=ctx.files.limits, field="spec.train.architecture_kwargs")
+    check_outputs_fit(footprint.outputs, dataset, "spec.train.architecture_kwargs")
     torch.manual_seed(t.seed)
     model = build_model(spec)
-    validate_for_model(dataset, _num_classes(model, dataset))
+    validate_for_model(dataset, footprint.outputs or _num_classes(model, dataset))
     split = _split(ctx, "train_split", "train", dataset)
     # Training needs no grouping: any attribute will do, and small groups do not matter here.
     data = dataset.select(ctx.spec.data.group_by[:1] or dataset.attribute_names[:1], split=split, min_group_size=0)
@@ -94,16 +122,28 @@ def _train(ctx: JobContext, dataset: GroupDataset) -> dict:
     model.eval()
     path = ctx.work_dir / "model.safetensors"
     save_safetensors(model.cpu(), spec, path)
-    outputs = [_store_output(ctx, "model", path, "model", f"{t.architecture}.safetensors")]
     reports = _evaluate_all(ctx, model, dataset) if ctx.spec.data.group_by else []
-    return {"outputs": outputs, "reports": reports, "parameters_before": _params(model),
-            "parameters_after": _params(model), "notes": []}
+    return {"files": [_output("model", path, "model", f"{t.architecture}.safetensors", ctx)], "reports": reports,
+            "parameters_before": _params(model), "parameters_after": _params(model), "notes": []}
 
 
 def _num_classes(model: torch.nn.Module, dataset: GroupDataset) -> int:
+    """The width of the model's output for two samples of the dataset (an exported program's
+    only reliable description); a model that cannot take them is refused naming the model.
+    A program frozen in training mode would update its batch-norm statistics: it is probed on
+    a copy."""
+    if not try_set_mode(model, False):
+        model = copy.deepcopy(model)
     with torch.no_grad():
-        model.eval()
-        return int(model(dataset.inputs[:2]).shape[1])
+        try:
+            output = model(dataset.inputs[:2])
+        except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
+            raise InvalidModelError("spec.model", f"the model cannot take this dataset's samples of shape "
+                                                  f"{dataset.sample_shape}: {str(exc).splitlines()[0][:200]}") from None
+    if output.dim() != 2:
+        raise InvalidModelError("spec.model", f"the model returns outputs of shape {tuple(output.shape)}; a classifier "
+                                              "returns one row of class scores per sample")
+    return int(output.shape[1])
 
 
 def _evaluate(ctx: JobContext, dataset: GroupDataset) -> dict:
@@ -112,7 +152,7 @@ def _evaluate(ctx: JobContext, dataset: GroupDataset) -> dict:
     reports = _evaluate_all(ctx, loaded.module, dataset)
     path = ctx.work_dir / "report.json"
     path.write_text(json.dumps(json_safe({"reports": reports}), indent=2, allow_nan=False))
-    return {"outputs": [_store_output(ctx, "report", path, "report", "report.json")], "reports": reports,
+    return {"files": [_output("report", path, "report", "report.json", ctx)], "reports": reports,
             "parameters_before": _params(loaded.module), "parameters_after": _params(loaded.module), "notes": []}
 
 
@@ -139,25 +179,25 @@ def _compress(ctx: JobContext, dataset: GroupDataset) -> dict:
     if resources.workers == 1:
         # Data-parallel workers pick their own device; this task may hold no GPU of its own.
         job = dataclasses.replace(job, device=_device(ctx))
-    model_path = ctx.artifacts.local_path(ctx.spec.model)
     out_dir = ctx.work_dir / "outputs"
     say = _pipeline_progress(ctx, job)
     if resources.workers > 1:
         from .distributed import run_compression_on_ray_train  # Ray Train only when asked for
 
         result, written = run_compression_on_ray_train(
-            model_path, ctx.artifacts.local_path(ctx.spec.dataset), job, str(out_dir), workers=resources.workers,
+            ctx.files.model_path, ctx.files.dataset_path, job, str(out_dir), workers=resources.workers,
             cpus_per_worker=resources.cpus_per_worker, gpus_per_worker=resources.gpus_per_worker,
-            storage_path=str(ctx.work_dir / "ray_train"), checkpoint_path=str(ctx.checkpoint_path), on_progress=say)
+            storage_path=str(ctx.work_dir / "ray_train"), checkpoint_path=str(ctx.checkpoint_path), on_progress=say,
+            limits=ctx.files.limits)
     else:
         loaded = _load_model(ctx, dataset)
         outcome = run_compression(loaded, dataset, job, checkpoint_path=ctx.checkpoint_path, on_progress=say)
         ctx.emit({"phase": "write_outputs"})
         written = _write(outcome, loaded, out_dir, dataset, job)
         result = outcome.to_dict()
-    outputs = [_store_output(ctx, role, Path(path), "report" if role == "report" else "model", Path(path).name)
-               for role, path in written.items()]
-    return {"outputs": outputs, **summarise(result, job)}
+    files = [_output(role, Path(path), "report" if role == "report" else "model", Path(path).name, ctx)
+             for role, path in written.items()]
+    return {"files": files, **summarise(result, job)}
 
 
 def _write(outcome: CompressionResult, loaded: LoadedModel, out_dir: Path, dataset: GroupDataset,
@@ -196,7 +236,7 @@ def _budget_search(ctx: JobContext, dataset: GroupDataset) -> dict:
                     key=lambda s: s["sparsity"])
     path = ctx.work_dir / "budget.json"
     path.write_text(json.dumps(json_safe({"budget": found.to_dict(), "sweep": points}), indent=2, allow_nan=False))
-    return {"outputs": [_store_output(ctx, "report", path, "report", "budget.json")], "sweep": points,
+    return {"files": [_output("report", path, "report", "budget.json", ctx)], "sweep": points,
             "best_sparsity": found.best_sparsity, "notes": []}
 
 
@@ -258,11 +298,18 @@ def _diagnostics_summary(diagnostics: dict, prediction: dict | None) -> dict:
 
 
 def _load_model(ctx: JobContext, dataset: GroupDataset) -> LoadedModel:
-    loaded = load_model(ctx.artifacts.local_path(ctx.spec.model))
-    num_classes = _num_classes(loaded.module, dataset) if loaded.format != "exported" else None
-    if num_classes is not None:
-        validate_for_model(dataset, num_classes)
+    """The job's model within the limits, after checking it fits the dataset (labels within its
+    outputs, samples of the shape it takes) — before any work."""
+    loaded = load_model(_rewound(ctx.files.model), limits=ctx.files.limits)
+    validate_for_model(dataset, _num_classes(loaded.module, dataset))
     return loaded
+
+
+def check_outputs_fit(outputs: int | None, dataset: GroupDataset, field: str) -> None:
+    """A model with fewer outputs than the dataset has classes cannot learn it."""
+    if outputs is not None and outputs < dataset.num_classes:
+        raise InvalidModelError(field, f"the model has {outputs} outputs but the dataset has {dataset.num_classes} "
+                                       "classes")
 
 
 def _split(ctx: JobContext, key: str, conventional: str, dataset: GroupDataset) -> str | None:
@@ -277,9 +324,9 @@ def _params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _store_output(ctx: JobContext, role: str, path: Path, kind: str, name: str) -> dict:
-    record = ctx.artifacts.put_file(str(path), kind, name, source=f"job:{ctx.job_id}")
-    return {"role": role, "artifact_id": record.artifact_id}
+def _output(role: str, path: Path, kind: str, name: str, ctx: JobContext) -> dict:
+    """A file for the task to store, named relative to the work folder."""
+    return {"role": role, "path": str(Path(path).relative_to(ctx.work_dir)), "kind": kind, "name": name}
 
 
 def _step_progress(phase: str, event: dict) -> dict:
@@ -308,22 +355,3 @@ def _pipeline_progress(ctx: JobContext, job: CompressionJob, *, report_stages: b
             ctx.emit({"phase": phase, "message": ", ".join(f"{k}={v}" for k, v in payload.items())})
 
     return say
-
-
-class _Throttled:
-    """Pass every event through, except step events closer than `interval` s to the last one
-    (the last step of each epoch always goes out, so epoch boundaries are never lost)."""
-
-    def __init__(self, emit: Emit, interval: float) -> None:
-        self._emit, self._interval, self._last = emit, interval, 0.0
-
-    def __call__(self, progress: dict) -> None:
-        now = time.monotonic()
-        stepping = progress.get("total_steps")
-        if stepping:
-            per_epoch = stepping // max(progress.get("epochs", 1), 1)
-            epoch_end = per_epoch and progress["step"] % per_epoch == 0
-            if not epoch_end and now - self._last < self._interval:
-                return
-        self._last = now
-        self._emit(json_safe(progress))

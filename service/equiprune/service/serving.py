@@ -2,55 +2,79 @@
 by artifact id), and concurrent Predict calls are merged into batches (Serve dynamic
 batching) so each model runs one forward pass per batch rather than one per request.
 
-Models come from the artifact store through the engine's loader (safetensors with a
-registered architecture, compact sparse safetensors, or an audited `.pt2`), so a served
-model is exactly what a job produced or a client uploaded; nothing is unpickled.
+Every served model runs in a sandboxed worker of its own (`sandbox.Sandbox.serve`): this
+replica never loads a client's model. It sends float32 rows over a pipe and gets back class
+probabilities, which it checks like any hostile input; rows whose output is not finite fail
+their own request (INVALID_ARGUMENT) and nothing of them is recorded. A worker that dies (a
+crash, its CPU limit) is started again at the next request; a model evicted from the
+replica's cache has its worker stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 
-import torch
+import numpy as np
 from ray import serve
 
-from equiprune.engine.models.io import load_model
-from equiprune.engine.modes import try_set_mode
-
+from .errors import InvalidArgument
+from .sandbox import ServedModelProcess, sandbox_from_settings
 from .settings import ServerSettings
-from .store.artifacts import ArtifactStore
+from .store import artifact_store
 
 MAX_BATCH = 256
 BATCH_WAIT_S = 0.005
+
+
+class SandboxedModel:
+    """A served model's sandboxed worker, started again when it has stopped."""
+
+    def __init__(self, sandbox, path: str) -> None:
+        self._sandbox, self._path, self._lock = sandbox, path, threading.Lock()
+        self._process: ServedModelProcess | None = None
+        self._start()
+
+    def _start(self) -> ServedModelProcess:
+        self._process = self._sandbox.serve({"model": self._path})
+        return self._process
+
+    def probabilities(self, rows: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, list[int]]:
+        with self._lock:
+            process = self._process if self._process is not None and self._process.alive else self._start()
+        payload, classes, bad = process.forward(rows.tobytes(), shape, len(rows))
+        return np.frombuffer(payload, dtype=np.float32).reshape(len(rows), classes), bad
+
+    def __del__(self) -> None:
+        # Serve calls this when the model leaves the replica's cache; so does the collector.
+        process, self._process = getattr(self, "_process", None), None
+        if process is not None:
+            process.close()
 
 
 @serve.deployment(name="ModelServer", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0})
 class ModelServer:
     def __init__(self, settings: dict) -> None:
         s = ServerSettings.model_validate(settings)
-        self.artifacts = ArtifactStore(s.artifacts, max_upload_bytes=s.max_upload_bytes,
-                                       max_chunk_bytes=s.max_chunk_bytes, cache_dir=str(s.data_dir / "cache"))
-        # Forward passes of tiny batches: threads would only fight over the two cores.
-        torch.set_num_threads(1)
+        self.artifacts = artifact_store(s)
+        self.sandbox = sandbox_from_settings(s)
 
     @serve.multiplexed(max_num_models_per_replica=16)
-    async def get_model(self, artifact_id: str) -> torch.nn.Module:
-        def load():
-            module = load_model(self.artifacts.local_path(artifact_id)).module
-            try_set_mode(module, False)  # an exported program keeps the mode it was exported in
-            return module
-
-        return await asyncio.to_thread(load)
+    async def get_model(self, artifact_id: str) -> SandboxedModel:
+        return await asyncio.to_thread(lambda: SandboxedModel(self.sandbox, self.artifacts.local_path(artifact_id)))
 
     async def predict(self, inputs: list[list[float]], shape: list[int]) -> list[list[float]]:
         """Class probabilities for each flattened input, with the model named by the request's
         multiplexed model id."""
         artifact_id = serve.get_multiplexed_model_id()
         model = await self.get_model(artifact_id)
-        return await self._batched((artifact_id, model, inputs, tuple(shape)))
+        answer = await self._batched((artifact_id, model, inputs, tuple(shape)))
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=BATCH_WAIT_S)
-    async def _batched(self, requests: list[tuple]) -> list[list[list[float]]]:
+    async def _batched(self, requests: list[tuple]) -> list:
         # A batch may mix models (the replica serves several) and, for one artifact served
         # under two names, instance shapes: one forward pass per (model, shape).
         by_model: dict[tuple, list[int]] = {}
@@ -60,16 +84,22 @@ class ModelServer:
         for indices in by_model.values():
             model, shape = requests[indices[0]][1], requests[indices[0]][3]
             sizes = [len(requests[i][2]) for i in indices]
-            flat = [row for i in indices for row in requests[i][2]]
-            probabilities = await asyncio.to_thread(_forward, model, flat, shape)
+            rows = np.asarray([row for i in indices for row in requests[i][2]], dtype=np.float32)
+            try:
+                probabilities, bad = await asyncio.to_thread(model.probabilities, rows, shape)
+            except Exception as exc:  # noqa: BLE001 - the batch's requests fail, the replica serves on
+                for i in indices:
+                    results[i] = exc
+                continue
             start = 0
             for i, size in zip(indices, sizes):
-                results[i] = probabilities[start:start + size]
+                failed = [row - start for row in bad if start <= row < start + size]
+                results[i] = _non_finite(failed) if failed else probabilities[start:start + size].tolist()
                 start += size
         return results
 
 
-@torch.no_grad()
-def _forward(model: torch.nn.Module, rows: list[list[float]], shape: tuple[int, ...]) -> list[list[float]]:
-    x = torch.tensor(rows, dtype=torch.float32).reshape(len(rows), *shape)
-    return torch.softmax(model(x).float(), dim=1).tolist()
+def _non_finite(rows: list[int]) -> InvalidArgument:
+    return InvalidArgument(f"the model's output for {len(rows)} instance(s) of this request, this one first, is not "
+                           "finite (NaN or infinity); nothing of the request was recorded",
+                           field=f"instances[{rows[0]}].values")

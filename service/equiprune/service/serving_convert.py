@@ -23,6 +23,9 @@ NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 MAX_INSTANCES = 1024
 MAX_OUTCOMES = 100_000
 MAX_PREDICTION_ID = 128  # ids are "<model ≤ 63>.<24 hex>"
+MAX_INPUT_DIMS = 8
+MAX_INSTANCE_VALUES = 2**22  # 16 MiB of float32 per instance; a Predict message is at most 32 MiB
+FLOAT32_MAX = 3.4028234663852886e38
 DEFAULT_TOLERANCE = 0.01
 
 
@@ -48,6 +51,9 @@ def check_deploy_request(request: serving_pb2.DeployModelRequest, artifacts: Art
         _check_fraction(request.reference_overall_accuracy, "reference_overall_accuracy")
     if any(d < 1 for d in request.input_shape):
         raise InvalidArgument("every dimension must be at least 1", field="input_shape")
+    if len(request.input_shape) > MAX_INPUT_DIMS or math.prod(request.input_shape) > MAX_INSTANCE_VALUES:
+        raise InvalidArgument(f"at most {MAX_INPUT_DIMS} dimensions and {MAX_INSTANCE_VALUES} values per instance",
+                              field="input_shape")
     return {
         "name": request.name, "artifact_id": request.artifact_id, "shadow_artifact_id": request.shadow_artifact_id,
         "group_by": list(request.group_by), "reference_accuracy": dict(request.reference_accuracy),
@@ -91,6 +97,19 @@ def complete(served: dict) -> dict:
     return served
 
 
+def with_output_width(served: dict, widths: dict[str, int]) -> dict:
+    """The served model with its output width (its classes) as measured in the sandbox; a
+    shadow must have as many, and the reference dataset's classes must fit."""
+    width = widths["artifact_id"]
+    if "shadow_artifact_id" in widths and widths["shadow_artifact_id"] != width:
+        raise FailedPrecondition(f"the shadow model has {widths['shadow_artifact_id']} outputs, the model {width}",
+                                 field="shadow_artifact_id")
+    if served.get("num_classes") is not None and served["num_classes"] > width:
+        raise FailedPrecondition(f"the model has {width} outputs but its reference data has {served['num_classes']} "
+                                 "classes", field="artifact_id")
+    return {**served, "num_classes": served.get("num_classes") or width}
+
+
 def served_to_proto(served: dict) -> serving_pb2.ServedModel:
     pb = serving_pb2.ServedModel(
         name=served["name"], artifact_id=served["artifact_id"], shadow_artifact_id=served.get("shadow_artifact_id", ""),
@@ -118,8 +137,8 @@ def check_instances(request: serving_pb2.PredictRequest, served: dict) -> tuple[
         if len(instance.values) != size:
             raise InvalidArgument(f"expected {size} values (shape {served['input_shape']}), got {len(instance.values)}",
                                   field=f"instances[{i}].values")
-        if not all(map(math.isfinite, instance.values)):
-            raise InvalidArgument("values must be finite", field=f"instances[{i}].values")
+        if not all(math.isfinite(v) and -FLOAT32_MAX <= v <= FLOAT32_MAX for v in instance.values):
+            raise InvalidArgument("values must be finite float32 numbers (|v| ≤ 3.4e38)", field=f"instances[{i}].values")
         for attribute in served["group_by"]:
             if not instance.groups.get(attribute):
                 raise InvalidArgument(f"the model is monitored by {attribute!r}; give its value",

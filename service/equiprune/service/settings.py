@@ -9,11 +9,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from equiprune.engine import machine
 
 from equiprune.service.store.fetch import protocol_setting_problem
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
+DAY_S = 86400
+
+
+def _share_of_memory(divisor: int, floor: int = GiB) -> int:
+    """A default limit that follows what this machine can hold."""
+    return max(floor, machine.memory_bytes() // divisor)
 
 
 class ServerSettings(BaseModel):
@@ -41,6 +52,25 @@ class ServerSettings(BaseModel):
                                                description="sliding windows of the monitor, in seconds")
     monitor_min_count: int = Field(30, ge=1, description="outcomes a group needs in a window to be judged")
     monitor_persist_interval_s: float = Field(10.0, gt=0, description="how often monitor state is written to disk")
+    # The sandbox every client file is parsed, validated, loaded and run in (docs/security.md).
+    sandbox_isolation: Literal["full", "limits-only"] = Field(
+        "full", description="full: each sandbox gets a user of its own, no network and a private /tmp (needs root); "
+                            "limits-only: resource limits alone, for unprivileged deployments (weaker)")
+    sandbox_uid_base: int = Field(2**20, ge=1000, le=2**31 - 2**23, description="sandbox user ids are this plus a pid")
+    sandbox_validation_memory_bytes: int = Field(default_factory=lambda: _share_of_memory(4), ge=256 * MiB)
+    sandbox_validation_cpu_seconds: int = Field(600, ge=1)
+    sandbox_validation_timeout_s: float = Field(900.0, gt=0, description="wall-clock limit of one validation")
+    sandbox_job_memory_bytes: int = Field(default_factory=lambda: _share_of_memory(2), ge=256 * MiB)
+    sandbox_job_cpu_seconds: int = Field(7 * DAY_S, ge=1, description="CPU time one job may use (all its threads)")
+    sandbox_serving_memory_bytes: int = Field(default_factory=lambda: _share_of_memory(8), ge=256 * MiB)
+    sandbox_serving_cpu_seconds: int = Field(30 * DAY_S, ge=1, description="CPU time of one served model's process; "
+                                             "it is restarted when it runs out")
+    # Limits a model or dataset must fit, checked before anything is allocated; None: what
+    # this machine can hold (engine ModelLimits.for_machine, default_max_dataset_bytes).
+    max_model_parameters: int | None = Field(None, ge=1)
+    max_model_input_elements: int | None = Field(None, ge=1, description="values in one sample")
+    max_model_activation_elements: int | None = Field(None, ge=1, description="activations of one sample")
+    max_dataset_bytes: int | None = Field(None, ge=1, description="memory a loaded dataset may take")
 
     @field_validator("data_dir", "database_path")
     @classmethod

@@ -1,41 +1,47 @@
 """The Ray task that runs one job and streams its progress back to the job manager.
 
 A streaming generator task: it yields ("started", None) once it holds its resources, then
-("progress", dict) events, then one ("result", dict) or ("error", status dict). The engine
-runs in a thread because its progress arrives through a callback while the generator must
-yield from its own frame. Errors come back as data — already mapped to a client status in
-the worker, whose log keeps any traceback — rather than as a wrapped Ray exception.
-Cancellation is `ray.cancel(generator, force=True)`: the worker process exits, which frees
-its CPUs/GPUs at once and also ends any Ray Train workers it owns.
+("progress", dict) events, then one ("result", dict) or ("error", status dict). The work runs
+in a thread because progress arrives through a callback while the generator must yield from
+its own frame. Errors come back as data — already mapped to a client status here, whose log
+keeps any traceback — rather than as a wrapped Ray exception. Cancellation is
+`ray.cancel(generator, force=True)`: the worker process exits, which frees its CPUs/GPUs at
+once, and its sandboxed worker (which dies with its parent) or Ray Train workers with it.
+
+Where the job runs: a single-worker job in a sandboxed worker (`sandbox.worker`), which gets
+the job's model and dataset as read-only files and its working folder, and nothing else; this
+task then stores the files it wrote — opened without following links, as the hostile files
+they may be — as artifacts. A data-parallel job runs here, in Ray Train (its workers need the
+network), on data-only formats only.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import queue
+import shutil
+import stat
 import threading
+import time
+from pathlib import Path
 
 import ray
 
-from .errors import client_status
+from . import convert
+from .errors import FailedPrecondition, ResourceExhausted, client_status
+
+MAX_RESULT_BYTES = 16 * 2**20
+MAX_EVENT_BYTES = 256 * 2**10
 
 
 @ray.remote(num_returns="streaming", max_retries=0)
 def execute_job(job_id: str, spec_json: dict, settings_json: dict, threads: int):
-    import torch
-
-    from .runner import run_job
-    from .settings import ServerSettings
-    from .specs import JobSpecModel
-
-    # Ray gives each task one thread unless told otherwise; use what the job reserved.
-    torch.set_num_threads(max(1, threads))
     events: queue.Queue = queue.Queue()
 
     def work() -> None:
         try:
-            settings = ServerSettings.model_validate(settings_json)
-            spec = JobSpecModel.model_validate(spec_json)
-            result = run_job(job_id, spec, settings, lambda progress: events.put(("progress", progress)))
+            result = run_job(job_id, spec_json, settings_json, threads, lambda progress: events.put(("progress", progress)))
             events.put(("result", result))
         except BaseException as exc:  # noqa: BLE001 - every failure must reach the job record
             events.put(("error", client_status(exc).to_dict()))
@@ -47,3 +53,136 @@ def execute_job(job_id: str, spec_json: dict, settings_json: dict, threads: int)
         yield (kind, payload)
         if kind in ("result", "error"):
             return
+
+
+def run_job(job_id: str, spec_json: dict, settings_json: dict, threads: int, emit) -> dict:
+    """Compute the job (sandboxed unless data-parallel), store its files, return its result."""
+    import torch
+
+    from .runner import JobFiles, compute_job
+    from .sandbox import sandbox_from_settings
+    from .settings import ServerSettings
+    from .specs import JobSpecModel
+    from .store import artifact_store
+
+    settings = ServerSettings.model_validate(settings_json)
+    spec = JobSpecModel.model_validate(spec_json)
+    artifacts = artifact_store(settings)
+    work_dir = settings.job_dir(job_id) / "work"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    say = Throttled(emit, settings.progress_interval_s)
+    inputs = {"dataset": artifacts.local_path(spec.dataset)}
+    if spec.model is not None:
+        inputs["model"] = artifacts.local_path(spec.model)
+    if spec.resources.workers == 1:
+        sandbox = sandbox_from_settings(settings)
+        result = sandbox.run("job", {"spec": spec.to_json(), "device": _device(spec)}, inputs, purpose="job",
+                             work_dir=str(work_dir), on_event=say, threads=threads)
+    else:
+        torch.set_num_threads(max(1, threads))
+        from equiprune.engine.models.footprint import ModelLimits
+
+        config = sandbox_from_settings(settings).config
+        files = JobFiles(dataset=inputs["dataset"], model=inputs.get("model"), work_dir=work_dir,
+                         limits=ModelLimits(**config.model_limits) if config.model_limits else None,
+                         max_dataset_bytes=config.max_dataset_bytes, dataset_path=inputs["dataset"],
+                         model_path=inputs.get("model"))
+        result = compute_job(spec, files, say)
+    result = checked_result(result)
+    result["outputs"] = store_outputs(result.pop("files"), work_dir, artifacts, job_id, settings.max_upload_bytes)
+    try:  # what GetJob will do with it: a result that cannot be shown must not be stored
+        convert.result_to_proto(result, artifacts.get)
+    except Exception:  # noqa: BLE001 - any failure to convert is the result's fault
+        raise FailedPrecondition("the job's sandbox returned a result that cannot be reported", field="spec") from None
+    # The run is complete: its checkpoint and scratch files have nothing left to resume.
+    shutil.rmtree(settings.job_dir(job_id), ignore_errors=True)
+    return result
+
+
+def _device(spec) -> str:
+    return "cuda" if spec.resources.gpus_per_worker > 0 else "cpu"
+
+
+def checked_result(result) -> dict:
+    """A job's result from the sandbox is hostile input: a JSON object of bounded size whose
+    files are plain relative names."""
+    text = json.dumps(result, allow_nan=False) if isinstance(result, dict) else ""
+    if not text or len(text) > MAX_RESULT_BYTES or not isinstance(result.get("files"), list):
+        raise FailedPrecondition("the job's sandbox returned a malformed result", field="spec")
+    for entry in result["files"]:
+        if not (isinstance(entry, dict) and set(entry) == {"role", "path", "kind", "name"}
+                and all(isinstance(v, str) and 0 < len(v) <= 256 for v in entry.values())
+                and entry["kind"] in ("model", "report") and _plain_relative(entry["path"])):
+            raise FailedPrecondition("the job's sandbox returned a malformed list of files", field="spec")
+    return result
+
+
+def _plain_relative(path: str) -> bool:
+    parts = path.split("/")
+    return not path.startswith("/") and "\x00" not in path and all(p not in ("", ".", "..") for p in parts)
+
+
+def store_outputs(files: list[dict], work_dir: Path, artifacts, job_id: str, max_bytes: int) -> list[dict]:
+    """Store each file the job wrote. The sandbox owned the folder, so every path component is
+    opened without following links, and only a regular file with one link is taken."""
+    outputs = []
+    for entry in files:
+        with _open_inside(work_dir, entry["path"]) as stream:
+            size = os.fstat(stream.fileno()).st_size
+            if size > max_bytes:
+                raise ResourceExhausted(f"the job wrote {size} bytes to {entry['name']}; the artifact limit is "
+                                        f"{max_bytes} (setting max_upload_bytes)", field="spec")
+            record = artifacts.put_stream(stream, entry["kind"], entry["name"], source=f"job:{job_id}")
+        outputs.append({"role": entry["role"], "artifact_id": record.artifact_id})
+    return outputs
+
+
+def _open_inside(folder: Path, relative: str):
+    directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        parts = relative.split("/")
+        for part in parts[:-1]:
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=directory)
+            os.close(directory)
+            directory = child
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=directory)
+    except OSError as err:
+        raise FailedPrecondition(f"the job's output {relative!r} cannot be read safely ({err.strerror})",
+                                 field="spec") from None
+    finally:
+        os.close(directory)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise FailedPrecondition(f"the job's output {relative!r} is not a plain file", field="spec")
+    return os.fdopen(fd, "rb")
+
+
+class Throttled:
+    """Pass every event through, except step events closer than `interval` s to the last one
+    (the last step of each epoch always goes out, so epoch boundaries are never lost), and
+    events larger than MAX_EVENT_BYTES (a sandbox must not fill the job store)."""
+
+    def __init__(self, emit, interval: float) -> None:
+        self._emit, self._interval, self._last = emit, interval, 0.0
+
+    def __call__(self, progress) -> None:
+        from equiprune.engine.jsonable import json_safe
+
+        if not isinstance(progress, dict) or len(json.dumps(progress, default=str)) > MAX_EVENT_BYTES:
+            return
+        try:  # what Watch and GetJob will do with it
+            convert.progress_to_proto(json_safe(progress))
+        except Exception:  # noqa: BLE001 - a malformed event is dropped, the job goes on
+            return
+        now = time.monotonic()
+        stepping = progress.get("total_steps")
+        if isinstance(stepping, int) and stepping:
+            epochs = progress.get("epochs", 1)
+            per_epoch = stepping // max(epochs if isinstance(epochs, int) else 1, 1)
+            step = progress.get("step", 0)
+            epoch_end = per_epoch and isinstance(step, int) and step % per_epoch == 0
+            if not epoch_end and now - self._last < self._interval:
+                return
+        self._last = now
+        self._emit(json_safe(progress))

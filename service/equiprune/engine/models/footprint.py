@@ -15,25 +15,17 @@ stated with their reasoning there, and the service may set its own.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from equiprune.engine import machine
 from equiprune.engine.errors import InvalidModelError
 from equiprune.engine.models.registry import ArchitectureSpec, build_model, example_input_shape
 
 KWARGS_FIELD = "model.kwargs"
-
-
-def machine_memory_bytes() -> int:
-    """Physical memory of this machine (what the limits are scaled to)."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):  # not a POSIX system that tells
-        return 8 * 2**30
 
 
 @dataclass(frozen=True)
@@ -58,7 +50,7 @@ class ModelLimits:
         - one sample's input: a batch of 256 in memory / 4 of it: memory / (4 · 256 · 4);
         - one sample's activations: a batch of 16, kept for the backward pass: memory / (4 · 16 · 2).
         """
-        memory = machine_memory_bytes() if memory_bytes is None else int(memory_bytes)
+        memory = machine.memory_bytes() if memory_bytes is None else int(memory_bytes)
         return cls(max_parameters=max(1, memory // 32), max_input_elements=max(1, memory // 4096),
                    max_activation_elements=max(1, memory // 128))
 

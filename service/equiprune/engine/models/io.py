@@ -30,7 +30,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from equiprune.engine.errors import InvalidModelError
+from equiprune.engine.errors import InvalidModelError, UnsupportedOperationError
 from equiprune.engine.modes import mode
 from equiprune.engine.models.pt2_check import EXPORTED_FIELD, audit_pt2_archive
 from equiprune.engine.models.sniff import describe_foreign_bytes, is_torch_save_zip
@@ -462,11 +462,17 @@ def _node_mode(node: torch.fx.Node) -> bool | None:
 
 
 def load_model(source: ModelSource, spec: ArchitectureSpec | None = None, *,
-               limits: ModelLimits | None = None) -> LoadedModel:
+               limits: ModelLimits | None = None, allow_exported: bool = True) -> LoadedModel:
     """Load whatever the bytes are: a .pt2 (zip), a sparse or a dense safetensors file, within
-    `limits` (this machine's defaults when None)."""
+    `limits` (this machine's defaults when None). With `allow_exported` False only the
+    data-only formats (safetensors: tensors and JSON, read by our own architecture code) are
+    accepted: a .pt2 carries a graph torch executes."""
     data = read_source(source, WEIGHTS_FIELD)
     if data[:4] in (b"PK\x03\x04", b"PK\x05\x06") and not is_torch_save_zip(data):
+        if not allow_exported:
+            raise UnsupportedOperationError(
+                EXPORTED_FIELD, "only safetensors models are accepted here (a .pt2 program is only ever loaded in "
+                                "the sandbox); run the job with one worker, or upload the weights as safetensors")
         return load_exported(data, spec, limits=limits)
     if looks_like_safetensors(data):
         metadata = safetensors_metadata(data)

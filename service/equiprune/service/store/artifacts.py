@@ -303,11 +303,17 @@ class ArtifactStore:
     def put_file(
         self, path: str, kind: str, display_name: str, source: str, description: dict[str, str] | None = None
     ) -> ArtifactRecord:
-        """Copies in a local file the service wrote (a job output, a built-in sample)."""
+        """Copies in a local file the service wrote (a built-in sample)."""
+        with open(path, "rb") as stream:
+            return self.put_stream(stream, kind, display_name, source, description)
+
+    def put_stream(
+        self, stream: BinaryIO, kind: str, display_name: str, source: str, description: dict[str, str] | None = None
+    ) -> ArtifactRecord:
+        """Copies in an open file (a job's output, opened by the caller without following links)."""
         _check_kind(kind, "kind")
         _check_display_name(display_name)
-        with open(path, "rb") as stream:
-            copy = self._copy_in(stream, limit_field=None)
+        copy = self._copy_in(stream, limit_field=None)
         try:
             described = {str(k): str(v) for k, v in (description or {}).items()}
             return self._store(kind, display_name, source, copy, described, place=self._placer(copy))

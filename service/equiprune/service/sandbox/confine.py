@@ -1,0 +1,199 @@
+"""Confining the current process before it touches a client's bytes. Standard library only.
+
+A sandboxed process starts as the service's own user (root in the container) and confines
+itself in two steps, because the Python it runs lives in directories only that user can read:
+
+`enter` (still privileged): resource limits (memory as RLIMIT_DATA — private writable memory,
+which is what a parser or a tensor allocates; not RLIMIT_AS, which would also count the
+address space CUDA reserves —, CPU time, size of any file written, open files, processes and
+threads of its user, no core dumps); new network, mount and IPC namespaces, so there is no
+network interface but a down loopback, and /tmp and /dev/shm are private, size-limited tmpfs
+mounts nobody else sees; the working folder handed over to the sandbox's user; every file
+descriptor closed except those passed in on purpose.
+
+Then the caller imports what it needs (torch, the engine) and calls `drop`: switch to a user
+id of its own — `uid_base` + its pid, unique among running sandboxes, so two sandboxes cannot
+touch each other's files or processes either — with no supplementary groups, no way back
+(``no_new_privs``, not dumpable), and death with its parent.
+
+Without root, `enter` applies what an unprivileged process can (the limits; a user namespace
+for the network where the kernel allows it) and `Isolation` says what was not applied; the
+service refuses to run in that state unless its operator chose ``sandbox_isolation:
+limits-only`` (docs/security.md says what that leaves open).
+
+`python -m equiprune.service.sandbox.confined '<limits json>' <work dir> -- command...` runs
+any command confined the same way: the tests use it to show what a payload could and could
+not reach.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+import stat
+import sys
+from dataclasses import asdict, dataclass, field
+
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x08000000, 0x10000000, 0x40000000
+MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 16384, 1 << 18
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
+PRIVATE_TMP = "/tmp"
+SANDBOX_HOME = "/tmp/home"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one sandboxed process may use."""
+
+    memory_bytes: int
+    cpu_seconds: int
+    file_size_bytes: int
+    tmp_bytes: int = 256 * 2**20
+    open_files: int = 256
+    threads: int = 256  # processes and threads of the sandbox's user
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> Limits:
+        return cls(**{k: int(v) for k, v in data.items()})
+
+
+@dataclass
+class Isolation:
+    """What `enter` and `drop` applied, for the parent to check and the operator to read."""
+
+    limits: bool = False
+    network: bool = False
+    private_tmp: bool = False
+    uid: int | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def full(self) -> bool:
+        return self.limits and self.network and self.private_tmp and self.uid is not None
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "full": self.full}
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _call(name: str, *args) -> None:
+    if getattr(_libc, name)(*args) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"{name}: {os.strerror(error)}")
+
+
+def enter(limits: Limits, work_dir: str, keep_fds: set[int]) -> Isolation:
+    """The privileged half: limits, namespaces, private /tmp, working folder, fd hygiene."""
+    isolation = Isolation()
+    os.chdir(work_dir)  # first: the private /tmp mounted below may hide where it lives
+    _set_limits(limits)
+    isolation.limits = True
+    privileged = os.geteuid() == 0
+    try:
+        if privileged:
+            _call("unshare", CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWIPC)
+        else:
+            _call("unshare", CLONE_NEWUSER | CLONE_NEWNET)
+        isolation.network = True
+    except OSError as err:
+        isolation.problems.append(f"no network namespace ({err.strerror})")
+    if privileged and isolation.network:
+        try:
+            _private_tmp(limits.tmp_bytes)
+            isolation.private_tmp = True
+        except OSError as err:
+            isolation.problems.append(f"no private /tmp ({err.strerror})")
+    if not privileged:
+        isolation.problems.append("not started as root: cannot switch to a user of its own")
+    _close_fds_except(keep_fds)
+    os.umask(0o077)
+    return isolation
+
+
+def drop(isolation: Isolation, uid_base: int) -> Isolation:
+    """The unprivileged half: a user of its own, no way back, death with the parent."""
+    if os.geteuid() == 0:
+        uid = uid_base + os.getpid()
+        _hand_over_working_folder(uid)
+        if isolation.private_tmp:
+            os.makedirs(SANDBOX_HOME, exist_ok=True)
+            os.chown(SANDBOX_HOME, uid, uid)
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+        try:
+            os.setuid(0)
+        except PermissionError:
+            isolation.uid = uid
+        else:  # pragma: no cover - the kernel would have to be broken
+            raise RuntimeError("the sandbox could switch back to root")
+    _call("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    _call("prctl", PR_SET_DUMPABLE, 0, 0, 0, 0)
+    # Set after the switch: changing credentials clears the parent-death signal.
+    _call("prctl", PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before the line above
+        os._exit(1)
+    return isolation
+
+
+def _hand_over_working_folder(uid: int) -> None:
+    """Give the working folder (the cwd: its path may be hidden now) and what an earlier run of
+    the same job left in it (a checkpoint) to `uid`. That earlier run was a sandbox too: its
+    symbolic links and hard links are removed, never followed — chown through them would hand
+    the sandbox files it must not own."""
+    for folder, subfolders, names in os.walk(".", followlinks=False):
+        for name in subfolders + names:
+            path = os.path.join(folder, name)
+            info = os.lstat(path)
+            if stat.S_ISLNK(info.st_mode) or (not stat.S_ISDIR(info.st_mode) and info.st_nlink > 1):
+                os.unlink(path)
+                if name in subfolders:
+                    subfolders.remove(name)
+            else:
+                os.lchown(path, uid, uid)
+    os.lchown(".", uid, uid)
+
+
+def _set_limits(limits: Limits) -> None:
+    def cap(which: int, value: int, hard: int | None = None) -> None:
+        resource.setrlimit(which, (value, value if hard is None else hard))
+
+    cap(resource.RLIMIT_DATA, limits.memory_bytes)
+    # The soft limit sends SIGXCPU (Python dies of it); the hard one, a little later, SIGKILL.
+    cap(resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 5)
+    cap(resource.RLIMIT_FSIZE, limits.file_size_bytes)
+    cap(resource.RLIMIT_NOFILE, limits.open_files)
+    cap(resource.RLIMIT_NPROC, limits.threads)
+    cap(resource.RLIMIT_CORE, 0)
+
+
+def _private_tmp(size_bytes: int) -> None:
+    """Private, size-limited /tmp and /dev/shm: the sandbox cannot see or fill the host's."""
+    _call("mount", None, b"/", None, MS_REC | MS_PRIVATE, None)
+    options = f"size={max(size_bytes, 2**20)},mode=1777".encode()
+    for target in (PRIVATE_TMP, "/dev/shm"):
+        if os.path.isdir(target):
+            _call("mount", b"tmpfs", target.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options)
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    for fd in range(3, _max_fd()):
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _max_fd() -> int:
+    try:
+        return max(int(name) for name in os.listdir("/proc/self/fd")) + 1
+    except (OSError, ValueError):
+        return 4096
