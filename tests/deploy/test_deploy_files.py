@@ -161,7 +161,7 @@ def test_grpc_servicer_functions_are_importable_and_complete():
     for where, config in _serve_configs().items():
         functions = config["grpc_options"]["grpc_servicer_functions"]
         assert sorted(functions) == sorted(GRPC_SERVICER_FUNCTIONS), where
-        assert "equiprune.v1.serving_pb2_grpc.add_ServingServiceServicer_to_server" in functions
+        assert "equiprune.service.grpc_servicers.add_ServingServiceServicer_to_server" in functions
         for dotted in functions:
             assert callable(_resolve(dotted, ".")), f"{where}: {dotted} is not callable"
 

@@ -31,14 +31,14 @@ class BudgetConfig:
     require_confidence: bool = False
 
     def __post_init__(self) -> None:
-        if not 0 <= self.tolerance < 1:
+        if not 0 <= self.tolerance < 1:  # the comparisons also refuse NaN
             raise InvalidConfigError("budget.tolerance", f"must be in [0, 1), got {self.tolerance}")
         if not 0 <= self.low < self.high < 1:
             raise InvalidConfigError("budget.high", f"need 0 <= low < high < 1, got low={self.low}, high={self.high}")
-        if not self.resolution > 0:
-            raise InvalidConfigError("budget.resolution", f"must be positive, got {self.resolution}")
-        if self.max_probes < 2:
-            raise InvalidConfigError("budget.max_probes", f"must be at least 2 (the two ends), got {self.max_probes}")
+        if not 0 < self.resolution < 1:  # also refuses NaN and infinity
+            raise InvalidConfigError("budget.resolution", f"must be in (0, 1), got {self.resolution}")
+        if not 2 <= self.max_probes <= 64:
+            raise InvalidConfigError("budget.max_probes", f"must be 2 (the two ends) to 64, got {self.max_probes}")
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

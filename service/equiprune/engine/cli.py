@@ -94,6 +94,7 @@ def _train(args) -> int:
     from .dataset import load_dataset
     from .finetune.config import FinetuneConfig
     from .finetune.loop import finetune
+    from .fit import check_architecture_fits, check_model_fits
     from .models.io import save_safetensors
     from .models.registry import ArchitectureSpec, build_model
 
@@ -101,8 +102,12 @@ def _train(args) -> int:
 
     dataset = load_dataset(args.dataset)
     spec = ArchitectureSpec(args.arch, _json_object(args.arch_kwargs, "arch_kwargs"))
+    # Before any work: the architecture within the limits, taking these samples, with an
+    # output for every class (measured on the meta device, nothing allocated).
+    check_architecture_fits(spec, dataset, field="arch_kwargs")
     torch.manual_seed(args.seed)
     model = build_model(spec)
+    check_model_fits(model, dataset, field="arch_kwargs")
     # Training needs no grouping; any attribute will do, and small groups do not matter here.
     data = dataset.select((dataset.attribute_names[0],), split=args.split if dataset.split_names else None,
                           min_group_size=0)
@@ -135,12 +140,14 @@ def _job_from_args(args, sparsity: float):
 
 def _compress(args) -> int:
     from .dataset import load_dataset
+    from .fit import check_model_fits
     from .models.io import load_model
     from .pipeline import run_compression, write_outputs
 
     loaded = load_model(args.model)
     dataset = load_dataset(args.dataset)
     job = _job_from_args(args, args.sparsity)
+    check_model_fits(loaded.module, dataset, field="model")
     checkpoint = Path(args.out) / "checkpoint.pt"
     result = run_compression(loaded, dataset, job, checkpoint_path=checkpoint,
                              on_progress=None if args.json else _progress_printer())
@@ -163,6 +170,7 @@ def _budget(args) -> int:
     from .budget import BudgetConfig, search_budget
     from .dataset import load_dataset
     from .errors import InvalidConfigError
+    from .fit import check_model_fits
     from .models.io import load_model
     from .pipeline import run_compression
 
@@ -170,6 +178,7 @@ def _budget(args) -> int:
         raise InvalidConfigError("budget.kind", "N:M pruning has a fixed sparsity (n/m); there is nothing to search")
     loaded = load_model(args.model)
     dataset = load_dataset(args.dataset)
+    check_model_fits(loaded.module, dataset, field="model")
     config = BudgetConfig(tolerance=args.tolerance, low=args.low, high=args.high, resolution=args.resolution,
                           max_probes=args.max_probes, require_confidence=args.require_confidence)
 

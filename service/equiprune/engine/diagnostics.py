@@ -52,9 +52,11 @@ Vector = tuple[torch.Tensor, ...]
 # --------------------------------------------------------------------------- configuration
 
 
-def _require_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidConfigError(f"diagnostics.{name}", f"expected an integer >= {minimum}, got {value!r}")
+def _require_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
+    if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
+            or (maximum is not None and value > maximum)):
+        bound = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise InvalidConfigError(f"diagnostics.{name}", f"expected an integer {bound}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,8 @@ class DiagnosticsConfig:
     include_overall: bool = True
 
     def __post_init__(self) -> None:
-        _require_int("probes", self.probes, 1)
-        _require_int("power_iterations", self.power_iterations, 1)
+        _require_int("probes", self.probes, 1, 10_000)
+        _require_int("power_iterations", self.power_iterations, 1, 10_000)
         _require_int("batch_size", self.batch_size, 1)
         _require_int("seed", self.seed, 0)
         if self.seed >= 2**63:

@@ -20,7 +20,7 @@ from .modes import is_exported_module
 from .pruning.counting import count_macs, count_parameters
 from .pruning.magnitude import SCOPES, magnitude_masks, validate_sparsity
 from .pruning.masks import Masks, SparsityReport, apply_masks, measure_sparsity
-from .pruning.nm import nm_masks
+from .pruning.nm import nm_masks, validate_nm
 from .pruning.schedule import gradual_magnitude_prune
 from .pruning.selection import candidate_layers, prunable_parameters
 from .pruning.structured import ensure_structured_supported, prune_channels
@@ -61,10 +61,12 @@ class PruningConfig:
             raise InvalidConfigError("pruning.schedule", f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.schedule == "gradual" and self.kind != "unstructured":
             raise InvalidConfigError("pruning.schedule", "the gradual schedule applies to unstructured pruning only")
-        if self.gradual_steps < 1:
-            raise InvalidConfigError("pruning.gradual_steps", f"must be at least 1, got {self.gradual_steps}")
+        if not 1 <= self.gradual_steps <= 1000:
+            raise InvalidConfigError("pruning.gradual_steps", f"must be 1 to 1000, got {self.gradual_steps}")
         if self.kind != "n_m":
             validate_sparsity(self.sparsity)
+        else:
+            validate_nm(self.n, self.m)
 
     def to_dict(self) -> dict:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}

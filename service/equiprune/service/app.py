@@ -18,9 +18,9 @@ from .serving import ModelServer
 from .settings import ServerSettings
 
 GRPC_SERVICER_FUNCTIONS = [
-    "equiprune.v1.artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server",
-    "equiprune.v1.jobs_pb2_grpc.add_JobServiceServicer_to_server",
-    "equiprune.v1.serving_pb2_grpc.add_ServingServiceServicer_to_server",
+    "equiprune.service.grpc_servicers.add_ArtifactServiceServicer_to_server",
+    "equiprune.service.grpc_servicers.add_JobServiceServicer_to_server",
+    "equiprune.service.grpc_servicers.add_ServingServiceServicer_to_server",
 ]
 
 

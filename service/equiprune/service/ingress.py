@@ -23,6 +23,7 @@ from ray.serve.handle import DeploymentHandle
 from equiprune.v1 import artifacts_pb2, jobs_pb2, serving_pb2
 
 from . import convert
+from .grpc_servicers import UndecodableRequest
 from .errors import InvalidArgument, ServiceError, client_status, naming
 from .samples import is_sample, write_sample
 from .settings import ServerSettings
@@ -50,12 +51,20 @@ def _status(exc: BaseException, context) -> None:
     context.set_details(status.message)
 
 
+def _decoded(request):
+    """The request, unless Serve's proxy could not decode its bytes (grpc_servicers)."""
+    if isinstance(request, UndecodableRequest):
+        raise InvalidArgument(f"the bytes received are not a valid {request.message_type} message "
+                              f"({request.problem})", field="request")
+    return request
+
+
 def unary(response_type) -> Callable:
     def decorate(method):
         @functools.wraps(method)
         async def call(self, request, grpc_context):
             try:
-                return await method(self, request, grpc_context)
+                return await method(self, _decoded(request), grpc_context)
             except Exception as exc:  # noqa: BLE001 - mapped, never leaked
                 _status(exc, grpc_context)
                 return response_type()
@@ -72,7 +81,7 @@ def streaming(method):
     @functools.wraps(method)
     async def call(self, request, grpc_context):
         try:
-            async for response in method(self, request, grpc_context):
+            async for response in method(self, _decoded(request), grpc_context):
                 yield response
         except Exception as exc:  # noqa: BLE001 - mapped, never leaked
             _status(exc, grpc_context)

@@ -21,16 +21,15 @@ from typing import BinaryIO, Union
 import torch
 
 from equiprune.engine.budget import search_budget
-from equiprune.engine.dataset import GroupDataset, load_dataset, validate_for_model
+from equiprune.engine.dataset import GroupDataset, load_dataset
 from equiprune.engine.evaluation import evaluate
 from equiprune.engine.finetune.config import FinetuneConfig
 from equiprune.engine.finetune.loop import finetune
 from equiprune.engine.jsonable import json_safe
-from equiprune.engine.errors import InvalidModelError
-from equiprune.engine.models.footprint import ModelLimits, measure
+from equiprune.engine.fit import check_architecture_fits, check_model_fits
+from equiprune.engine.models.footprint import ModelLimits
 from equiprune.engine.models.io import LoadedModel, load_model, save_safetensors
 from equiprune.engine.models.registry import ArchitectureSpec, build_model
-from equiprune.engine.modes import try_set_mode
 from equiprune.engine.pipeline import CompressionJob, CompressionResult, run_compression, write_outputs
 from equiprune.engine.report import build_report
 
@@ -107,11 +106,10 @@ def _train(ctx: JobContext, dataset: GroupDataset) -> dict:
     spec = ArchitectureSpec(t.architecture, dict(t.architecture_kwargs))
     # Refused before anything is allocated: the architecture within the limits, taking this
     # dataset's samples, with an output per class.
-    footprint = measure(spec, dataset.sample_shape, limits=ctx.files.limits, field="spec.train.architecture_kwargs")
-    check_outputs_fit(footprint.outputs, dataset, "spec.train.architecture_kwargs")
+    check_architecture_fits(spec, dataset, ctx.files.limits, field="spec.train.architecture_kwargs")
     torch.manual_seed(t.seed)
     model = build_model(spec)
-    validate_for_model(dataset, footprint.outputs or _num_classes(model, dataset))
+    check_model_fits(model, dataset, field="spec.train.architecture_kwargs")
     split = _split(ctx, "train_split", "train", dataset)
     # Training needs no grouping: any attribute will do, and small groups do not matter here.
     data = dataset.select(ctx.spec.data.group_by[:1] or dataset.attribute_names[:1], split=split, min_group_size=0)
@@ -125,25 +123,6 @@ def _train(ctx: JobContext, dataset: GroupDataset) -> dict:
     reports = _evaluate_all(ctx, model, dataset) if ctx.spec.data.group_by else []
     return {"files": [_output("model", path, "model", f"{t.architecture}.safetensors", ctx)], "reports": reports,
             "parameters_before": _params(model), "parameters_after": _params(model), "notes": []}
-
-
-def _num_classes(model: torch.nn.Module, dataset: GroupDataset) -> int:
-    """The width of the model's output for two samples of the dataset (an exported program's
-    only reliable description); a model that cannot take them is refused naming the model.
-    A program frozen in training mode would update its batch-norm statistics: it is probed on
-    a copy."""
-    if not try_set_mode(model, False):
-        model = copy.deepcopy(model)
-    with torch.no_grad():
-        try:
-            output = model(dataset.inputs[:2])
-        except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
-            raise InvalidModelError("spec.model", f"the model cannot take this dataset's samples of shape "
-                                                  f"{dataset.sample_shape}: {str(exc).splitlines()[0][:200]}") from None
-    if output.dim() != 2:
-        raise InvalidModelError("spec.model", f"the model returns outputs of shape {tuple(output.shape)}; a classifier "
-                                              "returns one row of class scores per sample")
-    return int(output.shape[1])
 
 
 def _evaluate(ctx: JobContext, dataset: GroupDataset) -> dict:
@@ -301,15 +280,8 @@ def _load_model(ctx: JobContext, dataset: GroupDataset) -> LoadedModel:
     """The job's model within the limits, after checking it fits the dataset (labels within its
     outputs, samples of the shape it takes) — before any work."""
     loaded = load_model(_rewound(ctx.files.model), limits=ctx.files.limits)
-    validate_for_model(dataset, _num_classes(loaded.module, dataset))
+    check_model_fits(loaded.module, dataset, field="spec.model")
     return loaded
-
-
-def check_outputs_fit(outputs: int | None, dataset: GroupDataset, field: str) -> None:
-    """A model with fewer outputs than the dataset has classes cannot learn it."""
-    if outputs is not None and outputs < dataset.num_classes:
-        raise InvalidModelError(field, f"the model has {outputs} outputs but the dataset has {dataset.num_classes} "
-                                       "classes")
 
 
 def _split(ctx: JobContext, key: str, conventional: str, dataset: GroupDataset) -> str | None:

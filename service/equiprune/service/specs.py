@@ -29,7 +29,7 @@ JOB_KINDS: tuple[str, ...] = JobKind.__args__  # type: ignore[attr-defined]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class DataSpec(_Frozen):

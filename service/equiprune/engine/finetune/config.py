@@ -8,6 +8,8 @@ from dataclasses import dataclass, fields
 from ..errors import InvalidConfigError
 
 METHODS = ("naive", "equalized_loss", "ceag", "heldout_ceag")
+_UPPER_BOUNDS = {"lr": 10.0, "weight_decay": 1.0, "dual_lr": 1e3, "epochs": 10_000, "batch_size": 2**20,
+                 "replay_size": 10**6, "constraint_window": 10**6, "constraint_batch_per_group": 10**5}
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,12 @@ class FinetuneConfig:
             raise InvalidConfigError("finetune.lr_schedule", f"unknown schedule {self.lr_schedule!r}; choose constant or cosine")
         if not self.lr > 0:
             raise InvalidConfigError("finetune.lr", f"must be positive, got {self.lr}")
+        # Upper bounds: beyond these a run only diverges or never ends; a typo, not a setting.
+        for name, high in _UPPER_BOUNDS.items():
+            if getattr(self, name) > high:
+                raise InvalidConfigError(f"finetune.{name}", f"must be at most {high:g}, got {getattr(self, name):g}")
+        if self.momentum >= 1:
+            raise InvalidConfigError("finetune.momentum", f"must be below 1, got {self.momentum}")
         if not 0 <= self.tolerance < 1:
             raise InvalidConfigError("finetune.tolerance", f"must be in [0, 1) (a fraction of accuracy), got {self.tolerance}")
 

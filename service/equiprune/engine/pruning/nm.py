@@ -64,12 +64,22 @@ def nm_masks(model: nn.Module, params: Sequence[str], n: int = 2, m: int = 4) ->
     return NMResult(masks=masks, skipped=tuple(skipped), n=n, m=m)
 
 
+MAX_M = 64
+
+
+def validate_nm(n: int, m: int) -> None:
+    """0 < n < m <= MAX_M (beyond that N:M is no longer a hardware pattern)."""
+    _validate(n, m)
+
+
 def _validate(n: int, m: int) -> None:
     for field, value in (("pruning.n", n), ("pruning.m", m)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidConfigError(field, f"expected an integer, got {value!r}")
     if not 0 < n < m:
         raise InvalidConfigError("pruning.n", f"expected 0 < n < m, got n={n}, m={m}")
+    if m > MAX_M:
+        raise InvalidConfigError("pruning.m", f"expected m <= {MAX_M}, got {m}")
 
 
 def _nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
