@@ -38,11 +38,13 @@ COPY client ./client
 RUN pip install '.[server]' \
  && python -c "import torch, sys; sys.exit(torch.__version__ != '${TORCH_VERSION}+${TORCH_VARIANT}')"
 
-# uid 1000: deploy/kuberay/rayservice.yaml sets fsGroup 1000 so this user can write its volumes.
-RUN useradd --create-home --uid 1000 equiprune \
- && mkdir /data \
- && chown equiprune:equiprune /data
-USER equiprune
+# The service runs as root inside the container on purpose: it parses no client byte itself —
+# every model and dataset is handled by a sandboxed worker that it switches to a user id of its
+# own (and, with CAP_SYS_ADMIN, to its own network and mount namespaces; without it, a seccomp
+# filter that refuses sockets). A non-root service cannot do that and refuses to start unless
+# told `--sandbox-isolation limits-only` (docs/security.md, docs/operations.md).
+RUN mkdir -m 0700 /data
+USER root
 VOLUME /data
 
 # gRPC API, Serve's HTTP proxy, the monitor's Prometheus exporter (/metrics).

@@ -4,7 +4,6 @@ kind, which also proves that the worker imported everything before giving up its
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import socket
@@ -18,8 +17,7 @@ import torch
 
 from equiprune.engine.dataset import GroupDataset, save_dataset
 from equiprune.engine.models import ArchitectureSpec, build_model, save_exported, save_safetensors
-from equiprune.service.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from equiprune.service.runner import JobFiles  # noqa: F401 - the job path imports cleanly
+from equiprune.service.errors import InvalidArgument, ResourceExhausted
 from equiprune.service.sandbox import Limits, Sandbox, SandboxConfig
 from equiprune.service.specs import JobSpecModel
 from tests.hostile import payloads
@@ -198,6 +196,56 @@ def test_every_job_kind_runs_in_the_sandbox(sandbox, files, tmp_path, kind, fmt)
         assert (work / entry["path"]).is_file()
     if kind == "train":
         assert result["files"][0]["path"] == "model.safetensors"
+
+
+_AFTER_PRELOAD = r"""
+import importlib, json, os, pathlib, shutil, sys
+from equiprune.service.sandbox import worker
+from equiprune.service.sandbox.warmup import warm_up
+kit, files, jobs = (json.loads(a) for a in sys.argv[1:4])
+for name in worker._PRELOAD["common"] + worker._PRELOAD["job"]:
+    importlib.import_module(name)
+warm_up({k: open(v, "rb") for k, v in kit.items()})
+before = set(sys.modules)
+from equiprune.service.runner import JobFiles, compute_job
+from equiprune.service.sandbox import operations
+from equiprune.service.specs import JobSpecModel
+os.chdir(sys.argv[4])
+for fmt in ("safetensors", "pt2"):
+    for kind, extra in jobs.items():
+        if kind == "prune" and fmt == "pt2":
+            continue  # structured pruning needs the eager model
+        for entry in pathlib.Path(".").iterdir():
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        spec = JobSpecModel.model_validate({"kind": kind, "dataset": "art-0000000000000000",
+                                            "model": None if kind == "train" else "art-0000000000000001",
+                                            "data": {"group_by": ["g"], "min_group_size": 1}, **extra})
+        compute_job(spec, JobFiles(dataset=open(files["dataset"], "rb"), model=open(files[fmt], "rb"),
+                                   work_dir=pathlib.Path(".")), lambda event: None)
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+def test_the_preload_covers_every_operation(files, tmp_path) -> None:
+    # After the switch to its own user a worker may not read the Python installation (here the
+    # stdlib lives under /root): every module any operation needs must be imported before.
+    # Run every job kind, with every pruning kind and fine-tuning method, after the preload and
+    # warm-up, in a fresh interpreter: nothing new may be imported.
+    from equiprune.service.sandbox.warmup import warmup_kit
+
+    jobs = {**JOBS, "prune": {"pruning": {"sparsity": 0.5, "kind": "structured"}},
+            "finetune": {"finetune": {"epochs": 1, "method": "equalized_loss"}},
+            "prune_and_finetune": {"pruning": {"sparsity": 0.5, "schedule": "gradual", "gradual_steps": 2},
+                                   "finetune": {"epochs": 1, "method": "ceag"}},
+            "budget_search": {"pruning": {}, "budget": {"max_probes": 2},
+                              "finetune": {"epochs": 1, "method": "heldout_ceag"}}}
+    work = tmp_path / "work"
+    work.mkdir()
+    done = subprocess.run([sys.executable, "-c", _AFTER_PRELOAD, json.dumps(warmup_kit()), json.dumps(files),
+                           json.dumps(jobs), str(work)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 
 
 def test_a_job_that_does_not_fit_is_refused_with_its_field(sandbox, files, tmp_path) -> None:

@@ -222,3 +222,36 @@ def test_evaluation_records_second_model_and_undeploy(served):
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     kept = stub.GetModelMetrics(serving_pb2.GetModelMetricsRequest(model="digits-labelled"))
     assert kept.totals.evaluation_records == 40, "an undeployed model's history stays queryable"
+
+
+def test_a_deploy_with_a_shape_the_model_cannot_take_is_refused(served):
+    _, stub, _, job = served
+    pruned = stub.ListServedModels(serving_pb2.ListServedModelsRequest()).models[0].artifact_id
+    with pytest.raises(grpc.RpcError) as info:
+        stub.DeployModel(serving_pb2.DeployModelRequest(name="misshapen", artifact_id=pruned, group_by=["cohort"],
+                                                        reference_accuracy={"minority": 0.9}, input_shape=[3, 8, 8]))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("input_shape: the model cannot take one instance of shape [3, 8, 8]")
+    names = [m.name for m in stub.ListServedModels(serving_pb2.ListServedModelsRequest()).models]
+    assert "misshapen" not in names
+
+
+def test_non_finite_outputs_fail_their_request_alone_and_record_nothing(served):
+    _, stub, rows, _ = served
+    before = stub.GetModelMetrics(serving_pb2.GetModelMetricsRequest(model="digits")).totals.predictions
+    overflowing = [3.4e38 if i % 2 else -3.4e38 for i in range(64)]  # finite, but inf - inf inside the model
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(serving_pb2.PredictRequest(model="digits", instances=[
+            serving_pb2.Instance(values=rows[0]["values"], groups=rows[0]["groups"]),
+            serving_pb2.Instance(values=overflowing, groups=rows[0]["groups"])]))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("instances[1].values: "), info.value.details()
+    with pytest.raises(grpc.RpcError) as info:  # beyond float32: refused before the model runs
+        stub.Predict(serving_pb2.PredictRequest(model="digits", instances=[
+            serving_pb2.Instance(values=[1e300] * 64, groups=rows[0]["groups"])]))
+    assert info.value.details().startswith("instances[0].values: ")
+    after = stub.GetModelMetrics(serving_pb2.GetModelMetricsRequest(model="digits"))
+    assert after.totals.predictions == before
+    # Everyone else is served as before, and the state is still saved and exported.
+    assert len(stub.Predict(serving_pb2.PredictRequest(model="digits", instances=[
+        serving_pb2.Instance(values=rows[0]["values"], groups=rows[0]["groups"])])).predictions) == 1

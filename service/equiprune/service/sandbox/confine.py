@@ -33,12 +33,15 @@ import os
 import resource
 import signal
 import stat
-import sys
 from dataclasses import asdict, dataclass, field
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x08000000, 0x10000000, 0x40000000
 MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 16384, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS = 1, 4, 22, 38
+SECCOMP_MODE_FILTER = 2
+# Per architecture: its audit id, and the numbers of socket(2) and io_uring_setup(2) (through
+# io_uring a socket can be made without calling socket(2)).
+_SYSCALLS = {"x86_64": (0xC000003E, 41, 425), "aarch64": (0xC00000B7, 198, 425)}
 PRIVATE_TMP = "/tmp"
 SANDBOX_HOME = "/tmp/home"
 
@@ -67,14 +70,22 @@ class Isolation:
     """What `enter` and `drop` applied, for the parent to check and the operator to read."""
 
     limits: bool = False
-    network: bool = False
+    network: bool = False  # no network namespace or no socket filter: a payload could connect
+    socket_filter: bool = False
     private_tmp: bool = False
     uid: int | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
+    def no_network(self) -> bool:
+        return self.network or self.socket_filter
+
+    @property
     def full(self) -> bool:
-        return self.limits and self.network and self.private_tmp and self.uid is not None
+        # The private /tmp is reported, not required: without it (no CAP_SYS_ADMIN, e.g. a
+        # root container with Docker's default capabilities) the worker still has its own
+        # user, so it can neither read nor alter another's files there.
+        return self.limits and self.no_network and self.uid is not None
 
     def to_json(self) -> dict:
         return {**asdict(self), "full": self.full}
@@ -136,6 +147,11 @@ def drop(isolation: Isolation, uid_base: int) -> Isolation:
             raise RuntimeError("the sandbox could switch back to root")
     _call("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     _call("prctl", PR_SET_DUMPABLE, 0, 0, 0, 0)
+    try:
+        _deny_sockets()
+        isolation.socket_filter = True
+    except OSError as err:
+        isolation.problems.append(f"no socket filter ({err.strerror})")
     # Set after the switch: changing credentials clears the parent-death signal.
     _call("prctl", PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     if os.getppid() == 1:  # the parent died before the line above
@@ -159,6 +175,39 @@ def _hand_over_working_folder(uid: int) -> None:
             else:
                 os.lchown(path, uid, uid)
     os.lchown(".", uid, uid)
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def _deny_sockets() -> None:
+    """A seccomp filter: socket(2) and io_uring_setup(2) fail with EACCES, and a system call
+    made through another architecture's table (a way around the filter) kills the process.
+    In addition to the network namespace, and in its place where that cannot be made."""
+    machine = os.uname().machine
+    if machine not in _SYSCALLS:
+        raise OSError(0, f"no socket filter for {machine}")
+    arch, socket_nr, io_uring_nr = _SYSCALLS[machine]
+    load, jump_equal, ret = 0x20, 0x15, 0x06
+    allow, kill, denied = 0x7FFF0000, 0x80000000, 0x00050000 | 13  # SECCOMP_RET_ERRNO | EACCES
+    program = [
+        (load, 0, 0, 4),  # seccomp_data.arch
+        (jump_equal, 1, 0, arch),
+        (ret, 0, 0, kill),
+        (load, 0, 0, 0),  # seccomp_data.nr
+        (jump_equal, 2, 0, socket_nr),
+        (jump_equal, 1, 0, io_uring_nr),
+        (ret, 0, 0, allow),
+        (ret, 0, 0, denied),
+    ]
+    filters = (_SockFilter * len(program))(*[_SockFilter(*step) for step in program])
+    fprog = _SockFprog(len(program), filters)
+    _call("prctl", PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.cast(ctypes.pointer(fprog), ctypes.c_void_p), 0, 0)
 
 
 def _set_limits(limits: Limits) -> None:

@@ -20,7 +20,6 @@ client may see. The service treats every reply as hostile input.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 import traceback
@@ -37,7 +36,8 @@ _PRELOAD = {
                "torch", "safetensors.torch", "torch.export", "torch._export.serde.serialize",
                "torch.export.pt2_archive._package", "torch.fx.experimental.symbolic_shapes", "sympy",
                "equiprune.engine.models.io", "equiprune.engine.models.sparse", "equiprune.engine.dataset",
-               "equiprune.engine.models.architectures", "equiprune.service.validation"),
+               "equiprune.engine.models.architectures", "equiprune.service.validation",
+               "equiprune.service.sandbox.operations"),
     # What a job needs beyond loading (exporting a .pt2 output, pruning, fine-tuning), as
     # measured by running every job kind after the warm-up; tests/service/test_sandbox.py runs
     # them all in a sandbox, so a module missing here fails there.
