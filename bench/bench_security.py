@@ -38,23 +38,29 @@ MiB = 2**20
 CHUNK = 16 * MiB
 
 
-def session_processes(session: int) -> dict[int, tuple[str, int]]:
-    """pid → (command line, resident bytes) of every process in the session."""
-    found = {}
+def server_processes(session: int) -> dict[int, tuple[str, int]]:
+    """pid → (command line, resident bytes) of every process of the server: its session, and
+    their descendants in sessions of their own (sandboxed workers start a new session)."""
+    table = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
             stat = Path(f"/proc/{name}/stat").read_text()
             fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[3]) != session:  # field 6 of stat: the session id
-                continue
             rss_pages = int(Path(f"/proc/{name}/statm").read_text().split()[1])
             cmdline = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            found[int(name)] = (cmdline, rss_pages * os.sysconf("SC_PAGE_SIZE"))
+            # stat fields 4 and 6: parent pid, session id
+            table[int(name)] = (int(fields[1]), int(fields[3]), cmdline, rss_pages * os.sysconf("SC_PAGE_SIZE"))
         except (OSError, ValueError, IndexError):
             continue  # the process ended while being read
-    return found
+    ours = {pid for pid, (_, sid, _, _) in table.items() if sid == session}
+    while True:
+        children = {pid for pid, (ppid, _, _, _) in table.items() if ppid in ours} - ours
+        if not children:
+            break
+        ours |= children
+    return {pid: (table[pid][2], table[pid][3]) for pid in ours}
 
 
 class Sampler:
@@ -64,7 +70,7 @@ class Sampler:
         self.session, self.peaks, self._stop = session, {"total": 0, "ingress": 0, "sandbox": 0}, threading.Event()
 
     def sample(self) -> dict[str, int]:
-        processes = session_processes(self.session).values()
+        processes = server_processes(self.session).values()
         return {"total": sum(rss for _, rss in processes),
                 "ingress": max((rss for cmd, rss in processes if "Ingress" in cmd), default=0),
                 "sandbox": max((rss for cmd, rss in processes if "sandbox.worker" in cmd), default=0)}
@@ -117,7 +123,7 @@ def run_case(client: EquipruneClient, session: int, path: Path, kind: str) -> di
             client.upload_file(path, kind)
             outcome = "accepted"
         except EquipruneError as err:
-            outcome = f"{err.code.name}: {str(err)[:110]}"
+            outcome = f"{err.code.name}: {str(err).removeprefix(err.code.name + ': ')[:120]}"
         seconds = time.perf_counter() - started
     grown = {key: max(0, sampler.peaks[key] - sampler.before[key]) for key in ("total", "ingress")}
     return {"outcome": outcome, "seconds": seconds, "file_bytes": path.stat().st_size,
@@ -131,9 +137,9 @@ def main() -> None:
         work = Path(folder)
         cases = {}
         largest = write_deflated_dataset(work / "largest.npz", limit // per_sample, (3, 32, 32))
-        cases[f"largest accepted dataset (loaded {largest / 2**30:.2f} GiB)"] = (work / "largest.npz", "dataset")
+        cases[f"largest accepted dataset (loaded {largest:,} B)"] = (work / "largest.npz", "dataset")
         over = write_deflated_dataset(work / "over.npz", limit // per_sample + 64, (3, 32, 32))
-        cases[f"dataset just over the limit (loaded {over / 2**30:.2f} GiB)"] = (work / "over.npz", "dataset")
+        cases[f"dataset just over the limit (loaded {over:,} B)"] = (work / "over.npz", "dataset")
         write_deflated_dataset(work / "gib.npz", 2**30 // 3072, (3, 32, 32))
         cases["1 GiB of arrays in a small file (issue #8)"] = (work / "gib.npz", "dataset")
         write_header_only_model(work / "wide.safetensors", 4_000_000)
@@ -147,7 +153,7 @@ def main() -> None:
         finally:
             server.stop()
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    lines = [f"Default dataset limit on this machine: {limit / 2**30:.2f} GiB loaded; load average after the run: "
+    lines = [f"Default dataset limit on this machine: {limit:,} B ({limit / 2**30:.2f} GiB) loaded; load average after the run: "
              f"{load}. Growth = peak resident memory during the upload minus the value just before it.", "",
              "| case | outcome | file | time (s) | whole server: growth | Ingress: growth | sandbox worker: peak |",
              "| --- | --- | --- | --- | --- | --- | --- |"]

@@ -30,8 +30,8 @@ BATCH_WAIT_S = 0.005
 class SandboxedModel:
     """A served model's sandboxed worker, started again when it has stopped."""
 
-    def __init__(self, sandbox, path: str) -> None:
-        self._sandbox, self._path, self._lock = sandbox, path, threading.Lock()
+    def __init__(self, sandbox, path: str, timeout_s: float | None = None) -> None:
+        self._sandbox, self._path, self._lock, self._timeout_s = sandbox, path, threading.Lock(), timeout_s
         self._process: ServedModelProcess | None = None
         self._start()
 
@@ -42,7 +42,7 @@ class SandboxedModel:
     def probabilities(self, rows: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, list[int]]:
         with self._lock:
             process = self._process if self._process is not None and self._process.alive else self._start()
-        payload, classes, bad = process.forward(rows.tobytes(), shape, len(rows))
+        payload, classes, bad = process.forward(rows.tobytes(), shape, len(rows), self._timeout_s)
         return np.frombuffer(payload, dtype=np.float32).reshape(len(rows), classes), bad
 
     def __del__(self) -> None:
@@ -58,10 +58,12 @@ class ModelServer:
         s = ServerSettings.model_validate(settings)
         self.artifacts = artifact_store(s)
         self.sandbox = sandbox_from_settings(s)
+        self.timeout_s = s.sandbox_serving_timeout_s
 
     @serve.multiplexed(max_num_models_per_replica=16)
     async def get_model(self, artifact_id: str) -> SandboxedModel:
-        return await asyncio.to_thread(lambda: SandboxedModel(self.sandbox, self.artifacts.local_path(artifact_id)))
+        return await asyncio.to_thread(
+            lambda: SandboxedModel(self.sandbox, self.artifacts.local_path(artifact_id), self.timeout_s))
 
     async def predict(self, inputs: list[list[float]], shape: list[int]) -> list[list[float]]:
         """Class probabilities for each flattened input, with the model named by the request's

@@ -65,6 +65,8 @@ class ServerSettings(BaseModel):
     sandbox_serving_memory_bytes: int = Field(default_factory=lambda: _share_of_memory(8), ge=256 * MiB)
     sandbox_serving_cpu_seconds: int = Field(30 * DAY_S, ge=1, description="CPU time of one served model's process; "
                                              "it is restarted when it runs out")
+    sandbox_serving_timeout_s: float = Field(60.0, gt=0, description="wall-clock limit of one batch's forward pass; "
+                                             "a served model's process that takes longer is stopped and restarted")
     # Limits a model or dataset must fit, checked before anything is allocated; None: what
     # this machine can hold (engine ModelLimits.for_machine, default_max_dataset_bytes).
     max_model_parameters: int | None = Field(None, ge=1)

@@ -119,9 +119,11 @@ class ServedModelProcess:
     def __init__(self, worker: _Worker, folder: str) -> None:
         self._worker, self._folder, self._lock = worker, folder, threading.Lock()
 
-    def forward(self, rows: bytes, shape: tuple[int, ...], count: int) -> tuple[bytes, int, list[int]]:
-        """(float32 probabilities, classes, rows whose output was not finite) for `count` rows."""
-        with self._lock:
+    def forward(self, rows: bytes, shape: tuple[int, ...], count: int,
+                timeout_s: float | None = None) -> tuple[bytes, int, list[int]]:
+        """(float32 probabilities, classes, rows whose output was not finite) for `count` rows;
+        a worker that takes longer than `timeout_s` is stopped (the next request starts another)."""
+        with self._lock, _watchdog(self._worker, timeout_s):
             write_frame(self._worker.stdin, {"shape": list(shape)}, rows)
             header, payload = self._worker.frame()
         classes, bad = header.get("classes"), header.get("non_finite_rows")
