@@ -24,8 +24,10 @@ ARG TORCH_INDEX_URL=""
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 
 # wget: KubeRay's default readiness and liveness probes run `wget ... | grep success`.
+# tini: an init as PID 1, which reaps orphans and lets `equiprune serve` be an ordinary
+# process (its sandboxed workers check that their parent is still the service).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends wget \
+ && apt-get install -y --no-install-recommends wget tini \
  && rm -rf /var/lib/apt/lists/*
 
 RUN pip install --extra-index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/${TORCH_VARIANT}}" \
@@ -53,4 +55,4 @@ EXPOSE 9000 8000 9464
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s \
     CMD wget -q -O /dev/null http://127.0.0.1:9464/metrics || exit 1
 
-ENTRYPOINT ["equiprune", "serve", "--host", "0.0.0.0", "--data-dir", "/data"]
+ENTRYPOINT ["tini", "--", "equiprune", "serve", "--host", "0.0.0.0", "--data-dir", "/data"]

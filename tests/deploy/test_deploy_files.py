@@ -301,7 +301,9 @@ def test_dockerfile_pins_the_projects_torch_and_defaults_to_cpu():
 
 def test_dockerfile_runs_the_server_on_all_interfaces_with_data_in_a_volume():
     (entrypoint,) = _dockerfile_instructions("ENTRYPOINT")
-    assert json.loads(entrypoint) == ["equiprune", "serve", "--host", "0.0.0.0", "--data-dir", "/data"]
+    # Under an init (tini) as PID 1, as root: the sandbox switches each worker to a user of its own.
+    assert json.loads(entrypoint) == ["tini", "--", "equiprune", "serve", "--host", "0.0.0.0", "--data-dir", "/data"]
+    assert _dockerfile_instructions("USER") == ["root"]
     assert _dockerfile_instructions("VOLUME") == ["/data"]
 
 

@@ -114,3 +114,19 @@ def test_pickles_in_a_dataset_are_refused(marker, build, tmp_path) -> None:
     path.write_bytes(build(str(marker)))
     with pytest.raises(InvalidDatasetError):
         load_dataset(path)
+
+
+def test_an_enum_hook_hidden_by_json_escapes_is_refused(pt2, marker) -> None:
+    # "__enum__" written as \u005f\u005fenum\u005f\u005f inside the JSON-in-JSON of a pytree
+    # spec: a text search misses it; torch would import the module it names.
+    root, entries = payloads.pt2_entries(pt2)
+    program = json.loads(dict(entries)[payloads.PROGRAM])
+    spec = program["graph_module"]["signature"]["input_specs"]
+    hook = '{"__enum__": {"fqn": "this:Whatever", "name": "x"}}'.replace("__enum__", "\\u005f\\u005fenum\\u005f\\u005f")
+    program["graph_module"]["module_call_graph"][0]["signature"]["in_spec"] = (
+        '[1, {"type": "builtins.tuple", "context": "null", "children_spec": [' + hook + ']}]')
+    crafted = payloads.write_zip([(f"{root}/{n}", json.dumps(program).encode() if n == payloads.PROGRAM else c)
+                                  for n, c in entries])
+    assert b"__enum__" not in crafted and spec is not None
+    with pytest.raises(InvalidModelError, match="enum types"):
+        load_model(crafted)

@@ -18,9 +18,11 @@ import json
 import os
 import pickle
 import struct
+import uuid
 import zipfile
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -227,3 +229,21 @@ def _npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
+
+
+@contextmanager
+def marker_folder():
+    """A folder outside /tmp (a sandboxed worker's /tmp is private) that any user may write:
+    wherever a payload ran — a service process or a sandboxed worker of its own user — its
+    marker would land here. Yields the folder; fails on leaving if any marker appeared."""
+    folder = os.path.join(os.getcwd(), f".hostile-markers-{uuid.uuid4().hex[:8]}")
+    os.makedirs(folder)
+    os.chmod(folder, 0o777)
+    try:
+        yield folder
+    finally:
+        leftovers = os.listdir(folder)
+        for name in leftovers:
+            os.remove(os.path.join(folder, name))
+        os.rmdir(folder)
+    assert not leftovers, f"payloads ran: {leftovers}"

@@ -221,19 +221,16 @@ def test_model_and_dataset_must_be_of_the_right_kind(stubs, uploaded):
 def test_a_model_and_dataset_that_do_not_fit_are_refused_at_create(client, stubs, uploaded, tmp_path):
     _, jobs = stubs
     model_id, dataset_id = uploaded
-    # A model for 3-channel 8x8 images with 4 classes, against 1-channel digits with 10 classes.
-    wrong = ArchitectureSpec("small_cnn", {"num_classes": 4, "in_channels": 3, "input_size": 8, "channels": [4, 8]})
-    save_safetensors(build_model(wrong), wrong, tmp_path / "wrong.safetensors")
-    wrong_id = client.upload_file(tmp_path / "wrong.safetensors", "model").artifact_id
-    details = _expect(lambda: jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=_spec(wrong_id, dataset_id))),
-                      grpc.StatusCode.FAILED_PRECONDITION, "spec.dataset")
-    assert "samples have shape [1, 8, 8] but the model takes [3, 8, 8]" in details
-    narrow = ArchitectureSpec("small_cnn", {"num_classes": 4, "in_channels": 1, "input_size": 8, "channels": [4, 8]})
-    save_safetensors(build_model(narrow), narrow, tmp_path / "narrow.safetensors")
-    narrow_id = client.upload_file(tmp_path / "narrow.safetensors", "model").artifact_id
-    details = _expect(lambda: jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=_spec(narrow_id, dataset_id))),
-                      grpc.StatusCode.FAILED_PRECONDITION, "spec.dataset")
-    assert "10 classes but the model has 4 outputs" in details
+    # Models for 3-channel 8x8 images, and with 4 classes, against 1-channel digits with 10 classes.
+    for channels, fragment in ((3, "samples have shape [1, 8, 8] but the model takes [3, 8, 8]"),
+                               (1, "10 classes but the model has 4 outputs")):
+        wrong = ArchitectureSpec("small_cnn", {"num_classes": 4, "in_channels": channels, "input_size": 8,
+                                               "channels": [4, 8]})
+        save_safetensors(build_model(wrong), wrong, tmp_path / "wrong.safetensors")
+        wrong_id = client.upload_file(tmp_path / "wrong.safetensors", "model").artifact_id
+        details = _expect(lambda: jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=_spec(wrong_id, dataset_id))),
+                          grpc.StatusCode.FAILED_PRECONDITION, "spec.dataset")
+        assert fragment in details
     for kwargs, fragment in (({"num_classes": 4, "in_channels": 1, "input_size": 8}, "4 outputs but the dataset has 10"),
                              ({"num_classes": 10, "in_channels": 3, "input_size": 8}, "cannot take one sample")):
         train = specs.train_spec(dataset=dataset_id, architecture="small_cnn", architecture_kwargs=kwargs)

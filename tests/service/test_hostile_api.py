@@ -39,16 +39,9 @@ CLIENT_CODES = {"INVALID_ARGUMENT", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED"}
 
 @pytest.fixture(scope="module")
 def markers():
-    """A folder outside /tmp that any user may write: where every payload aims its marker."""
-    folder = os.path.join(os.getcwd(), f".hostile-markers-{uuid.uuid4().hex[:8]}")
-    os.makedirs(folder)
-    os.chmod(folder, 0o777)
-    yield folder
-    leftovers = os.listdir(folder)
-    for name in leftovers:
-        os.remove(os.path.join(folder, name))
-    os.rmdir(folder)
-    assert not leftovers, f"payloads ran: {leftovers}"
+    """Where every payload aims its marker (payloads.marker_folder)."""
+    with payloads.marker_folder() as folder:
+        yield folder
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,8 @@ def plan_chunks(
     if not stored:
         yield ()
         return
+    if 0 in stored:
+        return  # nothing to read (a shape like (2**50, 0) must not be walked element by element)
     # Split along the outermost stored axis whose trailing block still fits in a chunk.
     split = 0
     while split < len(stored) - 1 and math.prod(stored[split + 1 :]) > max_elements:

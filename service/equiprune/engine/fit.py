@@ -42,19 +42,25 @@ def check_architecture_fits(spec: ArchitectureSpec, dataset: GroupDataset, limit
 
 def model_outputs(model: nn.Module, dataset: GroupDataset, field: str = "model") -> int:
     """The width of the model's output for two samples of the dataset (an exported program's
-    only reliable description). A program frozen in training mode would update its
-    batch-norm statistics: it is probed on a copy."""
+    only reliable description)."""
+    return output_width(model, dataset.inputs[:2], field, f"this dataset's samples of shape {dataset.sample_shape}")
+
+
+def output_width(model: nn.Module, inputs: torch.Tensor, field: str, what: str) -> int:
+    """Run `model` on `inputs` (eval mode, no gradients) and return its number of outputs; a
+    model that fails on them, in any way, or does not return one row of scores per input is
+    refused naming `field` (`what` says what it was given). A program frozen in training mode
+    would update its batch-norm statistics: it runs on a copy."""
     if not try_set_mode(model, False):
         model = copy.deepcopy(model)
     with torch.no_grad():
         try:
-            output = model(dataset.inputs[:2])
-        except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
+            output = model(inputs)
+        except Exception as exc:  # noqa: BLE001 - whatever a client's model raises is the model's fault
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise InvalidModelError(field, f"the model cannot take this dataset's samples of shape "
-                                           f"{dataset.sample_shape}: {first}") from None
-    if not isinstance(output, torch.Tensor) or output.dim() != 2:
+            raise InvalidModelError(field, f"the model cannot take {what}: {first}") from None
+    if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[0] != inputs.shape[0]:
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise InvalidModelError(field, f"the model returns outputs of shape {shape}; a classifier returns one row "
-                                       "of class scores per sample")
+        raise InvalidModelError(field, f"the model returns outputs of shape {shape} for {what}; a classifier "
+                                       "returns one row of class scores per sample")
     return int(output.shape[1])

@@ -103,6 +103,7 @@ def run_compression_on_ray_train(
     checkpoint_path: str | None = None,
     on_progress: Progress | None = None,
     limits: ModelLimits | None = None,
+    max_dataset_bytes: int | None = None,
 ) -> tuple[dict, dict[str, str]]:
     """Run the compression pipeline with data-parallel fine-tuning on `workers` Ray Train workers.
     Returns (result.to_dict(), written) where written maps role ("model", "sparse_model",
@@ -114,7 +115,7 @@ def run_compression_on_ray_train(
         train_loop_config={
             "model_path": str(model_path), "dataset_path": str(dataset_path), "job": job,
             "checkpoint_path": str(checkpoint_path) if checkpoint_path is not None else None,
-            "threads": cpus_per_worker, "progress": progress, "limits": limits,
+            "threads": cpus_per_worker, "progress": progress, "limits": limits, "max_dataset_bytes": max_dataset_bytes,
         },
         scaling_config=_scaling(workers, cpus_per_worker, gpus_per_worker),
         run_config=RunConfig(storage_path=str(storage_path), name=f"equiprune-{uuid.uuid4().hex[:12]}",
@@ -232,7 +233,7 @@ def _train_worker(config: dict) -> None:
             # These workers are not sandboxed (they need the network between them): they read
             # data-only formats only, within the limits, never a .pt2 program.
             loaded = load_model(config["model_path"], limits=config["limits"], allow_exported=False)
-            dataset = load_dataset(config["dataset_path"])
+            dataset = load_dataset(config["dataset_path"], max_bytes=config["max_dataset_bytes"])
             result = run_compression(
                 loaded, dataset, job, checkpoint_path=config["checkpoint_path"], data_parallel=data_parallel,
                 on_progress=(lambda phase, payload: progress.put((phase, portable(payload))))

@@ -236,7 +236,7 @@ class Ingress:
                                       field="spec.data.group_by")
         engine_configs(spec, described_list(dataset.description, "splits"))
         check_job_fit(spec, model.description if model is not None else None, dataset.description,
-                      self.sandbox.config.model_limits)
+                      self.sandbox.config.engine_model_limits())
         return spec
 
     def _resolve(self, ref, field: str) -> str | None:
@@ -312,10 +312,11 @@ class Ingress:
         for key in ("artifact_id", "shadow_artifact_id"):
             if served.get(key):
                 try:
+                    # With the serving limits: a model that deploys must also fit where it will run.
                     widths[key] = self.sandbox.run("probe", {"input_shape": served["input_shape"]},
                                                    {"model": self.artifacts.local_path(served[key])},
-                                                   purpose="validation",
-                                                   timeout_s=self.settings.sandbox_validation_timeout_s)["outputs"]
+                                                   purpose="serving",
+                                                   timeout_s=self.settings.sandbox_validation_timeout_s).get("outputs")
                 except ServiceError as refusal:
                     # A shape the model cannot take names input_shape; a model that will not load, the model.
                     if refusal.field == "input_shape" or refusal.code == "INTERNAL":

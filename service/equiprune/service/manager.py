@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import stat
 import time
 
 import ray
@@ -25,6 +27,14 @@ from .tasks import execute_job
 log = logging.getLogger("equiprune.service.manager")
 
 UNFINISHED = ("queued", "running")
+
+
+def _is_plain_file(path) -> bool:
+    """A regular file, not followed through a link (a sandbox wrote that folder)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 @serve.deployment(name="JobManager", num_replicas=1, max_ongoing_requests=10_000,
@@ -58,7 +68,7 @@ class JobManager:
                 continue
             if record.state == "running":
                 checkpoint = self.settings.job_dir(record.job_id) / "work" / "checkpoint.pt"
-                how = ("resuming fine-tuning from its last checkpoint" if checkpoint.exists()
+                how = ("resuming fine-tuning from its last checkpoint" if _is_plain_file(checkpoint)
                        else "starting again (no checkpoint had been written yet)")
                 self.store.requeue(record.job_id, f"the service restarted during run {record.attempt}; {how}")
             self._launch(record.job_id)

@@ -167,7 +167,7 @@ def _compress(ctx: JobContext, dataset: GroupDataset) -> dict:
             ctx.files.model_path, ctx.files.dataset_path, job, str(out_dir), workers=resources.workers,
             cpus_per_worker=resources.cpus_per_worker, gpus_per_worker=resources.gpus_per_worker,
             storage_path=str(ctx.work_dir / "ray_train"), checkpoint_path=str(ctx.checkpoint_path), on_progress=say,
-            limits=ctx.files.limits)
+            limits=ctx.files.limits, max_dataset_bytes=ctx.files.max_dataset_bytes)
     else:
         loaded = _load_model(ctx, dataset)
         outcome = run_compression(loaded, dataset, job, checkpoint_path=ctx.checkpoint_path, on_progress=say)

@@ -25,6 +25,11 @@ from .store import artifact_store
 
 MAX_BATCH = 256
 BATCH_WAIT_S = 0.005
+# One frame to a served model's worker: at most this many float32 input values and rows, so a
+# request frame and its reply (rows × classes, classes ≤ serving_convert.MAX_SERVED_CLASSES)
+# stay far below the protocol's 64 MiB frame limit.
+FRAME_VALUES = 4 * 2**20
+FRAME_ROWS = 1024
 
 
 class SandboxedModel:
@@ -36,14 +41,25 @@ class SandboxedModel:
         self._start()
 
     def _start(self) -> ServedModelProcess:
-        self._process = self._sandbox.serve({"model": self._path})
+        if self._process is not None:
+            self._process.close()  # a stopped worker still has its folder
+        self._process = None
+        self._process = self._sandbox.serve({"model": self._path}, timeout_s=self._timeout_s)
         return self._process
 
     def probabilities(self, rows: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, list[int]]:
         with self._lock:
             process = self._process if self._process is not None and self._process.alive else self._start()
-        payload, classes, bad = process.forward(rows.tobytes(), shape, len(rows), self._timeout_s)
-        return np.frombuffer(payload, dtype=np.float32).reshape(len(rows), classes), bad
+        per_frame = max(1, min(FRAME_ROWS, FRAME_VALUES // max(1, int(np.prod(shape)))))
+        parts, bad = [], []
+        for start in range(0, len(rows), per_frame):
+            chunk = rows[start:start + per_frame]
+            payload, classes, flagged = process.forward(chunk.tobytes(), shape, len(chunk), self._timeout_s)
+            parts.append(np.frombuffer(payload, dtype=np.float32).reshape(len(chunk), classes))
+            bad.extend(start + row for row in flagged)
+        if len({p.shape[1] for p in parts}) != 1:
+            raise InvalidArgument("the model's output width changed between instances", field="instances")
+        return np.concatenate(parts), bad
 
     def __del__(self) -> None:
         # Serve calls this when the model leaves the replica's cache; so does the collector.

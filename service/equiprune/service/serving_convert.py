@@ -26,6 +26,7 @@ MAX_PREDICTION_ID = 128  # ids are "<model ≤ 63>.<24 hex>"
 MAX_INPUT_DIMS = 8
 MAX_INSTANCE_VALUES = 2**22  # 16 MiB of float32 per instance; a Predict message is at most 32 MiB
 FLOAT32_MAX = 3.4028234663852886e38
+MAX_SERVED_CLASSES = 10_000  # a reply is rows × classes float32s: bounded per frame (serving.py)
 DEFAULT_TOLERANCE = 0.01
 
 
@@ -100,6 +101,10 @@ def complete(served: dict) -> dict:
 def with_output_width(served: dict, widths: dict[str, int]) -> dict:
     """The served model with its output width (its classes) as measured in the sandbox; a
     shadow must have as many, and the reference dataset's classes must fit."""
+    for key, value in widths.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SERVED_CLASSES:
+            raise FailedPrecondition(f"the model has {value} outputs; a served model may have 1 to "
+                                     f"{MAX_SERVED_CLASSES}", field=key)
     width = widths["artifact_id"]
     if "shadow_artifact_id" in widths and widths["shadow_artifact_id"] != width:
         raise FailedPrecondition(f"the shadow model has {widths['shadow_artifact_id']} outputs, the model {width}",

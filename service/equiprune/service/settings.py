@@ -62,6 +62,7 @@ class ServerSettings(BaseModel):
     sandbox_validation_timeout_s: float = Field(900.0, gt=0, description="wall-clock limit of one validation")
     sandbox_job_memory_bytes: int = Field(default_factory=lambda: _share_of_memory(2), ge=256 * MiB)
     sandbox_job_cpu_seconds: int = Field(7 * DAY_S, ge=1, description="CPU time one job may use (all its threads)")
+    sandbox_job_timeout_s: float = Field(7 * DAY_S, gt=0, description="wall-clock limit of one run of a job")
     sandbox_serving_memory_bytes: int = Field(default_factory=lambda: _share_of_memory(8), ge=256 * MiB)
     sandbox_serving_cpu_seconds: int = Field(30 * DAY_S, ge=1, description="CPU time of one served model's process; "
                                              "it is restarted when it runs out")

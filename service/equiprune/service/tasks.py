@@ -30,9 +30,15 @@ import ray
 
 from . import convert
 from .errors import FailedPrecondition, ResourceExhausted, client_status
+from equiprune.engine.models.pt2_check import plain_relative_path
+
+from .validation import checked_description
 
 MAX_RESULT_BYTES = 16 * 2**20
 MAX_EVENT_BYTES = 256 * 2**10
+MAX_EVENTS = 20_000  # per run: every event is a row of the job store
+MAX_OUTPUT_FILES = 8
+CHECKPOINT = "checkpoint.pt"
 
 
 @ray.remote(num_returns="streaming", max_retries=0)
@@ -68,8 +74,7 @@ def run_job(job_id: str, spec_json: dict, settings_json: dict, threads: int, emi
     settings = ServerSettings.model_validate(settings_json)
     spec = JobSpecModel.model_validate(spec_json)
     artifacts = artifact_store(settings)
-    work_dir = settings.job_dir(job_id) / "work"
-    work_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = fresh_work_dir(settings.jobs_dir, job_id)
     say = Throttled(emit, settings.progress_interval_s)
     inputs = {"dataset": artifacts.local_path(spec.dataset)}
     if spec.model is not None:
@@ -77,14 +82,13 @@ def run_job(job_id: str, spec_json: dict, settings_json: dict, threads: int, emi
     if spec.resources.workers == 1:
         sandbox = sandbox_from_settings(settings)
         result = sandbox.run("job", {"spec": spec.to_json(), "device": _device(spec)}, inputs, purpose="job",
-                             work_dir=str(work_dir), on_event=say, threads=threads)
+                             work_dir=str(work_dir), on_event=say, threads=threads,
+                             timeout_s=settings.sandbox_job_timeout_s)
     else:
         torch.set_num_threads(max(1, threads))
-        from equiprune.engine.models.footprint import ModelLimits
-
         config = sandbox_from_settings(settings).config
         files = JobFiles(dataset=inputs["dataset"], model=inputs.get("model"), work_dir=work_dir,
-                         limits=ModelLimits(**config.model_limits) if config.model_limits else None,
+                         limits=config.engine_model_limits(),
                          max_dataset_bytes=config.max_dataset_bytes, dataset_path=inputs["dataset"],
                          model_path=inputs.get("model"))
         result = compute_job(spec, files, say)
@@ -99,6 +103,31 @@ def run_job(job_id: str, spec_json: dict, settings_json: dict, threads: int, emi
     return result
 
 
+def fresh_work_dir(jobs_dir: Path, job_id: str) -> Path:
+    """A new working folder for this run of the job, made by the service (mode 0700, inside a
+    job folder and a jobs folder only the service can enter), holding at most the checkpoint
+    of the previous run. The previous run's folder belonged to a sandbox: nothing else of it is
+    kept, and the checkpoint is taken only as a plain file opened without following links."""
+    jobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    jobs_dir.chmod(0o700)
+    job_dir = jobs_dir / job_id
+    job_dir.mkdir(mode=0o700, exist_ok=True)
+    job_dir.chmod(0o700)
+    previous, fresh = job_dir / "work", job_dir / f"work-{os.getpid()}-{time.monotonic_ns()}"
+    fresh.mkdir(mode=0o700)
+    if previous.is_dir() and not previous.is_symlink():
+        try:
+            with _open_inside(previous, CHECKPOINT) as source, open(fresh / CHECKPOINT, "wb") as target:
+                shutil.copyfileobj(source, target)
+        except FailedPrecondition:
+            pass  # no checkpoint (or none that is a plain file): the run starts from the beginning
+    shutil.rmtree(previous, ignore_errors=True)
+    if previous.is_symlink() or previous.exists():
+        previous.unlink()
+    fresh.rename(previous)
+    return previous
+
+
 def _device(spec) -> str:
     return "cuda" if spec.resources.gpus_per_worker > 0 else "cpu"
 
@@ -109,17 +138,18 @@ def checked_result(result) -> dict:
     text = json.dumps(result, allow_nan=False) if isinstance(result, dict) else ""
     if not text or len(text) > MAX_RESULT_BYTES or not isinstance(result.get("files"), list):
         raise FailedPrecondition("the job's sandbox returned a malformed result", field="spec")
-    for entry in result["files"]:
-        if not (isinstance(entry, dict) and set(entry) == {"role", "path", "kind", "name"}
-                and all(isinstance(v, str) and 0 < len(v) <= 256 for v in entry.values())
-                and entry["kind"] in ("model", "report") and _plain_relative(entry["path"])):
+    files = result["files"]
+    if len(files) > MAX_OUTPUT_FILES or len({entry.get("path") for entry in files if isinstance(entry, dict)}) != len(files):
+        raise FailedPrecondition("the job's sandbox returned too many or repeated files", field="spec")
+    for entry in files:
+        if not (isinstance(entry, dict) and {"role", "path", "kind", "name"} <= set(entry) <= _FILE_KEYS
+                and all(isinstance(entry[k], str) and 0 < len(entry[k]) <= 256 for k in ("role", "path", "kind", "name"))
+                and entry["kind"] in ("model", "report") and plain_relative_path(entry["path"])):
             raise FailedPrecondition("the job's sandbox returned a malformed list of files", field="spec")
     return result
 
 
-def _plain_relative(path: str) -> bool:
-    parts = path.split("/")
-    return not path.startswith("/") and "\x00" not in path and all(p not in ("", ".", "..") for p in parts)
+_FILE_KEYS = {"role", "path", "kind", "name", "description"}
 
 
 def store_outputs(files: list[dict], work_dir: Path, artifacts, job_id: str, max_bytes: int) -> list[dict]:
@@ -132,7 +162,10 @@ def store_outputs(files: list[dict], work_dir: Path, artifacts, job_id: str, max
             if size > max_bytes:
                 raise ResourceExhausted(f"the job wrote {size} bytes to {entry['name']}; the artifact limit is "
                                         f"{max_bytes} (setting max_upload_bytes)", field="spec")
-            record = artifacts.put_stream(stream, entry["kind"], entry["name"], source=f"job:{job_id}")
+            # At most the size measured now: nothing may still be appending (the worker is gone,
+            # and so is every process of its user), but the copy does not rely on it.
+            record = artifacts.put_stream(_Bounded(stream, size), entry["kind"], entry["name"], source=f"job:{job_id}",
+                                          description=checked_description(entry.get("description") or {}))
         outputs.append({"role": entry["role"], "artifact_id": record.artifact_id})
     return outputs
 
@@ -158,18 +191,33 @@ def _open_inside(folder: Path, relative: str):
     return os.fdopen(fd, "rb")
 
 
+class _Bounded:
+    """A stream cut off after `size` bytes."""
+
+    def __init__(self, stream, size: int) -> None:
+        self._stream, self._left = stream, size
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._left if size < 0 else min(size, self._left)
+        data = self._stream.read(size) if size else b""
+        self._left -= len(data)
+        return data
+
+
 class Throttled:
     """Pass every event through, except step events closer than `interval` s to the last one
     (the last step of each epoch always goes out, so epoch boundaries are never lost), and
     events larger than MAX_EVENT_BYTES (a sandbox must not fill the job store)."""
 
     def __init__(self, emit, interval: float) -> None:
-        self._emit, self._interval, self._last = emit, interval, 0.0
+        self._emit, self._interval, self._last, self._sent = emit, interval, 0.0, 0
 
     def __call__(self, progress) -> None:
         from equiprune.engine.jsonable import json_safe
 
         if not isinstance(progress, dict) or len(json.dumps(progress, default=str)) > MAX_EVENT_BYTES:
+            return
+        if self._sent >= MAX_EVENTS and progress.get("phase") != "done":
             return
         try:  # what Watch and GetJob will do with it
             convert.progress_to_proto(json_safe(progress))
@@ -185,4 +233,5 @@ class Throttled:
             if not epoch_end and now - self._last < self._interval:
                 return
         self._last = now
+        self._sent += 1
         self._emit(json_safe(progress))

@@ -25,9 +25,8 @@ def describe_model(source: BinaryIO, limits=None) -> dict[str, str]:
     """Load the model within `limits`, run it on one zero sample, describe it."""
     import torch
 
-    from equiprune.engine.errors import InvalidModelError
+    from equiprune.engine.fit import output_width
     from equiprune.engine.models.io import load_model
-    from equiprune.engine.modes import try_set_mode
 
     loaded = load_model(source, limits=limits)
     description = {"format": loaded.format, "parameters": str(sum(p.numel() for p in loaded.module.parameters()))}
@@ -37,16 +36,8 @@ def describe_model(source: BinaryIO, limits=None) -> dict[str, str]:
     if shape:
         description["example_input_shape"] = "x".join(str(d) for d in shape)
         description[INPUT_SHAPE] = "x".join(str(d) for d in shape[1:])
-        try_set_mode(loaded.module, False)
-        try:
-            with torch.no_grad():
-                output = loaded.module(torch.zeros((1, *shape[1:])))
-        except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
-            raise InvalidModelError("model", f"the model fails on one sample of the shape it declares {shape[1:]}: "
-                                             f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
-                                    ) from None
-        if isinstance(output, torch.Tensor) and output.dim() == 2:
-            description[OUTPUTS] = str(int(output.shape[1]))
+        description[OUTPUTS] = str(output_width(loaded.module, torch.zeros((1, *shape[1:])), "model",
+                                                f"one sample of the shape it declares {list(shape[1:])}"))
     return description
 
 
@@ -81,11 +72,11 @@ class SandboxValidator:
                 raise
             where = f"{refusal.field}: " if refusal.field else ""
             raise type(refusal)(f"not a valid {kind}: {where}{refusal.message}", field="data") from None
-        return _checked_description(described)
+        return checked_description(described)
 
 
-def _checked_description(described) -> dict[str, str]:
-    """A description from the sandbox is hostile input too: string keys and values, bounded."""
+def checked_description(described) -> dict[str, str]:
+    """A description from a sandboxed worker is hostile input too: string keys and values, bounded."""
     if not isinstance(described, dict) or len(described) > 32:
         raise InvalidArgument("the sandbox returned a malformed description", field="data")
     checked = {}
@@ -124,12 +115,12 @@ def check_job_fit(spec, model_description: dict[str, str] | None, dataset_descri
 
 def _check_train_fit(train, samples: tuple[int, ...], classes: int | None, model_limits) -> None:
     from equiprune.engine.errors import EngineError
-    from equiprune.engine.models.footprint import ModelLimits, measure
+    from equiprune.engine.models.footprint import measure
     from equiprune.engine.models.registry import ArchitectureSpec
 
     field = "spec.train.architecture_kwargs"
     try:
-        limits = ModelLimits(**model_limits) if model_limits else None
+        limits = model_limits
         footprint = measure(ArchitectureSpec(train.architecture, dict(train.architecture_kwargs)), samples,
                             limits=limits, field=field)
     except EngineError as err:

@@ -167,8 +167,10 @@ def exported_footprint(program: torch.export.ExportedProgram, input_shape: tuple
                        limits: ModelLimits | None = None, field: str = "model.exported_program") -> Footprint:
     """A loaded .pt2 program measured from what its graph records (every node's output shape),
     with a symbolic batch dimension taken as 1; refused over `limits`. Its weights were already
-    allocated from the file's bytes (bounded by the file size); what this guards is the
-    intermediate tensors a crafted graph could ask for when it runs."""
+    allocated from the file's bytes (bounded by the file size). The node shapes are what the
+    file declares — torch does not derive them again on load — so this refuses an honest
+    program that is too large, not a lying one: what bounds a .pt2 when it runs is the memory
+    limit of the sandbox it runs in."""
     limits = limits or ModelLimits.for_machine()
     state = [t for t in (*program.state_dict.values(), *program.constants.values()) if isinstance(t, torch.Tensor)]
     parameters = sum(t.numel() for t in state)

@@ -173,7 +173,7 @@ def _zip_listing(data: bytes) -> dict[str, bytes]:
                 _require(info.compress_type == zipfile.ZIP_STORED,
                          f"entry {info.filename!r} is compressed; torch writes .pt2 entries uncompressed")
                 _require(not info.flag_bits & 0x1, f"entry {info.filename!r} is encrypted")
-                _require(_plain_path(info.filename), f"entry name {info.filename!r} is not a plain relative path")
+                _require(plain_relative_path(info.filename), f"entry name {info.filename!r} is not a plain relative path")
             _require(sum(info.file_size for info in infos) <= len(data),
                      "the archive declares more content than the file holds")
             _check_tiling(archive.infolist(), data, archive.start_dir)
@@ -210,7 +210,8 @@ def _check_tiling(infos: list[zipfile.ZipInfo], data: bytes, central_directory: 
              "the archive holds bytes that belong to no entry (before its central directory); refusing an ambiguous file")
 
 
-def _plain_path(name: str) -> bool:
+def plain_relative_path(name: str) -> bool:
+    """A relative path of plain names: no root, no '.', '..' or empty parts, no NUL or backslash."""
     parts = name.split("/")
     return not (name.startswith("/") or "\\" in name or "\x00" in name or any(p in ("", ".", "..") for p in parts))
 
@@ -274,8 +275,6 @@ def _check_payload_config(entries: dict[str, bytes], config_name: str, folder: s
 
 
 def _check_program_json(raw: bytes) -> None:
-    text = raw.decode("utf-8", errors="replace")
-    _require("__enum__" not in text, "the program's input/output specs reference enum types, which are not accepted")
     program = _json_entry({"models/model.json": raw}, "models/model.json", "program")
     _require(isinstance(program, dict), "models/model.json must hold a JSON object")
     _check_schema_version(program.get("schema_version"))
@@ -288,6 +287,8 @@ def _check_program_json(raw: bytes) -> None:
             _check_target(value)
         elif key == "expr_str":
             _check_expression(value)
+    _require(not _names_an_enum(program), "the program's input/output specs reference enum types, which are not "
+                                          "accepted")
 
 
 def _check_schema_version(version: Any) -> None:
@@ -297,6 +298,31 @@ def _check_schema_version(version: Any) -> None:
              and 0 <= minor <= SCHEMA_VERSION[1],
              f"the program's schema version {str(version)[:40]} is not one this server reads "
              f"({SCHEMA_VERSION[0]}.0 to {SCHEMA_VERSION[0]}.{SCHEMA_VERSION[1]}); export it with torch 2.13 or older")
+
+
+def _names_an_enum(node: Any, depth: int = 0) -> bool:
+    """Whether any object in the decoded program — or in the JSON documents its strings hold
+    (pytree specs are JSON inside JSON) — has an "__enum__" key, the hook that makes torch
+    import a module the file names. Decoded, not searched as text: escapes would hide it."""
+    if depth > 4:
+        return True  # nesting deeper than any real spec: refuse rather than guess
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, dict):
+            if "__enum__" in current:
+                return True
+            stack.extend(current.values())
+        elif isinstance(current, list):
+            stack.extend(current)
+        elif isinstance(current, str) and current[:1] in ("[", "{"):
+            try:
+                inner = json.loads(current)
+            except (json.JSONDecodeError, RecursionError):
+                continue
+            if _names_an_enum(inner, depth + 1):
+                return True
+    return False
 
 
 def _walk_strings(node: Any, key: str | None = None):

@@ -151,10 +151,10 @@ def example_input_shape(spec: ArchitectureSpec) -> tuple[int, ...] | None:
     """
     merged = {**factory_defaults(spec.name), **dict(spec.kwargs)}
     if "in_channels" in merged and "input_size" in merged:
-        size = int(merged["input_size"])
-        return (1, int(merged["in_channels"]), size, size)
+        size = require_int("input_size", merged["input_size"])
+        return (1, require_int("in_channels", merged["in_channels"]), size, size)
     if "in_features" in merged:
-        return (1, int(merged["in_features"]))
+        return (1, require_int("in_features", merged["in_features"]))
     return None
 
 

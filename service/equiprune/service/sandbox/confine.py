@@ -32,11 +32,11 @@ import ctypes
 import os
 import resource
 import signal
-import stat
 from dataclasses import asdict, dataclass, field
 
-CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x08000000, 0x10000000, 0x40000000
-MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 16384, 1 << 18
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = (0x00020000, 0x08000000, 0x10000000,
+                                                                       0x20000000, 0x40000000)
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS = 1, 4, 22, 38
 SECCOMP_MODE_FILTER = 2
 # Per architecture: its audit id, and the numbers of socket(2) and io_uring_setup(2) (through
@@ -74,6 +74,7 @@ class Isolation:
     socket_filter: bool = False
     private_tmp: bool = False
     uid: int | None = None
+    host_pid: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -100,27 +101,33 @@ def _call(name: str, *args) -> None:
         raise OSError(error, f"{name}: {os.strerror(error)}")
 
 
-def enter(limits: Limits, work_dir: str, keep_fds: set[int]) -> Isolation:
-    """The privileged half: limits, namespaces, private /tmp, working folder, fd hygiene."""
-    isolation = Isolation()
+def enter(limits: Limits, work_dir: str, keep_fds: set[int], parent_pid: int, threads: int = 1) -> Isolation:
+    """The privileged half: limits, namespaces, private /tmp and /proc, working folder, fd
+    hygiene. With root it also starts a new PID namespace: the process forks, the parent stays
+    behind as a relay that only waits, and the child carries on as pid 1 of the namespace —
+    when it ends, the kernel ends every process it left behind."""
+    isolation = Isolation(host_pid=os.getpid())  # the pid the service knows: the user id follows from it
     os.chdir(work_dir)  # first: the private /tmp mounted below may hide where it lives
-    _set_limits(limits)
+    _set_limits(limits, threads)
     isolation.limits = True
     privileged = os.geteuid() == 0
     try:
         if privileged:
-            _call("unshare", CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWIPC)
+            _call("unshare", CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWPID)
         else:
             _call("unshare", CLONE_NEWUSER | CLONE_NEWNET)
         isolation.network = True
     except OSError as err:
         isolation.problems.append(f"no network namespace ({err.strerror})")
     if privileged and isolation.network:
+        _become_pid_one(parent_pid)
         try:
             _private_tmp(limits.tmp_bytes)
             isolation.private_tmp = True
         except OSError as err:
             isolation.problems.append(f"no private /tmp ({err.strerror})")
+    elif os.getppid() != parent_pid:
+        os._exit(1)  # the service is already gone
     if not privileged:
         isolation.problems.append("not started as root: cannot switch to a user of its own")
     _close_fds_except(keep_fds)
@@ -128,11 +135,33 @@ def enter(limits: Limits, work_dir: str, keep_fds: set[int]) -> Isolation:
     return isolation
 
 
+def _become_pid_one(parent_pid: int) -> None:
+    """Fork into the new PID namespace. The parent becomes a relay: it dies with the service,
+    waits for the child and exits with its status, and touches nothing of the client's."""
+    child = os.fork()
+    if child:
+        _call("prctl", PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+        for fd in range(_max_fd()):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        _, status = os.waitpid(child, 0)
+        os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+    # pid 1 of the new namespace, with a /proc of its own in which no other process is visible.
+    _call("mount", None, b"/", None, MS_REC | MS_PRIVATE, None)
+    _call("mount", b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+
+
 def drop(isolation: Isolation, uid_base: int) -> Isolation:
     """The unprivileged half: a user of its own, no way back, death with the parent."""
     if os.geteuid() == 0:
-        uid = uid_base + os.getpid()
-        _hand_over_working_folder(uid)
+        uid = uid_of(isolation.host_pid, uid_base)
+        # The working folder is a fresh one the service made for this run: only it is handed
+        # over, never anything an earlier run left (its path may be hidden now: it is the cwd).
+        os.lchown(".", uid, uid)
         if isolation.private_tmp:
             os.makedirs(SANDBOX_HOME, exist_ok=True)
             os.chown(SANDBOX_HOME, uid, uid)
@@ -152,29 +181,15 @@ def drop(isolation: Isolation, uid_base: int) -> Isolation:
         isolation.socket_filter = True
     except OSError as err:
         isolation.problems.append(f"no socket filter ({err.strerror})")
-    # Set after the switch: changing credentials clears the parent-death signal.
+    # Set after the switch: changing credentials clears the parent-death signal. Inside a PID
+    # namespace the parent is the relay, which dies with the service.
     _call("prctl", PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    if os.getppid() == 1:  # the parent died before the line above
-        os._exit(1)
     return isolation
 
 
-def _hand_over_working_folder(uid: int) -> None:
-    """Give the working folder (the cwd: its path may be hidden now) and what an earlier run of
-    the same job left in it (a checkpoint) to `uid`. That earlier run was a sandbox too: its
-    symbolic links and hard links are removed, never followed — chown through them would hand
-    the sandbox files it must not own."""
-    for folder, subfolders, names in os.walk(".", followlinks=False):
-        for name in subfolders + names:
-            path = os.path.join(folder, name)
-            info = os.lstat(path)
-            if stat.S_ISLNK(info.st_mode) or (not stat.S_ISDIR(info.st_mode) and info.st_nlink > 1):
-                os.unlink(path)
-                if name in subfolders:
-                    subfolders.remove(name)
-            else:
-                os.lchown(path, uid, uid)
-    os.lchown(".", uid, uid)
+def uid_of(host_pid: int, uid_base: int) -> int:
+    """The user id of the sandboxed worker the service started as process `host_pid`."""
+    return uid_base + host_pid
 
 
 class _SockFilter(ctypes.Structure):
@@ -187,19 +202,22 @@ class _SockFprog(ctypes.Structure):
 
 def _deny_sockets() -> None:
     """A seccomp filter: socket(2) and io_uring_setup(2) fail with EACCES, and a system call
-    made through another architecture's table (a way around the filter) kills the process.
+    made through another architecture's table or the x32 numbers (ways around the filter) kills
+    the process.
     In addition to the network namespace, and in its place where that cannot be made."""
     machine = os.uname().machine
     if machine not in _SYSCALLS:
         raise OSError(0, f"no socket filter for {machine}")
     arch, socket_nr, io_uring_nr = _SYSCALLS[machine]
-    load, jump_equal, ret = 0x20, 0x15, 0x06
+    load, jump_equal, jump_at_least, ret = 0x20, 0x15, 0x35, 0x06
     allow, kill, denied = 0x7FFF0000, 0x80000000, 0x00050000 | 13  # SECCOMP_RET_ERRNO | EACCES
     program = [
         (load, 0, 0, 4),  # seccomp_data.arch
         (jump_equal, 1, 0, arch),
         (ret, 0, 0, kill),
         (load, 0, 0, 0),  # seccomp_data.nr
+        (jump_at_least, 0, 1, 0x40000000),  # the x32 numbers (x86_64): another way around the filter
+        (ret, 0, 0, kill),
         (jump_equal, 2, 0, socket_nr),
         (jump_equal, 1, 0, io_uring_nr),
         (ret, 0, 0, allow),
@@ -210,7 +228,7 @@ def _deny_sockets() -> None:
     _call("prctl", PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.cast(ctypes.pointer(fprog), ctypes.c_void_p), 0, 0)
 
 
-def _set_limits(limits: Limits) -> None:
+def _set_limits(limits: Limits, threads: int) -> None:
     def cap(which: int, value: int, hard: int | None = None) -> None:
         resource.setrlimit(which, (value, value if hard is None else hard))
 
@@ -219,7 +237,8 @@ def _set_limits(limits: Limits) -> None:
     cap(resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 5)
     cap(resource.RLIMIT_FSIZE, limits.file_size_bytes)
     cap(resource.RLIMIT_NOFILE, limits.open_files)
-    cap(resource.RLIMIT_NPROC, limits.threads)
+    # Processes and threads of its user: what torch's thread pools need, and no fork bomb.
+    cap(resource.RLIMIT_NPROC, min(limits.threads, 32 + 2 * threads))
     cap(resource.RLIMIT_CORE, 0)
 
 

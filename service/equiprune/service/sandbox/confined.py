@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     settings, command = argv[:split], argv[split + 1:]
     limits, work_dir = Limits.from_json(json.loads(settings[0])), settings[1]
     uid_base = int(settings[2]) if len(settings) > 2 else 2**20
-    isolation = drop(enter(limits, work_dir, {0, 1, 2}), uid_base)
+    isolation = drop(enter(limits, work_dir, {0, 1, 2}, parent_pid=os.getppid()), uid_base)
     os.environ.update(TMPDIR=PRIVATE_TMP, HOME=SANDBOX_HOME if isolation.private_tmp else work_dir)
     print(json.dumps(isolation.to_json()), file=sys.stderr, flush=True)
     os.execvp(command[0], command)

@@ -24,7 +24,7 @@ def run(op: str, args: dict, files: dict[str, int], requests: BinaryIO, replies:
 def _limits(args: dict):
     from equiprune.engine.models.footprint import ModelLimits
 
-    return ModelLimits(**args["model_limits"]) if args.get("model_limits") else None
+    return ModelLimits(**args["model_limits"]) if args.get("model_limits") else None  # as SandboxConfig sent it
 
 
 def _describe(args: dict, files: dict, requests, replies) -> dict:
@@ -41,34 +41,29 @@ def _probe(args: dict, files: dict, requests, replies) -> dict:
     """The width of the model's output for one zero sample of `input_shape`."""
     import torch
 
-    from equiprune.engine.errors import InvalidModelError
+    from equiprune.engine.fit import output_width
     from equiprune.engine.models.io import load_model
-    from equiprune.engine.modes import try_set_mode
 
     module = load_model(files["model"], limits=_limits(args)).module
-    try_set_mode(module, False)
-    shape = tuple(int(d) for d in args["input_shape"])
-    try:
-        with torch.no_grad():
-            output = module(torch.zeros((1, *shape)))
-    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
-        raise InvalidModelError("input_shape", f"the model cannot take one instance of shape {list(shape)}: "
-                                               f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
-                                ) from None
-    if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[0] != 1:
-        raise InvalidModelError("input_shape", "for one instance of this shape the model does not return one row of "
-                                               "class scores")
-    return {"outputs": int(output.shape[1])}
+    shape = [int(d) for d in args["input_shape"]]
+    return {"outputs": output_width(module, torch.zeros((1, *shape)), "input_shape", f"one instance of shape {shape}")}
 
 
 def _job(args: dict, files: dict, requests, replies) -> dict:
     from equiprune.service.runner import JobFiles, compute_job
     from equiprune.service.specs import JobSpecModel
 
+    from equiprune.service.validation import describe_model
+
     spec = JobSpecModel.model_validate(args["spec"])
     job_files = JobFiles(dataset=files["dataset"], model=files.get("model"), work_dir=Path("."),
                          limits=_limits(args), max_dataset_bytes=args.get("max_dataset_bytes"))
-    return compute_job(spec, job_files, lambda progress: write_frame(replies, {"event": _portable(progress)}))
+    result = compute_job(spec, job_files, lambda progress: write_frame(replies, {"event": _portable(progress)}))
+    for entry in result["files"]:
+        if entry["kind"] == "model":  # described here, so CreateJob can check fit for job outputs too
+            with open(entry["path"], "rb") as output:
+                entry["description"] = describe_model(output, _limits(args))
+    return result
 
 
 def _portable(value):

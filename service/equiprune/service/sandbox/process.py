@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import FailedPrecondition, InvalidArgument, ResourceExhausted, ServiceError, Unavailable
-from .confine import Limits
+from .confine import Limits, uid_of
 from .protocol import ProtocolError, read_frame, write_frame
 from .warmup import warmup_kit
 
@@ -52,10 +52,17 @@ class SandboxConfig:
     model_limits: dict | None = None  # ModelLimits fields; None: the machine's defaults
     max_dataset_bytes: int | None = None
     work_root: str | None = None  # where one-off working folders go (default: the system temp)
+    concurrent_workers: int = 2  # one-off workers one process runs at a time (Sandbox.run)
     python: str = sys.executable
 
     def for_purpose(self, purpose: str) -> Limits:
         return self.limits[purpose]
+
+    def engine_model_limits(self):
+        """The engine's ModelLimits these settings ask for (None: the machine's defaults)."""
+        from equiprune.engine.models.footprint import ModelLimits
+
+        return ModelLimits(**self.model_limits) if self.model_limits else None
 
 
 def minimal_environment(threads: int = 1) -> dict[str, str]:
@@ -72,6 +79,9 @@ def minimal_environment(threads: int = 1) -> dict[str, str]:
 class Sandbox:
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
+        # Each worker may use up to its purpose's memory limit: a process running several at
+        # once (the ingress validating uploads) starts at most this many at a time.
+        self._slots = threading.BoundedSemaphore(config.concurrent_workers)
 
     def run(self, op: str, args: dict, files: dict[str, str], *, purpose: str, work_dir: str | None = None,
             on_event: Callable[[dict], None] | None = None, threads: int = 1, timeout_s: float | None = None) -> dict:
@@ -80,7 +90,12 @@ class Sandbox:
         when None); `on_event` receives its progress events and may raise to stop it."""
         own_folder = work_dir is None
         folder = work_dir or tempfile.mkdtemp(prefix="sandbox-", dir=self._work_root())
-        worker = _Worker(self.config, op, {**args, "threads": threads}, files, purpose, folder, threads)
+        self._slots.acquire()
+        try:
+            worker = _Worker(self.config, op, {**args, "threads": threads}, files, purpose, folder, threads)
+        except BaseException:
+            self._slots.release()
+            raise
         try:
             with _watchdog(worker, timeout_s):
                 while True:
@@ -91,6 +106,7 @@ class Sandbox:
                         return reply["result"]
         finally:
             worker.stop()
+            self._slots.release()
             if own_folder:
                 shutil.rmtree(folder, ignore_errors=True)
 
@@ -99,11 +115,12 @@ class Sandbox:
             os.makedirs(self.config.work_root, mode=0o700, exist_ok=True)
         return self.config.work_root
 
-    def serve(self, files: dict[str, str], *, threads: int = 1) -> ServedModelProcess:
+    def serve(self, files: dict[str, str], *, threads: int = 1, timeout_s: float | None = None) -> ServedModelProcess:
         folder = tempfile.mkdtemp(prefix="serve-", dir=self._work_root())
         worker = _Worker(self.config, "serve", {"threads": threads}, files, "serving", folder, threads)
         try:
-            reply = worker.reply()
+            with _watchdog(worker, timeout_s):
+                reply = worker.reply()
             if not reply.get("ready"):
                 raise worker.failure("the model server did not say it was ready")
         except BaseException:
@@ -123,9 +140,17 @@ class ServedModelProcess:
                 timeout_s: float | None = None) -> tuple[bytes, int, list[int]]:
         """(float32 probabilities, classes, rows whose output was not finite) for `count` rows;
         a worker that takes longer than `timeout_s` is stopped (the next request starts another)."""
-        with self._lock, _watchdog(self._worker, timeout_s):
-            write_frame(self._worker.stdin, {"shape": list(shape)}, rows)
-            header, payload = self._worker.frame()
+        with self._lock:
+            try:
+                with _watchdog(self._worker, timeout_s):
+                    write_frame(self._worker.stdin, {"shape": list(shape)}, rows)
+                    header, payload = self._worker.frame()
+            except ServiceError:
+                self._worker.stop()  # a worker mid-frame cannot serve the next request
+                raise
+            except OSError:
+                self._worker.stop()
+                raise Unavailable("the model's sandboxed worker stopped; the next request starts another") from None
         classes, bad = header.get("classes"), header.get("non_finite_rows")
         if not (isinstance(classes, int) and 1 <= classes <= 100_000 and isinstance(bad, list)
                 and all(isinstance(i, int) and 0 <= i < count for i in bad) and len(payload) == 4 * count * classes):
@@ -152,12 +177,16 @@ class _Worker:
         request = {"op": op, "args": {**args, "model_limits": config.model_limits,
                                       "max_dataset_bytes": config.max_dataset_bytes},
                    "files": {name: fd for name, fd in handles.items()}, "work_dir": folder,
-                   "limits": config.for_purpose(purpose).to_json(), "uid_base": config.uid_base}
+                   "limits": config.for_purpose(purpose).to_json(), "uid_base": config.uid_base,
+                   "parent_pid": os.getpid()}
         try:
+            # -I: no current folder (nor PYTHON* variables, nor user site) on sys.path, and
+            # started from "/": a folder a sandbox once owned must never supply a module to a
+            # process that is still root (the worker enters its folder itself).
             self.process = subprocess.Popen(
-                [config.python, "-m", "equiprune.service.sandbox.worker"], stdin=subprocess.PIPE,
+                [config.python, "-I", "-B", "-u", "-m", "equiprune.service.sandbox.worker"], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=tuple(handles.values()),
-                env=minimal_environment(threads), cwd=folder, start_new_session=True)
+                env=minimal_environment(threads), cwd="/", start_new_session=True)
         finally:
             for fd in handles.values():
                 os.close(fd)
@@ -174,13 +203,9 @@ class _Worker:
     def _check_isolation(self, header: dict) -> None:
         if "error" in header:
             raise self._error(header["error"])
-        isolation = header.get("isolation")
-        if not isinstance(isolation, dict):
-            raise self.failure("the sandbox did not report its isolation")
-        if self.config.require_full_isolation and isolation.get("full") is not True:
-            raise self.failure(f"the sandbox could not isolate itself ({'; '.join(map(str, isolation.get('problems', [])))}); "
-                               "run the service as root (it switches each sandbox to a user of its own), or set "
-                               "sandbox_isolation to limits-only")
+        problem = isolation_problem(header.get("isolation"), self.config.require_full_isolation)
+        if problem is not None:
+            raise self.failure(problem)
 
     def frame(self) -> tuple[dict, bytes]:
         try:
@@ -235,11 +260,36 @@ class _Worker:
             except ProcessLookupError:
                 pass
         self.process.wait()
+        # Whatever the worker left behind (a child that started a session of its own) runs as
+        # its user: end every process of that user. In a PID namespace the kernel already has.
+        _kill_user(uid_of(self.process.pid, self.config.uid_base), self.config.python)
         for stream in (self.stdin, self.stdout):
             try:
                 stream.close()
             except OSError:
                 pass
+
+
+def _kill_user(uid: int, python: str) -> None:
+    """SIGKILL every process of `uid`: a short-lived helper becomes that user and kills all it
+    may signal (kill(-1) as an unprivileged user reaches exactly its own processes)."""
+    if os.geteuid() != 0:
+        return
+    subprocess.run([python, "-I", "-S", "-c", "import os, signal\n"
+                    f"os.setgroups([]); os.setresgid({uid}, {uid}, {uid}); os.setresuid({uid}, {uid}, {uid})\n"
+                    "try:\n    os.kill(-1, signal.SIGKILL)\nexcept ProcessLookupError:\n    pass"],
+                   env={}, cwd="/", timeout=30, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def isolation_problem(isolation, required: bool) -> str | None:
+    """Why a worker's reported isolation is not acceptable, or None."""
+    if not isinstance(isolation, dict):
+        return "the sandbox did not report its isolation"
+    if required and isolation.get("full") is not True:
+        problems = "; ".join(map(str, isolation.get("problems", []))) or "incomplete"
+        return (f"the sandbox could not isolate itself ({problems}); run the service as root (it switches each "
+                "sandbox to a user of its own), or set sandbox_isolation to limits-only")
+    return None
 
 
 class _watchdog:

@@ -10,8 +10,10 @@ still can be. The files are made once per process, in a folder only the service 
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
 import tempfile
 
 KIT_FILES = ("warm_pt2", "warm_safetensors", "warm_sparse", "warm_dataset")
@@ -26,6 +28,7 @@ def warmup_kit() -> dict[str, str]:
     from equiprune.engine.models.sparse import save_sparse
 
     folder = tempfile.mkdtemp(prefix="equiprune-warmup-")  # mode 0700
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     spec = ArchitectureSpec("small_cnn", {"num_classes": 2, "in_channels": 1, "input_size": 8, "channels": [2, 2]})
     torch.manual_seed(0)
     model = build_model(spec).eval()

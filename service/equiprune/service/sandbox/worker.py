@@ -19,6 +19,7 @@ client may see. The service treats every reply as hostile input.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -51,7 +52,6 @@ _PRELOAD = {
             "torch._inductor.loop_body", "torch._inductor.runtime.benchmarking", "torch._subclasses.schema_check_mode",
             "torch.profiler._cupti_monitor", "torch.utils.serialization.config"),
 }
-_CLIENT_CODES = ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED", "NOT_FOUND")
 
 
 def main() -> int:
@@ -65,7 +65,9 @@ def main() -> int:
     try:
         files = {name: int(fd) for name, fd in request.get("files", {}).items()}
         limits = confine.Limits.from_json(request["limits"])
-        isolation = confine.enter(limits, request["work_dir"], {0, 2, replies.fileno(), *files.values()})
+        threads = max(1, int(request.get("args", {}).get("threads", 1)))
+        isolation = confine.enter(limits, request["work_dir"], {0, 2, replies.fileno(), *files.values()},
+                                  parent_pid=int(request["parent_pid"]), threads=threads)
         _preload(request["op"], request.get("args", {}))
         warm_up({name: os.fdopen(files.pop(name), "rb") for name in KIT_FILES if name in files})
         isolation = confine.drop(isolation, int(request["uid_base"]))
@@ -92,10 +94,19 @@ def _preload(op: str, args: dict) -> None:
     for name in _PRELOAD["common"] + (_PRELOAD["job"] if op == "job" else ()):
         importlib.import_module(name)
     import torch
+    import torch.utils._pytree as pytree
 
+    # A pytree spec may name an enum, which makes torch import the module it names: never.
+    pytree.enum_object_hook = _refuse_enum
     torch.set_num_threads(max(1, int(args.get("threads", 1))))
     if args.get("device") == "cuda":
         torch.cuda.init()
+
+
+def _refuse_enum(obj: dict):
+    if "__enum__" in obj:
+        raise ValueError("a pytree spec names an enum type, which is not accepted")
+    return obj
 
 
 def _status(exc: BaseException) -> dict:
@@ -106,6 +117,9 @@ def _status(exc: BaseException) -> dict:
     if isinstance(exc, MemoryError) or "can't allocate memory" in str(exc) or "not enough memory" in str(exc):
         return {"code": "RESOURCE_EXHAUSTED", "field": "",
                 "message": "the work needs more memory than the sandbox allows (setting sandbox_*_memory_bytes)"}
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        return {"code": "RESOURCE_EXHAUSTED", "field": "",
+                "message": "the work wrote a file larger than the sandbox allows (4 × max_upload_bytes for jobs)"}
     if isinstance(exc, ImportError):
         traceback.print_exc()
         return {"code": "INTERNAL", "field": "", "message": f"the sandbox cannot import {exc.name!r} after dropping "
