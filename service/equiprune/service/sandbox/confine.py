@@ -32,6 +32,7 @@ import ctypes
 import os
 import resource
 import signal
+import sys
 from dataclasses import asdict, dataclass, field
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = (0x00020000, 0x08000000, 0x10000000,
@@ -243,12 +244,21 @@ def _set_limits(limits: Limits, threads: int) -> None:
 
 
 def _private_tmp(size_bytes: int) -> None:
-    """Private, size-limited /tmp and /dev/shm: the sandbox cannot see or fill the host's."""
+    """Private, size-limited /tmp and /dev/shm: the sandbox cannot see or fill the host's.
+    Not over a folder the Python installation lives in (a checkout under /tmp): the worker
+    still has to import from it."""
     _call("mount", None, b"/", None, MS_REC | MS_PRIVATE, None)
     options = f"size={max(size_bytes, 2**20)},mode=1777".encode()
     for target in (PRIVATE_TMP, "/dev/shm"):
+        if _holds_python(target):
+            raise OSError(0, f"the Python installation lives under {target}")
         if os.path.isdir(target):
             _call("mount", b"tmpfs", target.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options)
+
+
+def _holds_python(folder: str) -> bool:
+    places = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.abspath(__file__)), *sys.path}
+    return any(os.path.realpath(p).startswith(folder.rstrip("/") + "/") for p in places if p)
 
 
 def _close_fds_except(keep: set[int]) -> None:
