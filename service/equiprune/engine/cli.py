@@ -94,7 +94,8 @@ def _train(args) -> int:
     from .dataset import load_dataset
     from .finetune.config import FinetuneConfig
     from .finetune.loop import finetune
-    from .fit import check_architecture_fits, check_model_fits
+    from .dataset import validate_for_model
+    from .fit import check_architecture_fits
     from .models.io import save_safetensors
     from .models.registry import ArchitectureSpec, build_model
 
@@ -104,10 +105,9 @@ def _train(args) -> int:
     spec = ArchitectureSpec(args.arch, _json_object(args.arch_kwargs, "arch_kwargs"))
     # Before any work: the architecture within the limits, taking these samples, with an
     # output for every class (measured on the meta device, nothing allocated).
-    check_architecture_fits(spec, dataset, field="arch_kwargs")
+    validate_for_model(dataset, check_architecture_fits(spec, dataset, field="arch_kwargs").outputs)
     torch.manual_seed(args.seed)
     model = build_model(spec)
-    check_model_fits(model, dataset, field="arch_kwargs")
     # Training needs no grouping; any attribute will do, and small groups do not matter here.
     data = dataset.select((dataset.attribute_names[0],), split=args.split if dataset.split_names else None,
                           min_group_size=0)

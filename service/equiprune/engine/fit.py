@@ -32,9 +32,13 @@ def check_model_fits(model: nn.Module, dataset: GroupDataset, field: str = "mode
 def check_architecture_fits(spec: ArchitectureSpec, dataset: GroupDataset, limits: ModelLimits | None = None,
                             field: str = "model.kwargs") -> Footprint:
     """Refuse an architecture that exceeds the limits, cannot take the dataset's samples or
-    has fewer outputs than the dataset has classes — all measured without allocating."""
+    has fewer outputs than the dataset has classes — all measured without allocating. The
+    footprint's `outputs` is then always known."""
     footprint = measure(spec, dataset.sample_shape, limits=limits, field=field)
-    if footprint.outputs is not None and footprint.outputs < dataset.num_classes:
+    if footprint.outputs is None:
+        raise InvalidModelError(field, f"architecture {spec.name!r} does not return one row of class scores per "
+                                       "sample")
+    if footprint.outputs < dataset.num_classes:
         raise InvalidModelError(field, f"the architecture has {footprint.outputs} outputs but the dataset has "
                                        f"{dataset.num_classes} classes")
     return footprint

@@ -4,8 +4,8 @@ Plain Python around the engine — no Ray here, and no artifact store: a single-
 this inside the sandbox (`sandbox.worker`), which can reach nothing but the files it was
 handed and its own working folder; the job's task then stores the files this returns
 (`tasks.store_outputs`). Data-parallel jobs call it in the task itself (their workers need
-the network), with local paths, and accept only data-only model formats (`check_data_parallel
-_model`). Progress goes out through `emit(progress)` as dictionaries shaped like the proto
+the network), with local paths, and load only data-only model formats
+(`load_model(allow_exported=False)` in distributed.py). Progress goes out through `emit(progress)` as dictionaries shaped like the proto
 `Progress`; `emit` may raise to cancel the run.
 """
 
@@ -21,7 +21,7 @@ from typing import BinaryIO, Union
 import torch
 
 from equiprune.engine.budget import search_budget
-from equiprune.engine.dataset import GroupDataset, load_dataset
+from equiprune.engine.dataset import GroupDataset, load_dataset, validate_for_model
 from equiprune.engine.evaluation import evaluate
 from equiprune.engine.finetune.config import FinetuneConfig
 from equiprune.engine.finetune.loop import finetune
@@ -45,18 +45,16 @@ _STAGES = {"dense": "dense", "pruned": "pruned", "pruned_without_recalibration":
 
 @dataclasses.dataclass
 class JobFiles:
-    """What one job reads and where it writes. `dataset` and `model` are local paths or open
-    binary files; `work_dir` holds the checkpoint and the outputs (inside the sandbox it is the
-    working folder, so relative paths are used there)."""
+    """What one job reads and where it writes. `dataset` and `model` are open binary files (in
+    the sandbox) or local paths (data-parallel jobs, whose Ray Train workers open them again);
+    `work_dir` holds the checkpoint and the outputs (inside the sandbox it is the working
+    folder, so relative paths are used there)."""
 
     dataset: Source
     model: Source | None
     work_dir: Path
     limits: ModelLimits | None = None
-    max_dataset_bytes: int | None = None
-    # Data-parallel jobs only: Ray Train workers open the inputs by path and keep a run folder.
-    dataset_path: str | None = None
-    model_path: str | None = None
+    max_dataset_bytes: int | None = None  # None: the machine's default
 
 
 @dataclasses.dataclass
@@ -81,14 +79,10 @@ def compute_job(spec: JobSpecModel, files: JobFiles, emit: Emit) -> dict:
     `files` lists what to store: role, path (relative to the work folder), kind, name."""
     ctx = JobContext(spec, files, emit)
     ctx.emit({"phase": "load", "message": "reading the model and dataset"})
-    dataset = load_dataset(_rewound(files.dataset), **_dataset_limit(files))
+    dataset = load_dataset(_rewound(files.dataset), max_bytes=files.max_dataset_bytes)
     result = _RUNNERS[spec.kind](ctx, dataset)
     ctx.emit({"phase": "done"})
     return result
-
-
-def _dataset_limit(files: JobFiles) -> dict:
-    return {} if files.max_dataset_bytes is None else {"max_bytes": files.max_dataset_bytes}
 
 
 def _rewound(source: Source) -> Source:
@@ -106,10 +100,10 @@ def _train(ctx: JobContext, dataset: GroupDataset) -> dict:
     spec = ArchitectureSpec(t.architecture, dict(t.architecture_kwargs))
     # Refused before anything is allocated: the architecture within the limits, taking this
     # dataset's samples, with an output per class.
-    check_architecture_fits(spec, dataset, ctx.files.limits, field="spec.train.architecture_kwargs")
+    footprint = check_architecture_fits(spec, dataset, ctx.files.limits, field="spec.train.architecture_kwargs")
+    validate_for_model(dataset, footprint.outputs)
     torch.manual_seed(t.seed)
     model = build_model(spec)
-    check_model_fits(model, dataset, field="spec.train.architecture_kwargs")
     split = _split(ctx, "train_split", "train", dataset)
     # Training needs no grouping: any attribute will do, and small groups do not matter here.
     data = dataset.select(ctx.spec.data.group_by[:1] or dataset.attribute_names[:1], split=split, min_group_size=0)
@@ -164,7 +158,7 @@ def _compress(ctx: JobContext, dataset: GroupDataset) -> dict:
         from .distributed import run_compression_on_ray_train  # Ray Train only when asked for
 
         result, written = run_compression_on_ray_train(
-            ctx.files.model_path, ctx.files.dataset_path, job, str(out_dir), workers=resources.workers,
+            str(ctx.files.model), str(ctx.files.dataset), job, str(out_dir), workers=resources.workers,
             cpus_per_worker=resources.cpus_per_worker, gpus_per_worker=resources.gpus_per_worker,
             storage_path=str(ctx.work_dir / "ray_train"), checkpoint_path=str(ctx.checkpoint_path), on_progress=say,
             limits=ctx.files.limits, max_dataset_bytes=ctx.files.max_dataset_bytes)
@@ -289,7 +283,12 @@ def _split(ctx: JobContext, key: str, conventional: str, dataset: GroupDataset) 
 
 
 def _device(ctx: JobContext) -> str:
-    return "cuda" if ctx.spec.resources.gpus_per_worker > 0 else "cpu"
+    return device_of(ctx.spec)
+
+
+def device_of(spec: JobSpecModel) -> str:
+    """Where a job's work runs: the GPU it reserved, else the CPU."""
+    return "cuda" if spec.resources.gpus_per_worker > 0 else "cpu"
 
 
 def _params(model: torch.nn.Module) -> int:

@@ -65,7 +65,7 @@ def run_job(job_id: str, spec_json: dict, settings_json: dict, threads: int, emi
     """Compute the job (sandboxed unless data-parallel), store its files, return its result."""
     import torch
 
-    from .runner import JobFiles, compute_job
+    from .runner import JobFiles, compute_job, device_of
     from .sandbox import sandbox_from_settings
     from .settings import ServerSettings
     from .specs import JobSpecModel
@@ -81,7 +81,7 @@ def run_job(job_id: str, spec_json: dict, settings_json: dict, threads: int, emi
         inputs["model"] = artifacts.local_path(spec.model)
     if spec.resources.workers == 1:
         sandbox = sandbox_from_settings(settings)
-        result = sandbox.run("job", {"spec": spec.to_json(), "device": _device(spec)}, inputs, purpose="job",
+        result = sandbox.run("job", {"spec": spec.to_json(), "device": device_of(spec)}, inputs, purpose="job",
                              work_dir=str(work_dir), on_event=say, threads=threads,
                              timeout_s=settings.sandbox_job_timeout_s)
     else:
@@ -89,8 +89,7 @@ def run_job(job_id: str, spec_json: dict, settings_json: dict, threads: int, emi
         config = sandbox_from_settings(settings).config
         files = JobFiles(dataset=inputs["dataset"], model=inputs.get("model"), work_dir=work_dir,
                          limits=config.engine_model_limits(),
-                         max_dataset_bytes=config.max_dataset_bytes, dataset_path=inputs["dataset"],
-                         model_path=inputs.get("model"))
+                         max_dataset_bytes=config.max_dataset_bytes)
         result = compute_job(spec, files, say)
     result = checked_result(result)
     result["outputs"] = store_outputs(result.pop("files"), work_dir, artifacts, job_id, settings.max_upload_bytes)
@@ -126,10 +125,6 @@ def fresh_work_dir(jobs_dir: Path, job_id: str) -> Path:
         previous.unlink()
     fresh.rename(previous)
     return previous
-
-
-def _device(spec) -> str:
-    return "cuda" if spec.resources.gpus_per_worker > 0 else "cpu"
 
 
 def checked_result(result) -> dict:

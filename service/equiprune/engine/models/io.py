@@ -360,6 +360,9 @@ def load_exported(source: ModelSource, spec: ArchitectureSpec | None = None, *,
     audited = audit_pt2_archive(read_source(source, EXPORTED_FIELD))
     extra_files = {EXPORT_METADATA_FILE: ""}
     try:
+        # Code-running loader (pickle, sympy, exec of guards): it only ever sees the archive the
+        # audit rebuilt, and in the service only inside a sandboxed worker (validation, jobs,
+        # deploy probe, serving); data-parallel workers refuse .pt2 (load_model(allow_exported=False)).
         program = torch.export.load(io.BytesIO(audited.archive), extra_files=extra_files)
         module = program.module()
     except Exception as exc:  # deserialisation failures come in many exception types

@@ -1,5 +1,8 @@
 """Auditing a .pt2 archive, and rebuilding it, before ``torch.export.load`` may read it.
 
+(Nothing in this module calls a deserialiser: the loaders named below are what it protects,
+called only by `io.load_exported` on the rebuilt archive, inside the sandbox.)
+
 On the safety of ``torch.export.load`` (read in the torch 2.13 source, ``torch/export/
 __init__.py``, ``torch/export/pt2_archive/_package.py``, ``torch/_export/serde/serialize.py``,
 ``torch/export/_unlift.py``): it is *not* safe for untrusted files. Its docstring says it uses

@@ -75,6 +75,7 @@ class Isolation:
     socket_filter: bool = False
     private_tmp: bool = False
     uid: int | None = None
+    pid_namespace: bool = False
     host_pid: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -122,6 +123,7 @@ def enter(limits: Limits, work_dir: str, keep_fds: set[int], parent_pid: int, th
         isolation.problems.append(f"no network namespace ({err.strerror})")
     if privileged and isolation.network:
         _become_pid_one(parent_pid)
+        isolation.pid_namespace = True
         try:
             _private_tmp(limits.tmp_bytes)
             isolation.private_tmp = True

@@ -7,7 +7,6 @@ import math
 import os
 import resource
 import socket
-import struct
 from pathlib import Path
 from typing import BinaryIO
 
@@ -131,6 +130,3 @@ def _write_beyond_size_limit() -> str:
             target.write(block)
     return f"wrote {os.path.getsize('beyond-size-limit')} bytes"
 
-
-# A float32 row's byte size, for callers that frame predict requests.
-FLOAT32 = struct.calcsize("f")

@@ -67,8 +67,8 @@ class SandboxConfig:
 
 def minimal_environment(threads: int = 1) -> dict[str, str]:
     """The worker's whole environment: nothing inherited but what the GPU runtime needs."""
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
-           "PYTHONUNBUFFERED": "1", "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": str(threads),
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "MALLOC_ARENA_MAX": "2",
+           "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)}
     for name in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "LD_LIBRARY_PATH"):
         if name in os.environ:
@@ -88,27 +88,23 @@ class Sandbox:
         """One operation in a fresh worker; its result. `files` maps names to local paths (opened
         here, read-only); `work_dir` is the worker's folder (a fresh one, removed afterwards,
         when None); `on_event` receives its progress events and may raise to stop it."""
-        own_folder = work_dir is None
-        folder = work_dir or tempfile.mkdtemp(prefix="sandbox-", dir=self._work_root())
-        self._slots.acquire()
-        try:
-            worker = _Worker(self.config, op, {**args, "threads": threads}, files, purpose, folder, threads)
-        except BaseException:
-            self._slots.release()
-            raise
-        try:
-            with _watchdog(worker, timeout_s):
-                while True:
-                    reply = worker.reply()
-                    if "event" in reply and on_event is not None:
-                        on_event(reply["event"])
-                    elif "result" in reply:
-                        return reply["result"]
-        finally:
-            worker.stop()
-            self._slots.release()
-            if own_folder:
-                shutil.rmtree(folder, ignore_errors=True)
+        with self._slots:
+            folder = work_dir or tempfile.mkdtemp(prefix="sandbox-", dir=self._work_root())
+            try:
+                worker = _Worker(self.config, op, {**args, "threads": threads}, files, purpose, folder, threads)
+                try:
+                    with _watchdog(worker, timeout_s):
+                        while True:
+                            reply = worker.reply()
+                            if "event" in reply and on_event is not None:
+                                on_event(reply["event"])
+                            elif "result" in reply:
+                                return reply["result"]
+                finally:
+                    worker.stop()
+            finally:
+                if work_dir is None:
+                    shutil.rmtree(folder, ignore_errors=True)
 
     def _work_root(self) -> str | None:
         if self.config.work_root is not None:
@@ -193,6 +189,7 @@ class _Worker:
         self.stdin, self.stdout = self.process.stdin, self.process.stdout
         self._stderr = bytearray()
         threading.Thread(target=self._drain_stderr, daemon=True, name=f"sandbox-{op}-stderr").start()
+        self._pid_namespace = False
         try:
             write_frame(self.stdin, request)
             self._check_isolation(self.frame()[0])
@@ -206,6 +203,7 @@ class _Worker:
         problem = isolation_problem(header.get("isolation"), self.config.require_full_isolation)
         if problem is not None:
             raise self.failure(problem)
+        self._pid_namespace = header["isolation"].get("pid_namespace") is True
 
     def frame(self) -> tuple[dict, bytes]:
         try:
@@ -261,8 +259,10 @@ class _Worker:
                 pass
         self.process.wait()
         # Whatever the worker left behind (a child that started a session of its own) runs as
-        # its user: end every process of that user. In a PID namespace the kernel already has.
-        _kill_user(uid_of(self.process.pid, self.config.uid_base), self.config.python)
+        # its user: end every process of that user — unless it ran in a PID namespace, whose
+        # end the kernel already made the end of all of them.
+        if not self._pid_namespace:
+            _kill_user(uid_of(self.process.pid, self.config.uid_base), self.config.python)
         for stream in (self.stdin, self.stdout):
             try:
                 stream.close()
