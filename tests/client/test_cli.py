@@ -10,6 +10,7 @@ import types
 import pytest
 
 from equiprune.client import cli
+from equiprune.v1 import jobs_pb2
 
 
 @pytest.fixture
@@ -169,8 +170,8 @@ def test_demo_tells_the_whole_story(run, server, tmp_path):
     assert train.train.architecture == "small_cnn" and train.train.epochs == 20
     assert dict(train.train.architecture_kwargs)["input_size"] == 8
     assert list(compress.data.group_by) == ["cohort"] and compress.data.tolerance == 0.02
-    assert compress.finetune.epochs == 10 and compress.finetune.dual_lr == 0.5 and compress.pruning.sparsity == 0.9
-    assert compress.finetune.method == 3 and baseline.finetune.method == 1  # CEAG, and naive for comparison
+    assert compress.finetune.epochs == 10 and compress.finetune.method == jobs_pb2.FINETUNE_METHOD_FAIR_DISTILL and compress.pruning.sparsity == 0.9
+    assert baseline.finetune.method == jobs_pb2.FINETUNE_METHOD_NAIVE  # naive, for comparison
     assert baseline.pruning == compress.pruning and baseline.data == compress.data
     assert "repair compared (after fine-tuning)" in out and "naive fine-tuning" in out
     assert compress.data.min_group_size == 10

@@ -34,7 +34,7 @@ def test_unset_options_keep_the_server_defaults():
                            (spec.finetune, ["lr", "dual_lr", "momentum", "weight_decay"])):
         assert not any(message.HasField(name) for name in names)
     assert spec.finetune.epochs == 0 and not spec.HasField("resources") and not spec.HasField("diagnostics")
-    assert spec.finetune.method == jobs_pb2.FINETUNE_METHOD_CEAG
+    assert spec.finetune.method == jobs_pb2.FINETUNE_METHOD_UNSPECIFIED  # the server's fair default
 
 
 @pytest.mark.parametrize("call, field, words", [
@@ -89,7 +89,7 @@ def test_enum_names_accept_short_full_and_numeric_forms():
     assert methods.value("CEAG", "m") == methods.value("FINETUNE_METHOD_CEAG", "m") == jobs_pb2.FINETUNE_METHOD_CEAG
     assert methods.value("heldout-ceag", "m") == jobs_pb2.FINETUNE_METHOD_HELDOUT_CEAG
     assert methods.value(2, "m") == jobs_pb2.FINETUNE_METHOD_EQUALIZED_LOSS
-    assert methods.choices() == ["naive", "equalized_loss", "ceag", "heldout_ceag"]
+    assert methods.choices() == ["naive", "equalized_loss", "ceag", "heldout_ceag", "fair_distill"]
     assert specs.JOB_KINDS.name(jobs_pb2.JOB_KIND_BUDGET_SEARCH) == "budget_search"
     with pytest.raises(SpecError):
         methods.value("x_ceag", "method")

@@ -38,12 +38,12 @@ def _refused(pb, splits=("train", "test")) -> InvalidArgument:
 
 def test_unset_fields_take_the_documented_defaults():
     spec = convert.spec_from_proto(_spec(), _resolve)
-    assert spec.finetune.method == "ceag" and spec.finetune.epochs == 3 and spec.finetune.lr == 0.01
+    assert spec.finetune.method == "fair_distill" and spec.finetune.epochs == 3 and spec.finetune.lr == 0.01
     assert spec.finetune.weight_decay == 1e-4 and spec.data.tolerance == 0.01 and spec.data.min_group_size == 30
     assert spec.pruning.kind == "unstructured" and spec.pruning.keep_first_and_last is True
     job = engine_configs(spec, ("train", "test")).compression
     assert (job.train_split, job.eval_split, job.constraint_split) == ("train", "test", None)
-    assert job.pruning.sparsity == 0.9 and job.finetune.method == "ceag"
+    assert job.pruning.sparsity == 0.9 and job.finetune.method == "fair_distill"
 
 
 def test_explicit_zero_is_kept_where_zero_is_meaningful():

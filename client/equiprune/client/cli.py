@@ -4,7 +4,7 @@
     equiprune demo                                    # the whole story on scikit-learn's digits
     equiprune upload dense.safetensors --kind model
     equiprune prune-finetune --model art-1f2e --dataset sample:digits --group-by cohort \\
-        --sparsity 0.9 --method ceag --epochs 3 --tolerance 0.02
+        --sparsity 0.9 --epochs 3 --tolerance 0.02
     equiprune budget --model art-1f2e --dataset art-77aa --group-by race --plot sweep.png
     equiprune jobs --state running
     equiprune job watch job-3c9d
@@ -245,10 +245,11 @@ def _job_arguments(cmd: argparse.ArgumentParser, kind: str) -> None:
         cmd.add_argument("--schedule", choices=PRUNING_SCHEDULES.choices())
         cmd.add_argument("--diagnose", action="store_true", help="diagnose the dense model first")
     if kind in ("finetune", "prune_and_finetune", "budget"):
-        default = None if kind == "budget" else "ceag"
-        cmd.add_argument("--method", default=default, choices=FINETUNE_METHODS.choices(),
-                         help="fine-tuning objective" + (" (budget: fine-tune every probe)" if default is None else ""))
-        cmd.add_argument("--dual-lr", type=float, help="η of the dual step (default: 0.01)")
+        cmd.add_argument("--method", choices=FINETUNE_METHODS.choices(),
+                         help="fine-tuning objective (default: the server's fair default, fair_distill)"
+                         + (" (budget: fine-tune every probe when given)" if kind == "budget" else ""))
+        cmd.add_argument("--dual-lr", type=float,
+                         help="integral gain of the dual step, multiplier change per epoch per unit violation (default: 10)")
     if kind in ("finetune", "prune_and_finetune", "budget", "train"):
         cmd.add_argument("--epochs", type=int)
         cmd.add_argument("--lr", type=float)

@@ -3,7 +3,7 @@
 1. The dataset: the server's `sample:digits` (scikit-learn's digits with a synthetic `cohort`
    attribute), or a local .npz uploaded with --dataset.
 2. A TRAIN job: a dense model (small_cnn for digits).
-3. A PRUNE_AND_FINETUNE job on it: 90 % unstructured sparsity, then CEAG fine-tuning, with the
+3. A PRUNE_AND_FINETUNE job on it: 90 % unstructured sparsity, then fair fine-tuning (fair_distill), with the
    per-group damage shown as soon as the model is pruned.
 4. The dense → pruned → fine-tuned table per group, and the model and report downloaded.
 """
@@ -25,11 +25,10 @@ DIGITS_ARCHITECTURE = "small_cnn"
 DIGITS_ARCHITECTURE_KWARGS = {"num_classes": 10, "in_channels": 1, "input_size": 8, "channels": [16, 32]}
 TRAIN_EPOCHS = 20
 TRAIN_LR = 0.05
-# The fair fine-tuning of the digits walkthrough: small groups, so a small minimum size. The
-# dual learning rate is high because the run is short (10 epochs of 11 steps): at 0.05 the
-# multipliers barely moved and CEAG ended where naive fine-tuning did. The demo runs naive
-# fine-tuning beside it and prints both, so the difference (or its absence) is measured each run.
-FINETUNE = dict(method="ceag", epochs=10, min_group_size=10, tolerance=0.02, dual_lr=0.5)
+# The fair fine-tuning of the digits walkthrough: the service's fair default (fair_distill) at
+# its default settings; small groups, so a small minimum size. The demo runs naive fine-tuning
+# beside it and prints both, so the difference (or its absence) is measured each run.
+FINETUNE = dict(method="fair_distill", epochs=10, min_group_size=10, tolerance=0.02)
 BASELINE = {**FINETUNE, "method": "naive"}
 _PRUNED_STAGES = (reports_pb2.REPORT_STAGE_PRUNED, reports_pb2.REPORT_STAGE_PRUNED_WITHOUT_RECALIBRATION)
 
@@ -50,12 +49,12 @@ def run_demo(client: EquipruneClient, args, out: Output) -> int:
         return job_exit_code(train, out) if train.state != jobs_pb2.JOB_STATE_SUCCEEDED else _no_model(train, out)
     out.say(f"dense model: {model_id}")
 
-    # The same pruning repaired naively, for comparison: it runs beside the CEAG job.
+    # The same pruning repaired naively, for comparison: it runs beside the fair job.
     baseline = client.create_job(specs.prune_and_finetune_spec(model=model_id, dataset=dataset.artifact_id,
                                                                group_by=group_by, sparsity=args.sparsity, **BASELINE))
     job = client.create_job(specs.prune_and_finetune_spec(model=model_id, dataset=dataset.artifact_id,
                                                           group_by=group_by, sparsity=args.sparsity, **FINETUNE))
-    out.say(f"\npruning to sparsity {args.sparsity} and fine-tuning with CEAG ({job.job_id}); "
+    out.say(f"\npruning to sparsity {args.sparsity} and fair fine-tuning ({job.job_id}); "
             f"naive fine-tuning for comparison ({baseline.job_id})")
     damage = DamageAfterPruning(out)
     job = follow(client, job, out, on_event=damage.see)
@@ -64,7 +63,7 @@ def run_demo(client: EquipruneClient, args, out: Output) -> int:
     out.say(tables.job_report(job))
     baseline = client.wait_job(baseline.job_id)
     out.say("")
-    out.say(tables.repair_comparison({"naive fine-tuning": baseline, "CEAG (fair) fine-tuning": job}))
+    out.say(tables.repair_comparison({"naive fine-tuning": baseline, "fair fine-tuning (fair_distill)": job}))
     downloads = []
     if job.state == jobs_pb2.JOB_STATE_SUCCEEDED:
         out.say("")

@@ -1,7 +1,7 @@
 """Job spec builders, so callers need not know the proto.
 
     spec = prune_and_finetune_spec(model="art-1f2e", dataset="sample:digits", group_by=["cohort"],
-                                   sparsity=0.9, method="ceag", epochs=3, tolerance=0.01)
+                                   sparsity=0.9, epochs=3, tolerance=0.01)
     job = client.create_job(spec)
 
 Models and datasets are given as an artifact id (`art-…`) or a URI the service imports
@@ -133,15 +133,16 @@ def pruning_options(*, sparsity: float | None = None, kind: str = "unstructured"
     return pruning
 
 
-def finetune_options(*, method: str = "ceag", epochs: int | None = None, batch_size: int | None = None,
+def finetune_options(*, method: str | None = None, epochs: int | None = None, batch_size: int | None = None,
                      lr: float | None = None, momentum: float | None = None, weight_decay: float | None = None,
                      dual_lr: float | None = None, replay_size: int | None = None, lr_schedule: str | None = None,
                      augment_hflip: bool = False, seed: int | None = None,
                      checkpoint_every_steps: int | None = None) -> jobs_pb2.FinetuneOptions:
-    """How to fine-tune. `method`: naive, equalized_loss, ceag or heldout_ceag;
-    `lr_schedule`: cosine or constant."""
-    finetune = jobs_pb2.FinetuneOptions(method=FINETUNE_METHODS.value(method, "method"),
-                                        augment_hflip=augment_hflip)
+    """How to fine-tune. `method`: naive, equalized_loss, ceag, heldout_ceag or fair_distill;
+    None leaves it to the server's fair default (fair_distill). `lr_schedule`: cosine or constant."""
+    finetune = jobs_pb2.FinetuneOptions(augment_hflip=augment_hflip)
+    if method is not None:
+        finetune.method = FINETUNE_METHODS.value(method, "method")
     if lr_schedule is not None:
         finetune.lr_schedule = LR_SCHEDULES.value(lr_schedule, "lr_schedule")
     _set_nonzero(finetune, epochs=epochs, batch_size=batch_size, replay_size=replay_size, seed=seed,
@@ -241,7 +242,7 @@ def prune_spec(*, model: str, dataset: str, group_by: Iterable[str] | str, spars
     return spec
 
 
-def finetune_spec(*, model: str, dataset: str, group_by: Iterable[str] | str, method: str = "ceag",
+def finetune_spec(*, model: str, dataset: str, group_by: Iterable[str] | str, method: str | None = None,
                   epochs: int | None = None, lr: float | None = None, dual_lr: float | None = None,
                   tolerance: float | None = None, min_group_size: int | None = None, eval_split: str | None = None,
                   train_split: str | None = None, seed: int | None = None, model_sha256: str = "",
@@ -256,7 +257,7 @@ def finetune_spec(*, model: str, dataset: str, group_by: Iterable[str] | str, me
 def prune_and_finetune_spec(*, model: str, dataset: str, group_by: Iterable[str] | str,
                             sparsity: float | None = None, kind: str = "unstructured", scope: str | None = None,
                             schedule: str | None = None, n: int | None = None, m: int | None = None,
-                            method: str = "ceag", epochs: int | None = None, lr: float | None = None,
+                            method: str | None = None, epochs: int | None = None, lr: float | None = None,
                             dual_lr: float | None = None, tolerance: float | None = None,
                             min_group_size: int | None = None, eval_split: str | None = None,
                             train_split: str | None = None, seed: int | None = None, diagnose: bool = False,

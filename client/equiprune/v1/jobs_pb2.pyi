@@ -60,6 +60,7 @@ class FinetuneMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINETUNE_METHOD_EQUALIZED_LOSS: _ClassVar[FinetuneMethod]
     FINETUNE_METHOD_CEAG: _ClassVar[FinetuneMethod]
     FINETUNE_METHOD_HELDOUT_CEAG: _ClassVar[FinetuneMethod]
+    FINETUNE_METHOD_FAIR_DISTILL: _ClassVar[FinetuneMethod]
 
 class LrSchedule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -95,6 +96,7 @@ FINETUNE_METHOD_NAIVE: FinetuneMethod
 FINETUNE_METHOD_EQUALIZED_LOSS: FinetuneMethod
 FINETUNE_METHOD_CEAG: FinetuneMethod
 FINETUNE_METHOD_HELDOUT_CEAG: FinetuneMethod
+FINETUNE_METHOD_FAIR_DISTILL: FinetuneMethod
 LR_SCHEDULE_UNSPECIFIED: LrSchedule
 LR_SCHEDULE_COSINE: LrSchedule
 LR_SCHEDULE_CONSTANT: LrSchedule

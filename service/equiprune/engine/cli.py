@@ -4,7 +4,7 @@
     equiprune-engine train --arch small_cnn --arch-kwargs '{"num_classes": 10, "in_channels": 1, "input_size": 8}' \
         --dataset d.npz --out dense.safetensors
     equiprune-engine compress --model dense.safetensors --dataset d.npz --group-by group \
-        --sparsity 0.9 --method ceag --out runs/ceag
+        --sparsity 0.9 --out runs/fair
     equiprune-engine budget --model dense.safetensors --dataset d.npz --group-by group --tolerance 0.02
 
 Errors in the input are printed as `error: <field>: <problem>` with exit code 2.
@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from .errors import EngineError
+from .finetune.config import DEFAULT_FAIR_METHOD, METHODS, FinetuneConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,15 +61,17 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--train-split", default="train")
         cmd.add_argument("--eval-split", default="test")
         cmd.add_argument("--constraint-split", default=None,
-                         help="split for heldout_ceag's dual step (default: 'constraint' if the dataset has one, "
+                         help="split for the held-out dual steps (heldout_ceag, fair_distill) (default: 'constraint' if the dataset has one, "
                               "else 20%% of the training split)")
         cmd.add_argument("--kind", default="unstructured", choices=["unstructured", "n_m", "structured"])
         cmd.add_argument("--scope", default="layerwise", choices=["layerwise", "global"])
         cmd.add_argument("--schedule", default="one_shot", choices=["one_shot", "gradual"])
-        cmd.add_argument("--method", default="ceag", choices=["naive", "equalized_loss", "ceag", "heldout_ceag", "none"])
+        cmd.add_argument("--method", default=DEFAULT_FAIR_METHOD, choices=[*METHODS, "none"],
+                         help=f"fine-tuning objective (default: {DEFAULT_FAIR_METHOD}, the fair default; none: no fine-tuning)")
         cmd.add_argument("--epochs", type=int, default=3)
         cmd.add_argument("--lr", type=float, default=1e-2)
-        cmd.add_argument("--dual-lr", type=float, default=1e-2)
+        cmd.add_argument("--dual-lr", type=float, default=FinetuneConfig.dual_lr,
+                         help="integral gain of the dual step: multiplier change per epoch per unit violation")
         cmd.add_argument("--tolerance", type=float, default=0.01)
         cmd.add_argument("--min-group-size", type=int, default=30)
         cmd.add_argument("--seed", type=int, default=0)
@@ -215,8 +218,8 @@ def _demo(args) -> int:
                                  str(dataset_path), "--epochs", "20", "--out", str(model_path)]))
     return _compress(_parser().parse_args([
         "compress", "--model", str(model_path), "--dataset", str(dataset_path), "--group-by", "cohort",
-        "--sparsity", str(args.sparsity), "--method", "ceag", "--epochs", "5", "--min-group-size", "10",
-        "--tolerance", "0.02", "--dual-lr", "0.05", "--out", str(out / "compressed")]))
+        "--sparsity", str(args.sparsity), "--epochs", "5", "--min-group-size", "10",
+        "--tolerance", "0.02", "--out", str(out / "compressed")]))
 
 
 def format_comparison(result) -> str:

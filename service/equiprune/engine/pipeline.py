@@ -238,7 +238,7 @@ def run_compression(
             train_reference=train_ref, constraint=constraint, constraint_reference=constraint_ref,
             device=device, checkpoint_path=checkpoint_path,
             on_progress=lambda event: say("finetune_step", vars(event)),
-            data_parallel=data_parallel,
+            data_parallel=data_parallel, teacher=dense,
         )
         finetuned_reports, _ = measure(module, dense_evals)
         announce("finetuned", finetuned_reports)
@@ -322,7 +322,7 @@ def _splits(dataset: GroupDataset, job: CompressionJob, notes: list[str]):
     if evaluation is None:
         notes.append("no evaluation split: every number is measured on training data")
     constraint = None
-    if job.finetune is not None and job.finetune.method == "heldout_ceag":
+    if job.finetune is not None and job.finetune.needs_constraint_split:
         name = job.constraint_split or ("constraint" if "constraint" in dataset.split_names else None)
         if name is not None:
             constraint = select(name)

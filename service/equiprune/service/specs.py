@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from equiprune.engine.budget import BudgetConfig
 from equiprune.engine.diagnostics import DiagnosticsConfig
 from equiprune.engine.errors import EngineError
-from equiprune.engine.finetune.config import FinetuneConfig
+from equiprune.engine.finetune.config import DEFAULT_FAIR_METHOD, FinetuneConfig
 from equiprune.engine.pipeline import CompressionJob
 from equiprune.engine.prune import PruningConfig
 
@@ -59,14 +59,15 @@ class PruningSpec(_Frozen):
 
 
 class FinetuneSpec(_Frozen):
-    method: Literal["naive", "equalized_loss", "ceag", "heldout_ceag"] = "ceag"
+    # A job that repairs gets the engine's fair default; the numbers come from the engine's config.
+    method: Literal["naive", "equalized_loss", "ceag", "heldout_ceag", "fair_distill"] = DEFAULT_FAIR_METHOD
     epochs: int = 3
     batch_size: int = 128
     lr: float = 1e-2
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    dual_lr: float = 1e-2
-    replay_size: int = 40
+    dual_lr: float = FinetuneConfig.dual_lr
+    replay_size: int = FinetuneConfig.replay_size
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     augment_hflip: bool = False
     seed: int = 0

@@ -28,6 +28,7 @@ buffers (naive fine-tuning resumes exactly).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -47,8 +48,10 @@ from ..modes import mode, try_set_mode
 from ..pruning.masks import Masks, apply_masks, mask_gradients
 from .checkpoint import load_checkpoint, run_fingerprint, save_checkpoint
 from .config import FinetuneConfig
+from .distill import TeacherOutputs
 from .distributed import DataParallel
-from .objectives import CEAG, EqualizedLoss, HeldOutCEAG, Objective
+from .dual import PIMultipliers
+from .objectives import CEAG, Batch, EqualizedLoss, FairDistillation, HeldOutCEAG, Objective
 
 
 @dataclass(frozen=True)
@@ -95,43 +98,52 @@ def build_objective(
     train_reference: Evaluation | None,
     constraint: GroupedData | None,
     constraint_reference: Evaluation | None,
+    steps_per_epoch: int = 1,
+    teacher: TeacherOutputs | None = None,
 ) -> Objective:
     """The objective for `config.method`, with the dense references it needs."""
     g = train.num_groups
+    shares = train.group_counts().double()
+
+    def controller(proportional: float = config.dual_proportional) -> PIMultipliers:
+        return PIMultipliers(g, integral_gain=config.dual_lr, proportional_gain=proportional,
+                             max_multiplier=config.max_multiplier, steps_per_epoch=steps_per_epoch)
+
+    def held_out() -> HeldOutCEAG:
+        if constraint is None or constraint_reference is None or len(constraint) == 0:
+            raise InvalidConfigError("finetune.method", f"{config.method} needs a non-empty constraint split and "
+                                     "the dense model's evaluation on it")
+        if train_reference is None:
+            raise InvalidConfigError("finetune.method", f"{config.method} needs the dense model's evaluation on the training data")
+        return HeldOutCEAG(
+            g, dual=controller(), tolerance=config.tolerance, confidence_z=config.confidence_z,
+            buffer_size=config.constraint_window, min_count=config.replay_size,
+            reference_group_accuracy=constraint_reference.group_accuracy(),
+            # The primal proxy compares training losses with the dense training losses.
+            reference_group_loss=train_reference.group_loss(),
+            # Δ averages groups by their share of the population (the training data), as the
+            # report does, whatever the make-up of the constraint split.
+            group_weights=shares,
+        )
+
     if config.method == "naive":
         return Objective(g)
     if config.method == "equalized_loss":
-        return EqualizedLoss(g, config.dual_lr, config.replay_size if config.el_replay else None,
-                             group_weights=train.group_counts().double())
+        return EqualizedLoss(g, controller(proportional=0.0), group_weights=shares)
     if config.method == "ceag":
         if train_reference is None:
             raise InvalidConfigError("finetune.method", "ceag needs the dense model's evaluation on the training data")
         return CEAG(
-            g,
-            dual_lr=config.dual_lr,
-            tolerance=config.tolerance,
-            buffer_size=config.replay_size,
+            g, dual=controller(), tolerance=config.tolerance, buffer_size=config.replay_size,
             reference_group_accuracy=train_reference.group_accuracy(),
-            reference_group_loss=train_reference.group_loss(),
-            group_weights=train.group_counts().double(),
+            reference_group_loss=train_reference.group_loss(), group_weights=shares,
         )
-    if constraint is None or constraint_reference is None or len(constraint) == 0:
-        raise InvalidConfigError("finetune.method", "heldout_ceag needs a non-empty constraint split and the dense model's evaluation on it")
-    if train_reference is None:
-        raise InvalidConfigError("finetune.method", "heldout_ceag needs the dense model's evaluation on the training data")
-    return HeldOutCEAG(
-        g,
-        dual_lr=config.dual_lr,
-        tolerance=config.tolerance,
-        buffer_size=config.constraint_window,
-        min_count=config.replay_size,
-        reference_group_accuracy=constraint_reference.group_accuracy(),
-        # The primal proxy compares training losses with the dense training losses.
-        reference_group_loss=train_reference.group_loss(),
-        # Δ averages groups by their share of the population (the training data), as the
-        # report does, whatever the make-up of the constraint split.
-        group_weights=train.group_counts().double(),
-    )
+    if config.method == "fair_distill":
+        if teacher is None:
+            raise InvalidConfigError("finetune.method", "fair_distill needs the dense model (the teacher)")
+        return FairDistillation(g, teacher=teacher, alpha=config.distill_alpha, temperature=config.distill_temperature,
+                                held_out=held_out() if config.needs_constraint_split else None)
+    return held_out()
 
 
 def finetune(
@@ -148,9 +160,12 @@ def finetune(
     on_progress: Callable[[ProgressEvent], None] | None = None,
     phase: str = "finetune",
     data_parallel: DataParallel | None = None,
+    teacher: nn.Module | None = None,
 ) -> FinetuneResult:
     """Fine-tune `model` in place with `masks` held fixed; resume from `checkpoint_path` if it
     exists (and was written by this same run). The model's train/eval mode is restored on return.
+
+    teacher: the dense model, for fair_distill (its outputs are the distillation targets).
 
     data_parallel: this worker's place in a data-parallel run (module docstring). Every worker
     must call this with the same arguments; `checkpoint_path` must then name storage every
@@ -158,8 +173,16 @@ def finetune(
     error on one worker (a raising `on_progress` included) leaves the others waiting in
     their next collective: the launcher must tear the group down (Ray Train does)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    objective = build_objective(config, train, train_reference, constraint, constraint_reference)
     model.to(device)
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    targets = None
+    if config.needs_teacher and teacher is not None:
+        augmenting = config.augment_hflip and train.inputs.dim() == 4
+        if teacher is model and augmenting:
+            teacher = copy.deepcopy(model)  # per-batch targets must not come from the moving weights
+        targets = TeacherOutputs(teacher.to(device), train, augmenting=augmenting, device=device)
+    objective = build_objective(config, train, train_reference, constraint, constraint_reference,
+                                steps_per_epoch, targets)
     use_cuda_extras = device.type == "cuda"
     if use_cuda_extras and config.channels_last and train.inputs.dim() == 4:
         model.to(memory_format=torch.channels_last)
@@ -168,7 +191,6 @@ def finetune(
     )
     apply_masks(model, masks)
 
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
     schedule = _lr_schedule(optimizer, config, steps_per_epoch * config.epochs)
     start_step = 0
     fingerprint = run_fingerprint(config.to_dict(), masks, len(train), train.group_names)
@@ -208,6 +230,7 @@ def finetune(
             if data_parallel is not None:
                 idx = data_parallel.shard(idx)
             x, y, g = _to_device(train.subset(idx), device, use_cuda_extras and config.channels_last)
+            rows = idx
             if config.augment_hflip and x.dim() == 4:
                 x = _flip_half(x, config.seed, step, global_size, data_parallel)
 
@@ -224,10 +247,11 @@ def finetune(
                 batch_loss, batch_samples = _share_step(data_parallel, objective, batch_loss, batch_samples)
 
             optimizer.zero_grad(set_to_none=True)
+            batch = Batch(logits=logits, index=rows, inputs=x)
             if data_parallel is None:
-                objective.primal_loss(loss, g).backward()
+                objective.primal_loss(loss, g, batch).backward()
             else:
-                _primal_share(objective, loss, g, logits, global_size, data_parallel).backward()
+                _primal_share(objective, loss, g, batch, global_size, data_parallel).backward()
             mask_gradients(model, masks)
             optimizer.step()
             apply_masks(model, masks)
@@ -243,6 +267,9 @@ def finetune(
                 shown = loss.detach().mean().item() if data_parallel is None else batch_loss / max(batch_samples, 1)
                 on_progress(ProgressEvent(phase, epoch, step, steps_per_epoch, config.epochs,
                                           shown, _named(objective.multipliers, names)))
+        objective.end_epoch()
+        if data_parallel is not None:
+            _share_step(data_parallel, objective, 0.0, 0)  # per-epoch dual steps: agree on the result
         history.append(EpochStats(epoch, loss_sum / max(samples, 1), time.perf_counter() - started,
                                   samples, _named(objective.multipliers, names)))
         if checkpoint_path is not None and writes_checkpoints:
@@ -321,7 +348,7 @@ def _share_step(data_parallel: DataParallel, objective: Objective, batch_loss: f
     return float(mean[-2]) * world, round(float(mean[-1]) * world)
 
 
-def _primal_share(objective: Objective, loss: torch.Tensor, groups: torch.Tensor, logits: torch.Tensor,
+def _primal_share(objective: Objective, loss: torch.Tensor, groups: torch.Tensor, batch: Batch,
                   global_size: int, data_parallel: DataParallel) -> torch.Tensor:
     """This worker's primal loss, scaled by its share of the global batch (n_r · W / N), so
     that DDP's plain average of the gradients weighs every sample alike: for a mean loss it
@@ -329,9 +356,9 @@ def _primal_share(objective: Objective, loss: torch.Tensor, groups: torch.Tensor
     smaller than the world) still joins the gradient all-reduce, with a zero loss that
     reaches every parameter the forward pass used."""
     if loss.numel() == 0:
-        return logits.sum() * 0.0
+        return batch.logits.sum() * 0.0
     share = loss.numel() * data_parallel.world_size / global_size
-    return objective.primal_loss(loss, groups) * share
+    return objective.primal_loss(loss, groups, batch) * share
 
 
 def _lr_schedule(optimizer, config: FinetuneConfig, total_steps: int) -> Callable[[int], float]:

@@ -1,22 +1,36 @@
 """Training objectives: what the primal step minimises and how multipliers move.
 
 Shaped after cooper's split of a constrained problem into a Lagrangian (primal) and
-multiplier updates (dual). Every objective sees each training mini-batch through the same
-three calls, in this order (science.md: alternating, dual then primal):
+multiplier updates (dual, see dual.py). Every objective sees each training mini-batch through
+the same three calls, in this order (science.md: alternating, dual then primal):
 
     objective.observe(loss_per_sample, correct, groups)   # bookkeeping from this batch
     objective.dual_step(groups)                            # move the multipliers
-    objective.primal_loss(loss_per_sample, groups)         # the scalar to back-propagate
+    objective.primal_loss(loss_per_sample, groups, batch)  # the scalar to back-propagate
 
-The held-out variant additionally receives outcomes on constraint samples through
+and `end_epoch()` after the last batch of every epoch. `batch` carries what a few objectives
+need beyond the losses (the logits, the samples' indices into the training data). The
+held-out variants additionally receive outcomes on constraint samples through
 `observe_constraint`; the loop draws those only when `uses_constraint_split` is true.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from .dual import PIMultipliers
 from .replay import ReplayBuffers
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What the primal step may read besides the per-sample losses."""
+
+    logits: torch.Tensor | None = None  # (n, classes), with grad
+    index: torch.Tensor | None = None  # (n,) rows of the training data
+    inputs: torch.Tensor | None = None  # (n, ...) as the model saw them (after augmentation)
 
 
 def group_mean_losses(loss: torch.Tensor, groups: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +59,10 @@ class Objective:
     def dual_step(self, groups: torch.Tensor) -> None:
         pass
 
-    def primal_loss(self, loss: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    def end_epoch(self) -> None:
+        pass
+
+    def primal_loss(self, loss: torch.Tensor, groups: torch.Tensor, batch: Batch | None = None) -> torch.Tensor:
         return loss.mean()
 
     def state_dict(self) -> dict:
@@ -56,42 +73,38 @@ class Objective:
 
 
 class EqualizedLoss(Objective):
-    """Tran et al.: min J s.t. J_a = J for every group, with λ_a ← λ_a + η·|J_a − J|.
+    """Tran et al.: min J s.t. J_a = J for every group, solved as their seed paper's solver
+    does (Fioretto et al. 2020, Lagrangian duality for constrained deep learning):
 
-    The violation is measured on the batch, or, with replay, on each group's last k losses
-    (less noisy for small groups).
+    primal, every batch: J + Σ_a λ_a·|J_a − J| on the batch;
+    dual, once per epoch: λ_a ← clamp(λ_a + η·|J_a − J|, 0, λ_max), with J_a and J the
+    epoch's mean losses over every training sample seen (not a noisy batch).
+
+    The per-batch step this replaced let the multipliers grow at every step without bound;
+    here they grow at most once per epoch and stop at `max_multiplier`.
     """
 
-    def __init__(self, num_groups: int, dual_lr: float, replay_size: int | None,
-                 group_weights: torch.Tensor) -> None:
+    def __init__(self, num_groups: int, dual: PIMultipliers, group_weights: torch.Tensor) -> None:
         super().__init__(num_groups)
-        self.dual_lr = dual_lr
+        self.dual = dual
         self.weights = group_weights.double()
-        self.replay = ReplayBuffers(num_groups, replay_size) if replay_size else None
-        self._batch_violation = torch.zeros(num_groups, dtype=torch.float64)
-        self._batch_present = torch.zeros(num_groups, dtype=torch.bool)
+        self._loss_sum = torch.zeros(num_groups, dtype=torch.float64)
+        self._count = torch.zeros(num_groups, dtype=torch.float64)
 
     def observe(self, loss, correct, groups):
-        if self.replay is not None:
-            self.replay.push(loss, groups)
-        group_loss, present = group_mean_losses(loss.detach(), groups, self.num_groups)
-        self._batch_violation = (group_loss - loss.detach().mean()).abs().double().cpu()
-        self._batch_present = present.cpu()
+        groups = groups.cpu()
+        self._loss_sum += torch.bincount(groups, weights=loss.detach().double().cpu(), minlength=self.num_groups)
+        self._count += torch.bincount(groups, minlength=self.num_groups).double()
 
-    def dual_step(self, groups):
-        if self.replay is None:
-            violation, active = self._batch_violation, self._batch_present
-        else:
-            means = self.replay.means()
-            ready = self.replay.ready()
-            active = ready & self._batch_present
-            # J(θ; D) weighs groups by their share, like the batch mean the primal step uses.
-            weights = self.weights * ready
-            overall = (means.nan_to_num(0.0) * weights).sum() / weights.sum().clamp(min=1e-12)
-            violation = (means - overall).abs().nan_to_num(0.0)
-        self.multipliers += torch.where(active, self.dual_lr * violation, torch.zeros_like(violation))
+    def end_epoch(self):
+        seen = self._count > 0
+        means = self._loss_sum / self._count.clamp(min=1)
+        overall = self._loss_sum.sum() / self._count.sum().clamp(min=1)
+        self.multipliers = self.dual.step_epoch((means - overall).abs(), seen).clone()
+        self._loss_sum.zero_()
+        self._count.zero_()
 
-    def primal_loss(self, loss, groups):
+    def primal_loss(self, loss, groups, batch=None):
         overall = loss.mean()
         group_loss, present = group_mean_losses(loss, groups, self.num_groups)
         lam = self.multipliers.to(loss.device, loss.dtype)
@@ -99,30 +112,31 @@ class EqualizedLoss(Objective):
         return overall + penalty
 
     def state_dict(self):
-        state = super().state_dict()
-        if self.replay is not None:
-            state["replay"] = self.replay.state_dict()
-        return state
+        return {**super().state_dict(), "dual": self.dual.state_dict(),
+                "epoch_sums": torch.stack([self._loss_sum, self._count])}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        if self.replay is not None:
-            self.replay.load_state_dict(state["replay"])
+        self.dual.load_state_dict(state["dual"])
+        self._loss_sum.copy_(state["epoch_sums"][0])
+        self._count.copy_(state["epoch_sums"][1])
 
 
 class CEAG(Objective):
     """Hashemizadeh et al.: min L s.t. ψ_g ≤ ε, with a loss proxy in the primal step.
 
-    Dual: λ_g ← max(0, λ_g + η(ψ_g − ε)) with ψ_g from replay-buffer accuracies against the
-    dense model's accuracies on the same data. Primal: L + Σ λ_g ψ̃_g where
-    ψ̃_g = (J_g − J_g*) − (J − J*), dense losses J* precomputed once.
+    Dual: the violation ψ_g − ε, with ψ_g from replay-buffer accuracies against the dense
+    model's accuracies on the same data, drives a PI controller (dual.py) instead of the
+    paper's λ_g ← max(0, λ_g + η(ψ_g − ε)) per step, whose strength depended on the number of
+    steps. Primal: L + Σ λ_g ψ̃_g where ψ̃_g = (J_g − J_g*) − (J − J*), dense losses J*
+    precomputed once.
     """
 
     def __init__(
         self,
         num_groups: int,
         *,
-        dual_lr: float,
+        dual: PIMultipliers,
         tolerance: float,
         buffer_size: int,
         min_count: int | None = None,
@@ -131,7 +145,7 @@ class CEAG(Objective):
         group_weights: torch.Tensor,
     ) -> None:
         super().__init__(num_groups)
-        self.dual_lr = dual_lr
+        self.dual = dual
         self.tolerance = tolerance
         self.buffers = ReplayBuffers(num_groups, buffer_size, min_count)
         self.ref_acc = reference_group_accuracy.double().nan_to_num(0.0)
@@ -157,13 +171,14 @@ class CEAG(Objective):
         ref_overall = (self.ref_acc * weights).sum() / weights.sum()
         return (self.ref_acc - acc) - (ref_overall - overall)
 
-    def dual_step(self, groups):
-        psi = self.excess_gaps()
-        active = self.buffers.ready() & self._present
-        step = torch.where(active, self.dual_lr * (psi - self.tolerance), torch.zeros_like(psi))
-        self.multipliers = (self.multipliers + step.nan_to_num(0.0)).clamp(min=0)
+    def violation(self) -> torch.Tensor:
+        return self.excess_gaps() - self.tolerance
 
-    def primal_loss(self, loss, groups):
+    def dual_step(self, groups):
+        active = self.buffers.ready() & self._present
+        self.multipliers = self.dual.update(self.violation(), active).clone()
+
+    def primal_loss(self, loss, groups, batch=None):
         overall = loss.mean()
         group_loss, present = group_mean_losses(loss, groups, self.num_groups)
         # ψ̃_g = (J_g − J_g*) − (J − J*); J* is a constant and drops out of the gradient.
@@ -172,11 +187,12 @@ class CEAG(Objective):
         return overall + (lam * proxy * present).sum()
 
     def state_dict(self):
-        return {**super().state_dict(), "buffers": self.buffers.state_dict()}
+        return {**super().state_dict(), "buffers": self.buffers.state_dict(), "dual": self.dual.state_dict()}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.buffers.load_state_dict(state["buffers"])
+        self.dual.load_state_dict(state["dual"])
 
 
 class HeldOutCEAG(CEAG):
@@ -186,9 +202,18 @@ class HeldOutCEAG(CEAG):
     enforce is a training-set bound that does not carry to new data (science.md §3, §6).
     Here the buffers hold outcomes on held-out constraint samples, drawn balanced per group
     at every step, compared with the dense model's accuracies on that same split.
+
+    Confidence-aware: a group's multiplier grows only while ψ_g's lower confidence bound
+    (z standard errors of its window's accuracy) is above ε and shrinks only while the upper
+    bound is below it; in between the evidence says nothing and the multiplier holds. Without
+    this the controller integrated the window's sampling noise (±3 points at 200 outcomes).
     """
 
     uses_constraint_split = True
+
+    def __init__(self, num_groups: int, *, confidence_z: float, **kwargs) -> None:
+        super().__init__(num_groups, **kwargs)
+        self.z = confidence_z
 
     def observe(self, loss, correct, groups):
         self._present = torch.zeros(self.num_groups, dtype=torch.bool)
@@ -196,3 +221,78 @@ class HeldOutCEAG(CEAG):
     def observe_constraint(self, correct, groups):
         self.buffers.push(correct, groups)
         self._present = torch.bincount(groups.cpu(), minlength=self.num_groups) > 0
+
+    def violation(self) -> torch.Tensor:
+        psi = self.excess_gaps()
+        held = self.buffers.count.clamp(max=self.buffers.size).clamp(min=1).double()
+        acc = self.buffers.means().nan_to_num(0.5)
+        # Wilson-like floor on the variance so a window of all-correct bits is not certain.
+        se = ((acc * (1 - acc)).clamp(min=1.0 / held) / held).sqrt()
+        low, high = psi - self.z * se, psi + self.z * se
+        over, under = low - self.tolerance, high - self.tolerance
+        return torch.where(over > 0, over, torch.where(under < 0, under, torch.zeros_like(psi)))
+
+
+class FairDistillation(Objective):
+    """Ours, the default fair method: learn the dense model's behaviour, every group alike.
+
+    ψ_g is measured against the dense model, so the repair that carries to unseen data is to
+    make the pruned model *behave like the dense one* on every group, not to equalise
+    training-set numbers: distillation (Hinton et al. 2015) transfers the dense model's
+    function, which generalises like the dense model did, and it asks nothing that
+    the dense model itself does not do (unlike equal losses, which the dense model violates).
+
+        primal = (1 − α)·CE + α·T²·Σ_g w_g·KL_g(dense_T ‖ pruned_T)
+
+    with KL_g the mean KL divergence over group g's samples in the batch and w_g the group's
+    weight: equal for every group present (group-balanced), scaled by 1 + λ_g. Balancing the
+    distillation term, not the cross-entropy, is deliberate: up-weighting a group's
+    cross-entropy shifts the classifier's prior towards it (its ψ_g goes negative, the
+    majority's positive), while up-weighting its distillation term only makes the copy of the
+    dense model more exact there.
+
+    λ_g (optional, `dual_lr` > 0) come from a held-out, confidence-aware dual step on a
+    constraint split (as HeldOutCEAG), so groups the copy still misses on unseen data weigh more.
+    """
+
+    def __init__(self, num_groups: int, *, teacher, alpha: float, temperature: float,
+                 held_out: HeldOutCEAG | None) -> None:
+        super().__init__(num_groups)
+        self.teacher = teacher
+        self.alpha = alpha
+        self.temperature = temperature
+        self.held_out = held_out
+        self.uses_constraint_split = held_out is not None
+
+    def observe_constraint(self, correct, groups):
+        self.held_out.observe_constraint(correct, groups)
+
+    def dual_step(self, groups):
+        if self.held_out is not None:
+            self.held_out.dual_step(groups)
+            self.multipliers = self.held_out.multipliers
+
+    def primal_loss(self, loss, groups, batch=None):
+        ce = loss.mean()
+        if batch is None or batch.logits is None or batch.index is None:
+            raise ValueError("distillation needs the batch's logits and indices")
+        t = self.temperature
+        target = self.teacher(batch.index, batch.inputs).to(batch.logits.device)
+        log_p = torch.log_softmax(batch.logits.float() / t, dim=1)
+        log_q = torch.log_softmax(target.float() / t, dim=1)
+        kl = (log_q.exp() * (log_q - log_p)).sum(dim=1)
+        group_kl, present = group_mean_losses(kl, groups, self.num_groups)
+        weights = (1 + self.multipliers.to(kl.device, kl.dtype)) * present
+        balanced = (weights * group_kl).sum() / weights.sum().clamp(min=1e-12)
+        return (1 - self.alpha) * ce + self.alpha * t * t * balanced
+
+    def state_dict(self):
+        state = super().state_dict()
+        if self.held_out is not None:
+            state["held_out"] = self.held_out.state_dict()
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        if self.held_out is not None:
+            self.held_out.load_state_dict(state["held_out"])

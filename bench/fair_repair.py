@@ -1,0 +1,239 @@
+"""Fair fine-tuning methods side by side, over seeds, with paired intervals against naive.
+
+One dense model per set-up (cached), pruned once per sparsity (layer-wise magnitude, first
+conv and last linear dense, BatchNorm recalibrated); then every method fine-tunes that same
+pruned model with the same budget, once per seed. The seed sets the batch order (and so
+every random choice of the run); seed s of a method is paired with seed s of naive.
+
+Set-ups: `utkface` (target race, groups race: the paper's), `cifar10` (classes as groups:
+Balancing Act's second kind of set-up, on the shared CIFAR-10 subset).
+
+Data use, for every method alike: a stratified 20 % of the training split is the constraint
+split, cut away before the dense model trains; only the held-out dual steps read it. With
+`--select`, a further stratified 20 % of what is left is a *selection* split, the only data
+the numbers are then reported on: method settings are chosen there, never on the test split,
+which a final run (without `--select`) reads once.
+
+A method is a name with optional settings, e.g. `fair_distill:distill_alpha=0.5+dual_lr=0`;
+its label in the table is the whole string.
+
+    OMP_NUM_THREADS=1 python bench/fair_repair.py --setups utkface --sparsities 0.9,0.95 --seeds 5
+    python bench/fair_repair.py --from-results docs/results/fair-repair/utkface.json  # re-render
+
+Writes <out>/<setup>.json and <out>/<setup>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests/data/loaders.py: the shared-data loaders
+
+from bench._common import machine  # noqa: E402
+from equiprune.engine.evaluation import evaluate  # noqa: E402
+from equiprune.engine.finetune.config import FinetuneConfig  # noqa: E402
+from equiprune.engine.finetune.loop import finetune  # noqa: E402
+from equiprune.engine.models.io import load_model, save_safetensors  # noqa: E402
+from equiprune.engine.models.registry import ArchitectureSpec, build_model  # noqa: E402
+from equiprune.engine.prune import PruningConfig, prune  # noqa: E402
+from equiprune.engine.pruning.batchnorm import recalibrate_batchnorm  # noqa: E402
+from equiprune.engine.report import build_report  # noqa: E402
+from tests.data.loaders import load_cifar10, load_utkface  # noqa: E402
+
+DEFAULT_METHODS = "naive,equalized_loss,ceag,heldout_ceag,fair_distill"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--setups", default="utkface")
+    p.add_argument("--arch", default="small_cnn")
+    p.add_argument("--sparsities", default="0.9,0.95")
+    p.add_argument("--methods", default=DEFAULT_METHODS)
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--dense-epochs", type=int, default=15)
+    p.add_argument("--ft-epochs", type=int, default=3)
+    p.add_argument("--max-train", type=int, default=None)
+    p.add_argument("--max-test", type=int, default=None)
+    p.add_argument("--select", action="store_true", help="report on a selection split carved from train, not on test")
+    p.add_argument("--out", default=str(ROOT / "bench" / "out" / "fair-repair"))
+    p.add_argument("--cache", default=str(ROOT / "bench" / "out" / "dense-cache"))
+    p.add_argument("--from-results", default=None, help="re-render the table of a results JSON")
+    return p.parse_args(argv)
+
+
+def parse_method(text: str) -> tuple[str, dict]:
+    name, _, settings = text.partition(":")
+    overrides = {}
+    for item in filter(None, settings.split("+")):
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
+    return name, overrides
+
+
+def load_setup(name: str, args):
+    if name == "utkface":
+        data, group_by = load_utkface(target="race", max_train=args.max_train, max_test=args.max_test), ("race",)
+    elif name == "cifar10":
+        data, group_by = load_cifar10(max_train=args.max_train, max_test=args.max_test), ("class",)
+    else:
+        raise SystemExit(f"unknown set-up {name!r}")
+    train, constraint = data.select(group_by, split="train").split_off(0.2, seed=0)
+    test = data.select(group_by, split="test")
+    if args.select:
+        train, test = train.split_off(0.2, seed=1)
+    return data, train, constraint, test
+
+
+def dense_model(spec, train, args, setup):
+    """The dense model, trained once per set-up and cached (training is deterministic)."""
+    key = json.dumps({"spec": spec.to_dict(), "n": len(train), "epochs": args.dense_epochs, "setup": setup,
+                      "select": args.select, "max_train": args.max_train})
+    cache = Path(args.cache) / f"dense-{setup}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
+    if cache.exists() and cache.with_suffix(".key").read_text() == key:
+        return load_model(cache).module, 0.0
+    torch.manual_seed(0)
+    dense = build_model(spec)
+    started = time.perf_counter()
+    finetune(dense, {}, train, FinetuneConfig(epochs=args.dense_epochs, lr=0.05, augment_hflip=True, seed=0))
+    seconds = time.perf_counter() - started
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    save_safetensors(dense, spec, cache)
+    cache.with_suffix(".key").write_text(key)
+    return dense, seconds
+
+
+def run_setup(setup: str, args) -> dict:
+    started = time.perf_counter()
+    data, train, constraint, test = load_setup(setup, args)
+    spec = ArchitectureSpec(args.arch, {"num_classes": data.num_classes, "in_channels": 3, "input_size": 32})
+    dense, dense_seconds = dense_model(spec, train, args, setup)
+    ref = {"train": evaluate(dense, train), "test": evaluate(dense, test), "constraint": evaluate(dense, constraint)}
+    print(f"[{setup}] train {len(train)} constraint {len(constraint)} {'selection' if args.select else 'test'} {len(test)};"
+          f" dense acc train {ref['train'].accuracy():.3f} test {ref['test'].accuracy():.3f}", flush=True)
+    record = {"setup": setup, "sizes": {"train": len(train), "constraint": len(constraint), "test": len(test)},
+              "evaluated_on": "selection" if args.select else "test", "group_names": list(train.group_names),
+              "dense_seconds": dense_seconds,
+              "dense": {k: build_report(ref[k]).to_dict() for k in ("train", "test")}, "sparsities": {}}
+    for sparsity in [float(s) for s in args.sparsities.split(",")]:
+        outcome = prune(dense, PruningConfig(sparsity=sparsity, scope="layerwise"))
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+        recalibrate_batchnorm(outcome.module, train.inputs[order])
+        pruned = {k: build_report(evaluate(outcome.module, d), ref[k]).to_dict() for k, d in (("train", train), ("test", test))}
+        entry = {"pruned": pruned, "methods": {}}
+        for text in args.methods.split(","):
+            name, overrides = parse_method(text)
+            runs = []
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
+                model = copy.deepcopy(outcome.module)
+                config = FinetuneConfig(method=name, epochs=args.ft_epochs, seed=seed, **overrides)
+                t0 = time.perf_counter()
+                result = finetune(model, outcome.masks, train, config, train_reference=ref["train"],
+                                  constraint=constraint, constraint_reference=ref["constraint"], teacher=dense)
+                seconds = time.perf_counter() - t0
+                reports = {k: build_report(evaluate(model, d), ref[k]) for k, d in (("train", train), ("test", test))}
+                runs.append({"seed": seed, "seconds": seconds, "load": os.getloadavg()[0],
+                             "multipliers": [e.multipliers for e in result.epochs],
+                             **{k: v.to_dict() for k, v in reports.items()}})
+                print(f"[{setup}] s={sparsity} {text} seed {seed}: train max psi "
+                      f"{100 * reports['train'].summary.max_excess_accuracy_gap:+.2f}, test max psi "
+                      f"{100 * reports['test'].summary.max_excess_accuracy_gap:+.2f}, test acc "
+                      f"{100 * reports['test'].overall.accuracy:.2f} ({seconds:.0f}s)", flush=True)
+            entry["methods"][text] = runs
+        record["sparsities"][str(sparsity)] = entry
+        record["seconds"] = time.perf_counter() - started
+    return record
+
+
+def t_quantile(df: int) -> float:
+    """Two-sided 95 % Student t quantile."""
+    try:
+        from scipy.stats import t
+        return float(t.ppf(0.975, df))
+    except ImportError:  # the table's values for small df, else the normal quantile
+        return {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}.get(df, 1.96)
+
+
+def paired(values: list[float], baseline: list[float]) -> dict:
+    """Mean of the per-seed differences and its 95 % t interval."""
+    d = [a - b for a, b in zip(values, baseline)]
+    n = len(d)
+    mean = sum(d) / n
+    if n < 2:
+        return {"mean": mean, "low": None, "high": None, "n": n}
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+    half = t_quantile(n - 1) * sd / math.sqrt(n)
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
+
+
+def summarise(record: dict) -> list[str]:
+    split = record["evaluated_on"]
+    lines = [f"## {record['setup']}: sizes {record['sizes']}, numbers on the **{split}** split", "",
+             f"Dense accuracy: train {100 * record['dense']['train']['overall']['accuracy']:.2f}, "
+             f"{split} {100 * record['dense']['test']['overall']['accuracy']:.2f}.", "",
+             f"| sparsity | method | {split} max ψ_g per seed | mean | Δ vs naive [95 % CI] | train max ψ_g | "
+             f"{split} accuracy (Δ vs naive) | fine-tuning s (× naive) |",
+             "| ---: | --- | --- | ---: | --- | ---: | --- | --- |"]
+    for s, entry in record["sparsities"].items():
+        pr = entry["pruned"]
+        lines.append(f"| {s} | just pruned | {100 * pr['test']['summary']['max_excess_accuracy_gap']:+.2f} | | | "
+                     f"{100 * pr['train']['summary']['max_excess_accuracy_gap']:+.2f} | "
+                     f"{100 * pr['test']['overall']['accuracy']:.2f} | |")
+        base = entry["methods"].get("naive")
+
+        def col(runs, key, split_name="test"):
+            return [r[split_name]["summary"][key] if key != "accuracy" else r[split_name]["overall"]["accuracy"] for r in runs]
+
+        for method, runs in entry["methods"].items():
+            psi = col(runs, "max_excess_accuracy_gap")
+            train_psi = col(runs, "max_excess_accuracy_gap", "train")
+            acc = col(runs, "accuracy")
+            secs = [r["seconds"] for r in runs]
+            per_seed = " ".join(f"{100 * v:+.2f}" for v in psi)
+            diff = acc_diff = ratio = ""
+            if base is not None and method != "naive":
+                d = paired(psi, col(base, "max_excess_accuracy_gap"))
+                ci = f" [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]" if d["low"] is not None else ""
+                diff = f"{100 * d['mean']:+.2f}{ci}"
+                a = paired(acc, col(base, "accuracy"))
+                acc_diff = f" ({100 * a['mean']:+.2f})"
+                ratio = f" ({sum(secs) / sum(r['seconds'] for r in base):.2f}×)"
+            lines.append(f"| {s} | {method} | {per_seed} | {100 * sum(psi) / len(psi):+.2f} | {diff} | "
+                         f"{100 * sum(train_psi) / len(train_psi):+.2f} | {100 * sum(acc) / len(acc):.2f}{acc_diff} | "
+                         f"{sum(secs) / len(secs):.1f}{ratio} |")
+    lines.append("")
+    return lines
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.from_results:
+        payload = json.loads(Path(args.from_results).read_text())
+        print("\n".join(summarise(payload["record"])))
+        return
+    command = "OMP_NUM_THREADS=%s python bench/fair_repair.py %s" % (os.environ.get("OMP_NUM_THREADS", "?"), " ".join(sys.argv[1:]))
+    for setup in args.setups.split(","):
+        record = run_setup(setup, args)
+        payload = {"command": command, "machine": machine(), "args": vars(args), "record": record}
+        (out / f"{setup}.json").write_text(json.dumps(payload, indent=1, allow_nan=False))
+        lines = [f"# Fair repair: {setup}", "", f"Produced by `{command}`", "",
+                 f"Machine: {payload['machine']}; load average at the end {os.getloadavg()}.", "", *summarise(record)]
+        (out / f"{setup}.md").write_text("\n".join(lines))
+        print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    main()
