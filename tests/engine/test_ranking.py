@@ -49,3 +49,14 @@ def test_rank_agreement_rejects_non_numbers():
 def test_average_ranks_agree_with_a_hand_count():
 
     assert _average_ranks(np.array([10.0, 20.0, 20.0, 5.0, 20.0])).tolist() == [2.0, 4.0, 4.0, 1.0, 4.0]
+
+
+def test_the_prediction_note_names_what_was_predicted_and_both_rankings():
+    from equiprune.engine.ranking import prediction_note
+
+    prediction = {"before_recalibration": {"rank_agreement": {"spearman": 0.8}},
+                  "after_recalibration": {"rank_agreement": {"spearman": -0.5}}}
+    note = prediction_note(prediction)
+    assert "dense BatchNorm statistics" in note and "+0.80" in note and "-0.50" in note
+    assert "recalibrated" not in prediction_note({"before_recalibration": {"rank_agreement": {"spearman": None}}})
+    assert prediction_note(None) == ""

@@ -210,11 +210,15 @@ def diagnostics_table(summary: reports_pb2.DiagnosticsSummary) -> str:
 
     rows = [[g.group, str(g.n), num(g, "loss"), num(g, "gradient_norm"), num(g, "hessian_trace"),
              num(g, "hessian_top_eigenvalue"), num(g, "mean_uncertainty"), num(g, "predicted_excess_loss"),
-             num(g, "measured_excess_loss")] for g in summary.groups]
-    header = ["group", "n", "loss", "‖g_a‖", "tr H", "λ_max", "uncert.", "pred. R(a)", "meas. R(a)"]
+             num(g, "measured_excess_loss"), num(g, "measured_excess_loss_after_recalibration")]
+            for g in summary.groups]
+    header = ["group", "n", "loss", "‖g_a‖", "tr H", "λ_max", "uncert.", "pred. R(a)", "meas. R(a)",
+              "meas. R(a) recal."]
     lines = ["dense-model diagnostics"] + render(header, rows, right=range(1, len(header)))
     if summary.HasField("rank_correlation"):
         lines.append(f"Spearman correlation of predicted and measured R(a): {summary.rank_correlation:+.2f}")
+    if summary.prediction_note:
+        lines.append(summary.prediction_note)
     return "\n".join(lines)
 
 

@@ -133,7 +133,7 @@ class SweepPoint(_message.Message):
     def __init__(self, sparsity: _Optional[float] = ..., tolerance_met: _Optional[bool] = ..., report: _Optional[_Union[GroupReport, _Mapping]] = ...) -> None: ...
 
 class GroupDiagnostics(_message.Message):
-    __slots__ = ("group", "n", "loss", "gradient_norm", "hessian_trace", "hessian_trace_stderr", "hessian_top_eigenvalue", "mean_uncertainty", "mean_margin", "mean_logit_margin", "predicted_excess_loss", "measured_excess_loss")
+    __slots__ = ("group", "n", "loss", "gradient_norm", "hessian_trace", "hessian_trace_stderr", "hessian_top_eigenvalue", "mean_uncertainty", "mean_margin", "mean_logit_margin", "predicted_excess_loss", "measured_excess_loss", "measured_excess_loss_after_recalibration")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +146,7 @@ class GroupDiagnostics(_message.Message):
     MEAN_LOGIT_MARGIN_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_EXCESS_LOSS_FIELD_NUMBER: _ClassVar[int]
     MEASURED_EXCESS_LOSS_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_EXCESS_LOSS_AFTER_RECALIBRATION_FIELD_NUMBER: _ClassVar[int]
     group: str
     n: int
     loss: float
@@ -158,12 +159,17 @@ class GroupDiagnostics(_message.Message):
     mean_logit_margin: float
     predicted_excess_loss: float
     measured_excess_loss: float
-    def __init__(self, group: _Optional[str] = ..., n: _Optional[int] = ..., loss: _Optional[float] = ..., gradient_norm: _Optional[float] = ..., hessian_trace: _Optional[float] = ..., hessian_trace_stderr: _Optional[float] = ..., hessian_top_eigenvalue: _Optional[float] = ..., mean_uncertainty: _Optional[float] = ..., mean_margin: _Optional[float] = ..., mean_logit_margin: _Optional[float] = ..., predicted_excess_loss: _Optional[float] = ..., measured_excess_loss: _Optional[float] = ...) -> None: ...
+    measured_excess_loss_after_recalibration: float
+    def __init__(self, group: _Optional[str] = ..., n: _Optional[int] = ..., loss: _Optional[float] = ..., gradient_norm: _Optional[float] = ..., hessian_trace: _Optional[float] = ..., hessian_trace_stderr: _Optional[float] = ..., hessian_top_eigenvalue: _Optional[float] = ..., mean_uncertainty: _Optional[float] = ..., mean_margin: _Optional[float] = ..., mean_logit_margin: _Optional[float] = ..., predicted_excess_loss: _Optional[float] = ..., measured_excess_loss: _Optional[float] = ..., measured_excess_loss_after_recalibration: _Optional[float] = ...) -> None: ...
 
 class DiagnosticsSummary(_message.Message):
-    __slots__ = ("groups", "rank_correlation")
+    __slots__ = ("groups", "rank_correlation", "rank_correlation_after_recalibration", "prediction_note")
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     RANK_CORRELATION_FIELD_NUMBER: _ClassVar[int]
+    RANK_CORRELATION_AFTER_RECALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_NOTE_FIELD_NUMBER: _ClassVar[int]
     groups: _containers.RepeatedCompositeFieldContainer[GroupDiagnostics]
     rank_correlation: float
-    def __init__(self, groups: _Optional[_Iterable[_Union[GroupDiagnostics, _Mapping]]] = ..., rank_correlation: _Optional[float] = ...) -> None: ...
+    rank_correlation_after_recalibration: float
+    prediction_note: str
+    def __init__(self, groups: _Optional[_Iterable[_Union[GroupDiagnostics, _Mapping]]] = ..., rank_correlation: _Optional[float] = ..., rank_correlation_after_recalibration: _Optional[float] = ..., prediction_note: _Optional[str] = ...) -> None: ...

@@ -162,6 +162,10 @@ def _compress(args) -> int:
     else:
         print()
         print(format_comparison(result))
+        if result.prediction is not None:
+            from .ranking import prediction_note
+
+            print("\n" + prediction_note(result.prediction))
         print("\nartifacts: " + ", ".join(f"{k}={v}" for k, v in written.items()))
     return 0
 

@@ -112,3 +112,23 @@ def rank_agreement(predicted: Mapping[str, Any], measured: Mapping[str, Any]) ->
     if reason is not None:
         return RankAgreement(None, None, len(kept), tuple(kept), tuple(excluded), reason)
     return RankAgreement(_spearman(x, y), _kendall_tau_b(x, y), len(kept), tuple(kept), tuple(excluded), None)
+
+
+def prediction_note(prediction: dict | None) -> str:
+    """Which damage the second-order prediction models and how well it ranked, in words: the
+    prediction removes w_P with the dense BatchNorm statistics, while the model the user gets
+    (and fine-tunes) has them re-estimated, and the two rankings can disagree (on UTKFace the
+    first held at Spearman +0.81 pooled, the second at −0.5 to −0.7, docs/diagnostics.md)."""
+    if not prediction:
+        return ""
+
+    def rho(part):
+        value = ((prediction.get(part) or {}).get("rank_agreement") or {}).get("spearman")
+        return "n/a" if value is None else f"{value:+.2f}"
+
+    note = ("predicted: R(a) of the pruned model with the dense BatchNorm statistics (no recalibration); "
+            f"its ranking of the groups held at Spearman {rho('before_recalibration')}")
+    if prediction.get("after_recalibration"):
+        note += (f"; against the recalibrated model's measured R(a), the damage fine-tuning starts from, "
+                 f"Spearman {rho('after_recalibration')} — read the measured columns for that damage")
+    return note

@@ -31,6 +31,7 @@ from equiprune.engine.models.footprint import ModelLimits
 from equiprune.engine.models.io import LoadedModel, load_model, save_safetensors
 from equiprune.engine.models.registry import ArchitectureSpec, build_model
 from equiprune.engine.pipeline import CompressionJob, CompressionResult, run_compression, write_outputs
+from equiprune.engine.ranking import prediction_note
 from equiprune.engine.report import build_report
 
 from .specs import JobSpecModel, compression_job, engine_configs, resolve_split
@@ -251,7 +252,9 @@ def summarise(result: dict, job: CompressionJob) -> dict:
 def _diagnostics_summary(diagnostics: dict, prediction: dict | None) -> dict:
     predicted = (prediction or {}).get("predicted_excess_loss", {})
     before = (prediction or {}).get("before_recalibration", {})
+    after = (prediction or {}).get("after_recalibration", {})
     measured = before.get("measured_excess_loss", {})
+    measured_after = after.get("measured_excess_loss", {})
     groups = list(diagnostics["groups"])
     if diagnostics.get("overall") is not None:
         groups.append({**diagnostics["overall"], "group": "overall"})
@@ -262,9 +265,13 @@ def _diagnostics_summary(diagnostics: dict, prediction: dict | None) -> dict:
             "hessian_top_eigenvalue": g["top_eigenvalue"], "mean_uncertainty": g["mean_uncertainty"],
             "mean_margin": g["mean_margin"], "mean_logit_margin": g["mean_logit_margin"],
             "predicted_excess_loss": predicted.get(g["group"]), "measured_excess_loss": measured.get(g["group"]),
+            "measured_excess_loss_after_recalibration": measured_after.get(g["group"]),
         } for g in groups],
         "rank_correlation": (before.get("rank_agreement") or {}).get("spearman"),
+        "rank_correlation_after_recalibration": (after.get("rank_agreement") or {}).get("spearman"),
+        "prediction_note": prediction_note(prediction),
     }
+
 
 
 # ----------------------------------------------------------------------------- helpers
