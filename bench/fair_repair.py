@@ -6,7 +6,9 @@ pruned model with the same budget, once per seed. The seed sets the batch order 
 every random choice of the run); seed s of a method is paired with seed s of naive.
 
 Set-ups: `utkface` (target race, groups race: the paper's), `cifar10` (classes as groups:
-Balancing Act's second kind of set-up, on the shared CIFAR-10 subset).
+Balancing Act's second kind of set-up, on the shared CIFAR-10 subset), `digits_tabular`
+(scikit-learn's bundled digits read as 64 tabular features by an MLP, groups the synthetic
+`cohort`: digits 8 and 9 are the minority; a small set from another domain, no convolution).
 
 Data use, for every method alike: a stratified 20 % of the training split is the constraint
 split, cut away before the dense model trains; only the held-out dual steps read it. With
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -49,6 +52,8 @@ from equiprune.engine.models.registry import ArchitectureSpec, build_model  # no
 from equiprune.engine.prune import PruningConfig, prune  # noqa: E402
 from equiprune.engine.pruning.batchnorm import recalibrate_batchnorm  # noqa: E402
 from equiprune.engine.report import build_report  # noqa: E402
+from equiprune.engine.demo_data import digits_group_dataset  # noqa: E402
+from equiprune.engine.groups import GroupedData  # noqa: E402
 from tests.data.loaders import load_cifar10, load_utkface  # noqa: E402
 
 DEFAULT_METHODS = "naive,equalized_loss,ceag,heldout_ceag,fair_distill"
@@ -78,27 +83,45 @@ def parse_method(text: str) -> tuple[str, dict]:
     overrides = {}
     for item in filter(None, settings.split("+")):
         key, _, value = item.partition("=")
-        overrides[key] = json.loads(value)
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value  # a bare word: a string setting such as held_out
     return name, overrides
 
 
 def load_setup(name: str, args):
+    """(train, constraint, test, architecture, pruning config) of a set-up."""
+    flatten = False
+    pruning = PruningConfig(sparsity=0.9, scope="layerwise")
     if name == "utkface":
         data, group_by = load_utkface(target="race", max_train=args.max_train, max_test=args.max_test), ("race",)
+        spec = ArchitectureSpec(args.arch, {"num_classes": data.num_classes, "in_channels": 3, "input_size": 32})
     elif name == "cifar10":
         data, group_by = load_cifar10(max_train=args.max_train, max_test=args.max_test), ("class",)
+        spec = ArchitectureSpec(args.arch, {"num_classes": data.num_classes, "in_channels": 3, "input_size": 32})
+    elif name == "digits_tabular":
+        data, group_by, flatten = digits_group_dataset(), ("cohort",), True
+        spec = ArchitectureSpec("mlp", {"in_features": 64, "num_classes": 10, "hidden": [64, 64]})
+        # Two linear layers of three: keeping the first and last dense would leave one to prune.
+        pruning = PruningConfig(sparsity=0.9, scope="layerwise", keep_first_and_last=False)
     else:
         raise SystemExit(f"unknown set-up {name!r}")
-    train, constraint = data.select(group_by, split="train").split_off(0.2, seed=0)
-    test = data.select(group_by, split="test")
+
+    def select(split):
+        part = data.select(group_by, split=split)
+        return GroupedData(part.inputs.reshape(len(part), -1), part.labels, part.groups, part.group_names) if flatten else part
+
+    train, constraint = select("train").split_off(0.2, seed=0)
+    test = select("test")
     if args.select:
         train, test = train.split_off(0.2, seed=1)
-    return data, train, constraint, test
+    return train, constraint, test, spec, pruning
 
 
-def dense_model(spec, train, args, setup):
+def dense_model(spec, train, args, setup, epochs):
     """The dense model, trained once per set-up and cached (training is deterministic)."""
-    key = json.dumps({"spec": spec.to_dict(), "n": len(train), "epochs": args.dense_epochs, "setup": setup,
+    key = json.dumps({"spec": spec.to_dict(), "n": len(train), "epochs": epochs, "setup": setup,
                       "select": args.select, "max_train": args.max_train})
     cache = Path(args.cache) / f"dense-{setup}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
     if cache.exists() and cache.with_suffix(".key").read_text() == key:
@@ -106,7 +129,9 @@ def dense_model(spec, train, args, setup):
     torch.manual_seed(0)
     dense = build_model(spec)
     started = time.perf_counter()
-    finetune(dense, {}, train, FinetuneConfig(epochs=args.dense_epochs, lr=0.05, augment_hflip=True, seed=0))
+    batch = 128 if train.inputs.dim() == 4 else 32
+    finetune(dense, {}, train, FinetuneConfig(epochs=epochs, batch_size=batch, lr=0.05,
+                                              augment_hflip=train.inputs.dim() == 4, seed=0))
     seconds = time.perf_counter() - started
     cache.parent.mkdir(parents=True, exist_ok=True)
     save_safetensors(dense, spec, cache)
@@ -116,10 +141,11 @@ def dense_model(spec, train, args, setup):
 
 def run_setup(setup: str, args) -> dict:
     started = time.perf_counter()
-    data, train, constraint, test = load_setup(setup, args)
-    spec = ArchitectureSpec(args.arch, {"num_classes": data.num_classes, "in_channels": 3, "input_size": 32})
-    dense, dense_seconds = dense_model(spec, train, args, setup)
-    ref = {"train": evaluate(dense, train), "test": evaluate(dense, test), "constraint": evaluate(dense, constraint)}
+    train, constraint, test, spec, pruning_config = load_setup(setup, args)
+    dense_epochs = args.dense_epochs if setup != "digits_tabular" else max(args.dense_epochs, 30)
+    dense, dense_seconds = dense_model(spec, train, args, setup, dense_epochs)
+    # The dense training logits are kept as the pipeline keeps them for its dense report.
+    ref = {"train": evaluate(dense, train, keep_logits=True), "test": evaluate(dense, test), "constraint": evaluate(dense, constraint, keep_logits=True)}
     print(f"[{setup}] train {len(train)} constraint {len(constraint)} {'selection' if args.select else 'test'} {len(test)};"
           f" dense acc train {ref['train'].accuracy():.3f} test {ref['test'].accuracy():.3f}", flush=True)
     record = {"setup": setup, "sizes": {"train": len(train), "constraint": len(constraint), "test": len(test)},
@@ -127,7 +153,7 @@ def run_setup(setup: str, args) -> dict:
               "dense_seconds": dense_seconds,
               "dense": {k: build_report(ref[k]).to_dict() for k in ("train", "test")}, "sparsities": {}}
     for sparsity in [float(s) for s in args.sparsities.split(",")]:
-        outcome = prune(dense, PruningConfig(sparsity=sparsity, scope="layerwise"))
+        outcome = prune(dense, dataclasses.replace(pruning_config, sparsity=sparsity))
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
         recalibrate_batchnorm(outcome.module, train.inputs[order])
         pruned = {k: build_report(evaluate(outcome.module, d), ref[k]).to_dict() for k, d in (("train", train), ("test", test))}
@@ -144,6 +170,7 @@ def run_setup(setup: str, args) -> dict:
                 seconds = time.perf_counter() - t0
                 reports = {k: build_report(evaluate(model, d), ref[k]) for k, d in (("train", train), ("test", test))}
                 runs.append({"seed": seed, "seconds": seconds, "load": os.getloadavg()[0],
+                             "calibration": result.calibration,
                              "multipliers": [e.multipliers for e in result.epochs],
                              **{k: v.to_dict() for k, v in reports.items()}})
                 print(f"[{setup}] s={sparsity} {text} seed {seed}: train max psi "

@@ -46,7 +46,7 @@ from equiprune.engine.pruning.batchnorm import recalibrate_batchnorm  # noqa: E4
 from equiprune.engine.report import build_report  # noqa: E402
 from tests.data.loaders import load_utkface  # noqa: E402
 
-METHODS = ("naive", "equalized_loss", "ceag", "heldout_ceag")
+METHODS = ("naive", "equalized_loss", "ceag", "heldout_ceag", "fair_distill")
 SETUPS = {"race": ("race", ("race",)), "gender": ("gender", ("race",))}
 
 
@@ -64,7 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--max-train", type=int, default=None)
     p.add_argument("--max-test", type=int, default=None)
     p.add_argument("--tolerance", type=float, default=0.01)
-    p.add_argument("--dual-lr", type=float, default=1e-2)
+    p.add_argument("--dual-lr", type=float, default=FinetuneConfig.dual_lr,
+                   help="integral gain of the dual step, per epoch (docs/finetuning.md)")
     p.add_argument("--ft-schedule", default="cosine", choices=["cosine", "constant"])
     p.add_argument("--probes", type=int, default=8, help="Hutchinson probes for the diagnostics")
     p.add_argument("--diag-per-group", type=int, default=400,
@@ -142,7 +143,7 @@ def run_setup(args, target, group_by, sparsities, methods) -> dict:
     kwargs = {"num_classes": data.num_classes, "in_channels": 3, "input_size": 32, **json.loads(args.arch_kwargs)}
     spec = ArchitectureSpec(args.arch, kwargs)
     dense, dense_seconds = dense_model(spec, train, args, Path(args.out) / f"dense-{target}.safetensors")
-    dense_ev = {"train": evaluate(dense, train), "test": evaluate(dense, test), "constraint": evaluate(dense, constraint)}
+    dense_ev = {"train": evaluate(dense, train, keep_logits=True), "test": evaluate(dense, test), "constraint": evaluate(dense, constraint)}
     record = {
         "target": target, "group_by": list(group_by), "sizes": {"train": len(train), "constraint": len(constraint), "test": len(test)},
         "group_names": list(train.group_names), "arch": spec.to_dict(), "dense_train_seconds": dense_seconds,
@@ -195,7 +196,7 @@ def run_setup(args, target, group_by, sparsities, methods) -> dict:
                                         dual_lr=args.dual_lr, lr_schedule=args.ft_schedule)
                 t0 = time.perf_counter()
                 result = finetune(model, outcome.masks, train, config, train_reference=dense_ev["train"],
-                                  constraint=constraint, constraint_reference=dense_ev["constraint"])
+                                  constraint=constraint, constraint_reference=dense_ev["constraint"], teacher=dense)
                 seconds = time.perf_counter() - t0
                 reports = {k: build_report(evaluate(model, d), dense_ev[k], tolerance=args.tolerance)
                            for k, d in (("train", train), ("test", test))}

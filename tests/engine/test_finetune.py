@@ -278,3 +278,37 @@ def test_non_finite_settings_are_refused(name):
     with pytest.raises(InvalidConfigError) as err:
         FinetuneConfig(**{name: float("nan")})
     assert err.value.field == f"finetune.{name}"
+
+
+def test_output_calibration_restores_the_dense_prediction_rates_on_held_out_data():
+    """A pruned model that no longer predicts the minority's class gets it back, as often as
+    the dense model predicts it on the constraint split, through the output bias alone."""
+    from equiprune.engine.finetune.calibrate import match_prediction_rates
+
+    data = two_group_data(n=2000)
+    dense = mlp()
+    finetune(dense, {}, data, FinetuneConfig(epochs=10, batch_size=32, lr=0.05))
+    suppressed = mlp()
+    suppressed.load_state_dict(dense.state_dict())
+    with torch.no_grad():
+        suppressed[2].bias[1] -= 8.0  # class 1 all but vanishes from the predictions
+    dense_logits = evaluate(dense, data, keep_logits=True).logits
+    rate = lambda logits: float((logits.argmax(1) == 1).double().mean())  # noqa: E731
+    assert rate(evaluate(suppressed, data, keep_logits=True).logits) < 0.5 * rate(dense_logits)
+    weights_before = suppressed[0].weight.clone()
+    calibration = match_prediction_rates(suppressed, data, dense_logits)
+    assert calibration.applied and calibration.distance_after < calibration.distance_before
+    assert rate(evaluate(suppressed, data, keep_logits=True).logits) == pytest.approx(rate(dense_logits), abs=0.02)
+    assert torch.equal(suppressed[0].weight, weights_before)  # only the output bias moved
+
+
+def test_output_calibration_leaves_a_model_without_an_additive_output_bias_alone():
+    from equiprune.engine.finetune.calibrate import match_prediction_rates
+
+    data = two_group_data()
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2), nn.Tanh())  # the bias is squashed
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dense_logits = torch.stack([torch.zeros(len(data)), torch.ones(len(data))], dim=1)
+    calibration = match_prediction_rates(model, data, dense_logits)
+    assert not calibration.applied and "not added" in calibration.note
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

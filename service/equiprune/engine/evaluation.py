@@ -16,6 +16,8 @@ from torch import nn
 from .groups import GroupedData
 from .modes import mode
 
+MAX_KEPT_LOGITS_BYTES = 1 << 30
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -26,6 +28,9 @@ class Evaluation:
     confidence: torch.Tensor  # float32 (N,), max class probability
     groups: torch.Tensor  # int64 (N,)
     group_names: tuple[str, ...]
+    # float32 (N, classes) when asked for (`keep_logits`): the dense model's outputs are the
+    # distillation targets of fair fine-tuning, and its report already ran this pass.
+    logits: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.correct.shape[0])
@@ -67,10 +72,14 @@ def evaluate(
     *,
     batch_size: int = 512,
     device: torch.device | str | None = None,
+    keep_logits: bool = False,
 ) -> Evaluation:
-    """Run the model once over `data` in eval mode (when the model allows switching)."""
+    """Run the model once over `data` in eval mode (when the model allows switching).
+
+    keep_logits: also return every sample's logits, unless they would take more than
+    MAX_KEPT_LOGITS_BYTES (then `logits` is None and a caller computes what it needs itself)."""
     device = torch.device(device) if device is not None else _model_device(model)
-    correct, losses, confidence = [], [], []
+    correct, losses, confidence, kept, kept_bytes = [], [], [], [], 0
     with mode(model, training=False):
         for x, y, _ in data.batches(batch_size):
             x, y = x.to(device), y.to(device)
@@ -80,6 +89,12 @@ def evaluate(
             conf, pred = probs.max(dim=1)
             correct.append((pred == y).cpu())
             confidence.append(conf.cpu())
+            if keep_logits and kept is not None:
+                kept_bytes += logits.numel() * 4
+                if kept_bytes > MAX_KEPT_LOGITS_BYTES:
+                    kept = None  # too large to keep
+                else:
+                    kept.append(logits.cpu())
     empty = torch.empty(0)
     return Evaluation(
         correct=torch.cat(correct) if correct else empty.bool(),
@@ -87,6 +102,7 @@ def evaluate(
         confidence=torch.cat(confidence) if confidence else empty,
         groups=data.groups.clone(),
         group_names=data.group_names,
+        logits=(torch.cat(kept) if kept else torch.zeros(0, 0)) if keep_logits and kept is not None else None,
     )
 
 

@@ -184,7 +184,9 @@ def run_compression(
     train, evaluation, constraint = _splits(dataset, job, notes)
 
     def measure(model: nn.Module, reference: dict[str, Evaluation] | None) -> tuple[StageReports, dict[str, Evaluation]]:
-        evals = {"train": evaluate(model, train, batch_size=job.eval_batch_size, device=device)}
+        # The dense model's training logits are fair_distill's targets: kept from this pass.
+        keep = reference is None and job.finetune is not None and job.finetune.needs_teacher
+        evals = {"train": evaluate(model, train, batch_size=job.eval_batch_size, device=device, keep_logits=keep)}
         if evaluation is not None:
             evals["eval"] = evaluate(model, evaluation, batch_size=job.eval_batch_size, device=device)
         reports = {
@@ -231,7 +233,8 @@ def run_compression(
         say("finetune", {"method": job.finetune.method})
         needs = job.finetune.needs_reference
         train_ref = dense_evals["train"] if needs else None
-        constraint_ref = (evaluate(dense, constraint, batch_size=job.eval_batch_size, device=device)
+        constraint_ref = (evaluate(dense, constraint, batch_size=job.eval_batch_size, device=device,
+                                   keep_logits=job.finetune.needs_teacher)
                           if constraint is not None else None)
         ft_result = finetune(
             module, masks, train, job.finetune,

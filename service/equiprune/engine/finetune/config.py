@@ -39,6 +39,10 @@ class FinetuneConfig:
     max_multiplier: λ_max, the bound on every multiplier.
     distill_alpha, distill_temperature: fair_distill's weight of the distillation term and
         its softmax temperature T.
+    distill_constraint: where fair_distill's CEAG constraint is estimated: "train" (the
+        training data, as CEAG), "held_out" (a constraint split, as heldout_ceag) or "none".
+    calibrate_outputs: after fair_distill, fit output offsets on the constraint split so the
+        pruned model predicts each class as often as the dense one there (calibrate.py).
     confidence_z: the held-out dual steps move a multiplier only when ψ_g ± z·SE is all on one
         side of ε.
     replay_size: k, correctness bits kept per group for CEAG's dual step.
@@ -59,6 +63,8 @@ class FinetuneConfig:
     max_multiplier: float = 1.0
     distill_alpha: float = 0.9
     distill_temperature: float = 2.0
+    distill_constraint: str = "train"
+    calibrate_outputs: bool = True
     confidence_z: float = 1.0
     replay_size: int = 40
     constraint_window: int = 200
@@ -90,6 +96,9 @@ class FinetuneConfig:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise InvalidConfigError(f"finetune.{name}", f"must not be negative, got {getattr(self, name)}")
+        if self.distill_constraint not in ("none", "train", "held_out"):
+            raise InvalidConfigError("finetune.distill_constraint",
+                                     f"unknown {self.distill_constraint!r}; choose none, train or held_out")
         if self.lr_schedule not in ("constant", "cosine"):
             raise InvalidConfigError("finetune.lr_schedule", f"unknown schedule {self.lr_schedule!r}; choose constant or cosine")
         if not self.lr > 0:
@@ -117,7 +126,8 @@ class FinetuneConfig:
 
     @property
     def needs_constraint_split(self) -> bool:
-        return self.method == "heldout_ceag" or (self.method == "fair_distill" and self.dual_lr > 0)
+        return self.method == "heldout_ceag" or (
+            self.method == "fair_distill" and (self.distill_constraint == "held_out" or self.calibrate_outputs))
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -41,13 +41,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidConfigError
-from ..evaluation import Evaluation
+from ..evaluation import Evaluation, evaluate
 from ..groups import GroupedData
 from ..jsonable import json_safe
 from ..modes import mode, try_set_mode
 from ..pruning.masks import Masks, apply_masks, mask_gradients
 from .checkpoint import load_checkpoint, run_fingerprint, save_checkpoint
 from .config import FinetuneConfig
+from .calibrate import Calibration, match_prediction_rates
 from .distill import TeacherOutputs
 from .distributed import DataParallel
 from .dual import PIMultipliers
@@ -82,6 +83,7 @@ class FinetuneResult:
     epochs: tuple[EpochStats, ...]
     resumed_from_step: int
     mode_fixed: bool = False  # a torch.export program: trained in the mode it was exported in
+    calibration: dict | None = None  # fair_distill's held-out output calibration (calibrate.py)
 
     def to_dict(self) -> dict:
         return json_safe({
@@ -89,6 +91,7 @@ class FinetuneResult:
             "epochs": [vars(e) for e in self.epochs],
             "resumed_from_step": self.resumed_from_step,
             "mode_fixed": self.mode_fixed,
+            "calibration": self.calibration,
         })
 
 
@@ -130,19 +133,23 @@ def build_objective(
         return Objective(g)
     if config.method == "equalized_loss":
         return EqualizedLoss(g, controller(proportional=0.0), group_weights=shares)
-    if config.method == "ceag":
+    def train_side() -> CEAG:
         if train_reference is None:
-            raise InvalidConfigError("finetune.method", "ceag needs the dense model's evaluation on the training data")
+            raise InvalidConfigError("finetune.method", f"{config.method} needs the dense model's evaluation on the training data")
         return CEAG(
             g, dual=controller(), tolerance=config.tolerance, buffer_size=config.replay_size,
             reference_group_accuracy=train_reference.group_accuracy(),
             reference_group_loss=train_reference.group_loss(), group_weights=shares,
         )
+
+    if config.method == "ceag":
+        return train_side()
     if config.method == "fair_distill":
         if teacher is None:
             raise InvalidConfigError("finetune.method", "fair_distill needs the dense model (the teacher)")
+        constraint = {"none": None, "train": train_side, "held_out": held_out}[config.distill_constraint]
         return FairDistillation(g, teacher=teacher, alpha=config.distill_alpha, temperature=config.distill_temperature,
-                                held_out=held_out() if config.needs_constraint_split else None)
+                                constraint=constraint() if constraint is not None else None)
     return held_out()
 
 
@@ -180,7 +187,8 @@ def finetune(
         augmenting = config.augment_hflip and train.inputs.dim() == 4
         if teacher is model and augmenting:
             teacher = copy.deepcopy(model)  # per-batch targets must not come from the moving weights
-        targets = TeacherOutputs(teacher.to(device), train, augmenting=augmenting, device=device)
+        targets = TeacherOutputs(teacher.to(device), train, augmenting=augmenting, device=device,
+                                 reference=train_reference)
     objective = build_objective(config, train, train_reference, constraint, constraint_reference,
                                 steps_per_epoch, targets)
     use_cuda_extras = device.type == "cuda"
@@ -274,9 +282,24 @@ def finetune(
                                   samples, _named(objective.multipliers, names)))
         if checkpoint_path is not None and writes_checkpoints:
             save_checkpoint(checkpoint_path, model, optimizer, objective, step, fingerprint)
+    calibration = None
+    if config.method == "fair_distill" and config.calibrate_outputs:
+        calibration = _calibrate(model, constraint, constraint_reference, teacher, device).to_dict()
     if not mode_fixed:
         model.train(was_training)
-    return FinetuneResult(config, tuple(history), start_step, mode_fixed)
+    return FinetuneResult(config, tuple(history), start_step, mode_fixed, calibration)
+
+
+def _calibrate(model, constraint, constraint_reference, teacher, device) -> Calibration:
+    """fair_distill's last step: output offsets fitted on the constraint split."""
+    if constraint is None or len(constraint) == 0:
+        raise InvalidConfigError("finetune.calibrate_outputs", "output calibration needs a non-empty constraint split")
+    dense_logits = constraint_reference.logits if constraint_reference is not None else None
+    if dense_logits is None or dense_logits.shape[0] != len(constraint):
+        if teacher is None:
+            raise InvalidConfigError("finetune.method", "fair_distill needs the dense model (the teacher)")
+        dense_logits = evaluate(teacher, constraint, device=device, keep_logits=True).logits
+    return match_prediction_rates(model, constraint, dense_logits, device=device)
 
 
 def _has_random_layers(model: nn.Module) -> bool:

@@ -234,46 +234,49 @@ class HeldOutCEAG(CEAG):
 
 
 class FairDistillation(Objective):
-    """Ours, the default fair method: learn the dense model's behaviour, every group alike.
+    """Ours, the default fair method: learn the dense model's behaviour, every group alike,
+    under CEAG's constraint.
 
-    ψ_g is measured against the dense model, so the repair that carries to unseen data is to
-    make the pruned model *behave like the dense one* on every group, not to equalise
+    ψ_g is measured against the dense model, so a repair that carries to unseen data should
+    make the pruned model *behave like the dense one* on every group, not only equalise
     training-set numbers: distillation (Hinton et al. 2015) transfers the dense model's
-    function, which generalises like the dense model did, and it asks nothing that
-    the dense model itself does not do (unlike equal losses, which the dense model violates).
+    function, and it asks nothing the dense model itself does not do (unlike equal losses,
+    which the dense model violates).
 
-        primal = (1 − α)·CE + α·T²·Σ_g w_g·KL_g(dense_T ‖ pruned_T)
+        primal = (1 − α)·CE + α·T²·(1/|G_b|)·Σ_g KL_g(dense_T ‖ pruned_T) + Σ_g λ_g·ψ̃_g
 
-    with KL_g the mean KL divergence over group g's samples in the batch and w_g the group's
-    weight: equal for every group present (group-balanced), scaled by 1 + λ_g. Balancing the
-    distillation term, not the cross-entropy, is deliberate: up-weighting a group's
-    cross-entropy shifts the classifier's prior towards it (its ψ_g goes negative, the
-    majority's positive), while up-weighting its distillation term only makes the copy of the
-    dense model more exact there.
+    KL_g is the mean KL divergence over group g's samples in the batch, averaged with equal
+    weight over the groups present (group-balanced). Balancing the distillation term, not the
+    cross-entropy, is deliberate: up-weighting a group's cross-entropy shifts the classifier's
+    prior towards it (its ψ_g goes negative, the majority's positive), while up-weighting its
+    distillation term only makes the copy of the dense model more exact there.
 
-    λ_g (optional, `dual_lr` > 0) come from a held-out, confidence-aware dual step on a
-    constraint split (as HeldOutCEAG), so groups the copy still misses on unseen data weigh more.
+    λ_g and ψ̃_g are those of a CEAG objective (`constraint`): on the training data (as
+    CEAG) or on a held-out constraint split (as HeldOutCEAG); None leaves distillation alone.
     """
 
     def __init__(self, num_groups: int, *, teacher, alpha: float, temperature: float,
-                 held_out: HeldOutCEAG | None) -> None:
+                 constraint: CEAG | None) -> None:
         super().__init__(num_groups)
         self.teacher = teacher
         self.alpha = alpha
         self.temperature = temperature
-        self.held_out = held_out
-        self.uses_constraint_split = held_out is not None
+        self.constraint = constraint
+        self.uses_constraint_split = constraint is not None and constraint.uses_constraint_split
+
+    def observe(self, loss, correct, groups):
+        if self.constraint is not None:
+            self.constraint.observe(loss, correct, groups)
 
     def observe_constraint(self, correct, groups):
-        self.held_out.observe_constraint(correct, groups)
+        self.constraint.observe_constraint(correct, groups)
 
     def dual_step(self, groups):
-        if self.held_out is not None:
-            self.held_out.dual_step(groups)
-            self.multipliers = self.held_out.multipliers
+        if self.constraint is not None:
+            self.constraint.dual_step(groups)
+            self.multipliers = self.constraint.multipliers
 
     def primal_loss(self, loss, groups, batch=None):
-        ce = loss.mean()
         if batch is None or batch.logits is None or batch.index is None:
             raise ValueError("distillation needs the batch's logits and indices")
         t = self.temperature
@@ -282,17 +285,20 @@ class FairDistillation(Objective):
         log_q = torch.log_softmax(target.float() / t, dim=1)
         kl = (log_q.exp() * (log_q - log_p)).sum(dim=1)
         group_kl, present = group_mean_losses(kl, groups, self.num_groups)
-        weights = (1 + self.multipliers.to(kl.device, kl.dtype)) * present
-        balanced = (weights * group_kl).sum() / weights.sum().clamp(min=1e-12)
-        return (1 - self.alpha) * ce + self.alpha * t * t * balanced
+        balanced = (group_kl * present).sum() / present.sum().clamp(min=1)
+        total = (1 - self.alpha) * loss.mean() + self.alpha * t * t * balanced
+        if self.constraint is not None:
+            # CEAG's Lagrangian minus its own L: only the λ_g·ψ̃_g terms are added.
+            total = total + self.constraint.primal_loss(loss, groups) - loss.mean()
+        return total
 
     def state_dict(self):
         state = super().state_dict()
-        if self.held_out is not None:
-            state["held_out"] = self.held_out.state_dict()
+        if self.constraint is not None:
+            state["constraint"] = self.constraint.state_dict()
         return state
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        if self.held_out is not None:
-            self.held_out.load_state_dict(state["held_out"])
+        if self.constraint is not None:
+            self.constraint.load_state_dict(state["constraint"])
