@@ -74,7 +74,8 @@ def parse_args(argv=None):
     p.add_argument("--select", action="store_true", help="report on a selection split carved from train, not on test")
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "fair-repair"))
     p.add_argument("--cache", default=str(ROOT / "bench" / "out" / "dense-cache"))
-    p.add_argument("--from-results", default=None, help="re-render the table of a results JSON")
+    p.add_argument("--from-results", default=None,
+                   help="comma-separated results JSONs of one set-up to merge and re-render into --out")
     return p.parse_args(argv)
 
 
@@ -204,11 +205,22 @@ def paired(values: list[float], baseline: list[float]) -> dict:
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
 
 
+def _dense_losses(report: dict) -> str:
+    """The dense model's own per-group training losses: how far it is from Equalized Loss's
+    constraint J_a = J before any pruning."""
+    overall = report["overall"]["loss"]
+    losses = {g["group"]: g["loss"] for g in report["groups"] if g["loss"] is not None}
+    worst = max(abs(v - overall) for v in losses.values())
+    return ("Dense model's mean training loss per group (nats): " + ", ".join(f"{k} {v:.2f}" for k, v in losses.items())
+            + f"; overall {overall:.2f}. The dense model itself violates Equalized Loss's J_a = J by up to {worst:.2f}.")
+
+
 def summarise(record: dict) -> list[str]:
     split = record["evaluated_on"]
     lines = [f"## {record['setup']}: sizes {record['sizes']}, numbers on the **{split}** split", "",
              f"Dense accuracy: train {100 * record['dense']['train']['overall']['accuracy']:.2f}, "
              f"{split} {100 * record['dense']['test']['overall']['accuracy']:.2f}.", "",
+             _dense_losses(record["dense"]["train"]), "",
              f"| sparsity | method | {split} max ψ_g per seed | mean | Δ vs naive [95 % CI] | train max ψ_g | "
              f"{split} accuracy (Δ vs naive) | fine-tuning s (× naive) |",
              "| ---: | --- | --- | ---: | --- | ---: | --- | --- |"]
@@ -219,10 +231,14 @@ def summarise(record: dict) -> list[str]:
                      f"{100 * pr['test']['overall']['accuracy']:.2f} | |")
         base = entry["methods"].get("naive")
 
-        def col(runs, key, split_name="test"):
-            return [r[split_name]["summary"][key] if key != "accuracy" else r[split_name]["overall"]["accuracy"] for r in runs]
+        def col(runs, key, split_name="test", seeds=None):
+            """Values per run, in seed order (only `seeds` when given, so pairs line up)."""
+            chosen = sorted((r for r in runs if seeds is None or r["seed"] in seeds), key=lambda r: r["seed"])
+            return [r[split_name]["summary"][key] if key != "accuracy" else r[split_name]["overall"]["accuracy"]
+                    for r in chosen]
 
         for method, runs in entry["methods"].items():
+            runs = sorted(runs, key=lambda r: r["seed"])
             psi = col(runs, "max_excess_accuracy_gap")
             train_psi = col(runs, "max_excess_accuracy_gap", "train")
             acc = col(runs, "accuracy")
@@ -230,12 +246,14 @@ def summarise(record: dict) -> list[str]:
             per_seed = " ".join(f"{100 * v:+.2f}" for v in psi)
             diff = acc_diff = ratio = ""
             if base is not None and method != "naive":
-                d = paired(psi, col(base, "max_excess_accuracy_gap"))
+                common = {r["seed"] for r in runs} & {r["seed"] for r in base}
+                d = paired(col(runs, "max_excess_accuracy_gap", seeds=common), col(base, "max_excess_accuracy_gap", seeds=common))
                 ci = f" [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]" if d["low"] is not None else ""
                 diff = f"{100 * d['mean']:+.2f}{ci}"
-                a = paired(acc, col(base, "accuracy"))
+                a = paired(col(runs, "accuracy", seeds=common), col(base, "accuracy", seeds=common))
                 acc_diff = f" ({100 * a['mean']:+.2f})"
-                ratio = f" ({sum(secs) / sum(r['seconds'] for r in base):.2f}×)"
+                mine = sum(r["seconds"] for r in runs if r["seed"] in common)
+                ratio = f" ({mine / sum(r['seconds'] for r in base if r['seed'] in common):.2f}×)"
             lines.append(f"| {s} | {method} | {per_seed} | {100 * sum(psi) / len(psi):+.2f} | {diff} | "
                          f"{100 * sum(train_psi) / len(train_psi):+.2f} | {100 * sum(acc) / len(acc):.2f}{acc_diff} | "
                          f"{sum(secs) / len(secs):.1f}{ratio} |")
@@ -243,13 +261,39 @@ def summarise(record: dict) -> list[str]:
     return lines
 
 
+def render_merged(payloads: list[dict], out: Path) -> None:
+    """One table from runs of the same set-up that split the sparsities or seeds between them
+    (run side by side, one per core): their dense models and settings must agree."""
+    record = json.loads(json.dumps(payloads[0]["record"]))
+    for payload in payloads[1:]:
+        other = payload["record"]
+        if other["setup"] != record["setup"] or other["dense"] != record["dense"]:
+            raise SystemExit("cannot merge runs of different set-ups or dense models")
+        for s, entry in other["sparsities"].items():
+            if s not in record["sparsities"]:
+                record["sparsities"][s] = entry
+                continue
+            for method, runs in entry["methods"].items():
+                kept = record["sparsities"][s]["methods"].setdefault(method, [])
+                seeds = {r["seed"] for r in kept}
+                kept.extend(r for r in runs if r["seed"] not in seeds)  # a seed run twice counts once
+    commands = [p["command"] for p in payloads]
+    loads = [r["load"] for e in record["sparsities"].values() for runs in e["methods"].values() for r in runs]
+    lines = [f"# Fair repair: {record['setup']}", "", "Produced by", "", *[f"    {c}" for c in commands], "",
+             f"Machine: {payloads[0]['machine']}; 1-minute load average during the runs "
+             f"{min(loads):.2f}–{max(loads):.2f}.", "", *summarise(record)]
+    (out / f"{record['setup']}.md").write_text("\n".join(lines))
+    (out / f"{record['setup']}.json").write_text(json.dumps({"commands": commands, "machine": payloads[0]["machine"],
+                                                             "record": record}, indent=1, allow_nan=False))
+    print("\n".join(lines))
+
+
 def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.from_results:
-        payload = json.loads(Path(args.from_results).read_text())
-        print("\n".join(summarise(payload["record"])))
+        render_merged([json.loads(Path(f).read_text()) for f in args.from_results.split(",")], out)
         return
     command = "OMP_NUM_THREADS=%s python bench/fair_repair.py %s" % (os.environ.get("OMP_NUM_THREADS", "?"), " ".join(sys.argv[1:]))
     for setup in args.setups.split(","):

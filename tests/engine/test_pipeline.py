@@ -138,6 +138,15 @@ def test_heldout_variant_without_a_constraint_split_says_where_it_came_from(digi
     assert any("carved from the training split" in note for note in result.notes)
 
 
+def test_the_fair_default_distils_from_the_dense_model_and_calibrates_on_held_out_data(digits, dense_path):
+    result = run_compression(load_model(dense_path), digits,
+                             job(finetune=FinetuneConfig(method="fair_distill", epochs=1)))
+    assert result.finetune.calibration is not None and result.finetune.calibration["applied"]
+    assert any("fitted output offsets on the constraint split" in note for note in result.notes)
+    assert any("carved from the training split" in note for note in result.notes)
+    assert result.finetuned.train.overall.accuracy > result.pruned.train.overall.accuracy
+
+
 def test_bad_job_settings_name_the_field():
     with pytest.raises(InvalidConfigError) as err:
         CompressionJob(group_by=())
