@@ -95,3 +95,11 @@ def test_enum_names_accept_short_full_and_numeric_forms():
         methods.value("x_ceag", "method")
     with pytest.raises(SpecError):
         methods.value(0, "method")  # UNSPECIFIED is not a choice
+
+
+def test_output_calibration_can_be_turned_off_and_is_otherwise_left_to_the_server():
+    spec = specs.prune_and_finetune_spec(model="art-1", dataset="art-2", group_by="race", sparsity=0.9)
+    assert not spec.finetune.HasField("calibrate_outputs")
+    spec = specs.prune_and_finetune_spec(model="art-1", dataset="art-2", group_by="race", sparsity=0.9,
+                                         calibrate_outputs=False)
+    assert spec.finetune.HasField("calibrate_outputs") and spec.finetune.calibrate_outputs is False

@@ -143,6 +143,23 @@ def test_the_dual_step_does_not_depend_on_the_number_of_steps():
     assert float(moved[0][0]) > 0.4 and float(moved[0][1]) == 0  # 10/epoch × 0.05 + a smoothed P term; the other stays at 0
 
 
+def test_the_controller_falls_back_and_does_not_wind_up():
+    """Below the bound the integral stops growing (anti-windup): once the violation turns
+    negative the multiplier falls at once instead of first unwinding a huge integral."""
+    from equiprune.engine.finetune.dual import PIMultipliers
+
+    dual = PIMultipliers(1, integral_gain=10.0, proportional_gain=1.0, max_multiplier=1.0, steps_per_epoch=10)
+    on = torch.tensor([True])
+    for _ in range(100):  # ten epochs far over the bound
+        lam = dual.update(torch.tensor([0.5]), on)
+    assert float(lam) == 1.0 and float(dual.integral) <= 1.0 / 10.0 + 1e-12
+    for _ in range(10):  # one epoch satisfied by a margin
+        lam = dual.update(torch.tensor([-0.2]), on)
+    assert float(lam) < 0.5
+    held = float(lam)
+    assert float(dual.update(torch.tensor([5.0]), torch.tensor([False]))) == held  # inactive groups hold
+
+
 def test_multipliers_are_bounded_and_equalized_loss_steps_once_per_epoch():
     data, dense, pruned, masks = hurt_minority()
     config = FinetuneConfig(method="equalized_loss", epochs=3, batch_size=32, lr=0.01, dual_lr=100.0, max_multiplier=0.3)
@@ -163,6 +180,12 @@ def test_methods_need_their_references():
         finetune(model, {}, data, FinetuneConfig(method="heldout_ceag"), train_reference=evaluate(model, data))
     with pytest.raises(InvalidConfigError, match="teacher"):
         finetune(model, {}, data, FinetuneConfig(method="fair_distill", dual_lr=0))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(InvalidConfigError) as err:  # refused before a single step, not after training
+        finetune(model, {}, data, FinetuneConfig(method="fair_distill"), train_reference=evaluate(model, data),
+                 teacher=mlp(seed=3))
+    assert err.value.field == "finetune.calibrate_outputs"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("kwargs, field", [

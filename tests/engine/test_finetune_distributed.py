@@ -59,6 +59,19 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         finetune(model, {}, two_group_data(n=SGD_SAMPLES), SGD, data_parallel=dp)
         out["sgd"] = model.state_dict()
 
+        # Equalized Loss (per-epoch dual step on all-reduced sums) and fair_distill (whose
+        # constraint trains on the averaged multipliers) must also end alike on every worker.
+        train, constraint = data.split_off(0.25, seed=0)
+        dense = mlp(seed=1)
+        fair_refs = dict(train_reference=evaluate(dense, train, keep_logits=True), constraint=constraint,
+                         constraint_reference=evaluate(dense, constraint), teacher=dense)
+        for name, method in (("el", "equalized_loss"), ("fd", "fair_distill")):
+            model = mlp()
+            config = FinetuneConfig(method=method, epochs=2, batch_size=32, lr=0.05, dual_lr=5.0, tolerance=0.0,
+                                    replay_size=8, lr_schedule="constant")
+            result = finetune(model, half_masks(model), train, config, **fair_refs, data_parallel=dp)
+            out[name] = dict(state=model.state_dict(), multipliers=result.epochs[-1].multipliers)
+
         # Rank 0 finds the finished CEAG run's checkpoint and would resume at its end; rank 1
         # is pointed elsewhere and would start afresh. Both must refuse, not deadlock.
         path = f"{out_dir}/ceag.ckpt" if rank == 0 else f"{out_dir}/missing.ckpt"
@@ -89,6 +102,15 @@ def test_workers_end_with_identical_weights_and_multipliers(workers):
         assert torch.equal(tensor, second["ceag"]["state"][name]), name
     assert first["ceag"]["multipliers"] == second["ceag"]["multipliers"]
     assert any(v > 0 for v in first["ceag"]["multipliers"].values())  # the dual step did move them
+
+
+@pytest.mark.parametrize("name", ["el", "fd"])
+def test_equalized_loss_and_fair_distill_agree_across_workers(workers, name):
+    _, (first, second) = workers
+    for key, tensor in first[name]["state"].items():
+        assert torch.equal(tensor, second[name]["state"][key]), key
+    assert first[name]["multipliers"] == second[name]["multipliers"]
+    assert any(v > 0 for v in first[name]["multipliers"].values())
 
 
 def test_masks_hold_on_every_worker(workers):
@@ -139,13 +161,13 @@ def test_workers_resuming_from_different_steps_refuse_together(workers):
     assert [r["disagree"] for r in results] == ["finetune.checkpoint"] * WORLD
 
 
-@pytest.mark.parametrize("method", ["ceag", "heldout_ceag"])
+@pytest.mark.parametrize("method", ["ceag", "heldout_ceag", "equalized_loss", "fair_distill"])
 def test_a_world_of_one_changes_nothing(method):
     data = two_group_data()
     train, constraint = data.split_off(0.2, seed=0)
     dense = mlp()
     refs = dict(train_reference=evaluate(dense, train), constraint=constraint,
-                constraint_reference=evaluate(dense, constraint))
+                constraint_reference=evaluate(dense, constraint), teacher=dense)
     config = FinetuneConfig(method=method, epochs=2, batch_size=48, dual_lr=0.5, replay_size=8)
     plain, shared = mlp(), mlp()
     expected = finetune(plain, half_masks(plain), train, config, **refs)

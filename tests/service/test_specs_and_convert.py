@@ -132,3 +132,16 @@ def test_evaluate_checks_its_data_options():
     pb = _spec(kind=jobs_pb2.JOB_KIND_EVALUATE, pruning=None, finetune=None,
                data=jobs_pb2.DataOptions(group_by=["cohort"], tolerance=5.0))
     assert _refused(pb).field == "spec.data.tolerance"
+
+
+def test_fair_distill_settings_travel_from_the_wire_to_the_engine_and_back():
+    pb = _spec(finetune=jobs_pb2.FinetuneOptions(method=jobs_pb2.FINETUNE_METHOD_FAIR_DISTILL, calibrate_outputs=False,
+                                                 max_multiplier=0.5, distill_alpha=0.7))
+    spec = convert.spec_from_proto(pb, _resolve)
+    job = engine_configs(spec, ("train", "test")).compression
+    assert (job.finetune.calibrate_outputs, job.finetune.max_multiplier, job.finetune.distill_alpha) == (False, 0.5, 0.7)
+    assert not job.finetune.needs_constraint_split  # nothing held out: the primal step sees every training row
+    back = convert.spec_to_proto(spec)
+    assert back.finetune.calibrate_outputs is False and back.finetune.distill_alpha == pytest.approx(0.7)
+    unset = engine_configs(convert.spec_from_proto(_spec(), _resolve), ("train", "test")).compression.finetune
+    assert unset.method == "fair_distill" and unset.calibrate_outputs and unset.needs_constraint_split

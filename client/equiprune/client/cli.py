@@ -250,6 +250,10 @@ def _job_arguments(cmd: argparse.ArgumentParser, kind: str) -> None:
                          + (" (budget: fine-tune every probe when given)" if kind == "budget" else ""))
         cmd.add_argument("--dual-lr", type=float,
                          help="integral gain of the dual step, multiplier change per epoch per unit violation (default: 10)")
+        if kind != "budget":
+            cmd.add_argument("--no-output-calibration", action="store_true",
+                             help="fair_distill: skip the output calibration on the held-out constraint split "
+                                  "(the primal step then trains on the whole training split)")
     if kind in ("finetune", "prune_and_finetune", "budget", "train"):
         cmd.add_argument("--epochs", type=int)
         cmd.add_argument("--lr", type=float)
@@ -395,12 +399,14 @@ def spec_from_args(args):
                                 scope=args.scope, schedule=args.schedule, diagnose=args.diagnose)
     if kind == "finetune":
         return specs.finetune_spec(**model, **common, **judged, **compute, method=args.method, epochs=args.epochs,
-                                   lr=args.lr, dual_lr=args.dual_lr, seed=args.seed)
+                                   lr=args.lr, dual_lr=args.dual_lr, seed=args.seed,
+                                   calibrate_outputs=False if args.no_output_calibration else None)
     if kind == "prune_and_finetune":
         return specs.prune_and_finetune_spec(**model, **common, **judged, **compute, sparsity=args.sparsity,
                                              kind=args.kind, scope=args.scope, schedule=args.schedule,
                                              method=args.method, epochs=args.epochs, lr=args.lr,
-                                             dual_lr=args.dual_lr, seed=args.seed, diagnose=args.diagnose)
+                                             dual_lr=args.dual_lr, seed=args.seed, diagnose=args.diagnose,
+                                             calibrate_outputs=False if args.no_output_calibration else None)
     if kind == "budget":
         return specs.budget_spec(**model, **common, **judged, **compute, low=args.low, high=args.high,
                                  resolution=args.resolution, max_probes=args.max_probes,

@@ -137,7 +137,9 @@ def finetune_options(*, method: str | None = None, epochs: int | None = None, ba
                      lr: float | None = None, momentum: float | None = None, weight_decay: float | None = None,
                      dual_lr: float | None = None, replay_size: int | None = None, lr_schedule: str | None = None,
                      augment_hflip: bool = False, seed: int | None = None,
-                     checkpoint_every_steps: int | None = None) -> jobs_pb2.FinetuneOptions:
+                     checkpoint_every_steps: int | None = None, calibrate_outputs: bool | None = None,
+                     max_multiplier: float | None = None,
+                     distill_alpha: float | None = None) -> jobs_pb2.FinetuneOptions:
     """How to fine-tune. `method`: naive, equalized_loss, ceag, heldout_ceag or fair_distill;
     None leaves it to the server's fair default (fair_distill). `lr_schedule`: cosine or constant."""
     finetune = jobs_pb2.FinetuneOptions(augment_hflip=augment_hflip)
@@ -147,7 +149,8 @@ def finetune_options(*, method: str | None = None, epochs: int | None = None, ba
         finetune.lr_schedule = LR_SCHEDULES.value(lr_schedule, "lr_schedule")
     _set_nonzero(finetune, epochs=epochs, batch_size=batch_size, replay_size=replay_size, seed=seed,
                  checkpoint_every_steps=checkpoint_every_steps)
-    _set_optional(finetune, lr=lr, momentum=momentum, weight_decay=weight_decay, dual_lr=dual_lr)
+    _set_optional(finetune, lr=lr, momentum=momentum, weight_decay=weight_decay, dual_lr=dual_lr,
+                  calibrate_outputs=calibrate_outputs, max_multiplier=max_multiplier, distill_alpha=distill_alpha)
     return finetune
 
 
@@ -246,11 +249,13 @@ def finetune_spec(*, model: str, dataset: str, group_by: Iterable[str] | str, me
                   epochs: int | None = None, lr: float | None = None, dual_lr: float | None = None,
                   tolerance: float | None = None, min_group_size: int | None = None, eval_split: str | None = None,
                   train_split: str | None = None, seed: int | None = None, model_sha256: str = "",
-                  dataset_sha256: str = "", workers: int | None = None, gpus: int | None = None) -> jobs_pb2.JobSpec:
+                  dataset_sha256: str = "", workers: int | None = None, gpus: int | None = None,
+                  calibrate_outputs: bool | None = None) -> jobs_pb2.JobSpec:
     """Fine-tune an already pruned model (its zero weights stay zero)."""
     spec = _base(jobs_pb2.JOB_KIND_FINETUNE, model, dataset, model_sha256, dataset_sha256, workers, gpus,
                  _grouped_data(group_by, tolerance, min_group_size, train_split, eval_split))
-    spec.finetune.CopyFrom(finetune_options(method=method, epochs=epochs, lr=lr, dual_lr=dual_lr, seed=seed))
+    spec.finetune.CopyFrom(finetune_options(method=method, epochs=epochs, lr=lr, dual_lr=dual_lr, seed=seed,
+                                            calibrate_outputs=calibrate_outputs))
     return spec
 
 
@@ -262,12 +267,14 @@ def prune_and_finetune_spec(*, model: str, dataset: str, group_by: Iterable[str]
                             min_group_size: int | None = None, eval_split: str | None = None,
                             train_split: str | None = None, seed: int | None = None, diagnose: bool = False,
                             model_sha256: str = "", dataset_sha256: str = "", workers: int | None = None,
-                            gpus: int | None = None) -> jobs_pb2.JobSpec:
-    """Prune, then fine-tune, in one job."""
+                            gpus: int | None = None, calibrate_outputs: bool | None = None) -> jobs_pb2.JobSpec:
+    """Prune, then fine-tune, in one job. `calibrate_outputs=False` turns fair_distill's
+    held-out output calibration off."""
     spec = _base(jobs_pb2.JOB_KIND_PRUNE_AND_FINETUNE, model, dataset, model_sha256, dataset_sha256, workers, gpus,
                  _grouped_data(group_by, tolerance, min_group_size, train_split, eval_split))
     spec.pruning.CopyFrom(pruning_options(sparsity=sparsity, kind=kind, scope=scope, schedule=schedule, n=n, m=m))
-    spec.finetune.CopyFrom(finetune_options(method=method, epochs=epochs, lr=lr, dual_lr=dual_lr, seed=seed))
+    spec.finetune.CopyFrom(finetune_options(method=method, epochs=epochs, lr=lr, dual_lr=dual_lr, seed=seed,
+                                            calibrate_outputs=calibrate_outputs))
     if diagnose:
         spec.diagnostics.CopyFrom(diagnostics_options())
     return spec

@@ -146,7 +146,7 @@ class PruningOptions(_message.Message):
     def __init__(self, kind: _Optional[_Union[PruningKind, str]] = ..., sparsity: _Optional[float] = ..., scope: _Optional[_Union[PruningScope, str]] = ..., schedule: _Optional[_Union[PruningSchedule, str]] = ..., gradual_steps: _Optional[int] = ..., exclude_names: _Optional[_Iterable[str]] = ..., exclude_types: _Optional[_Iterable[str]] = ..., keep_first_and_last: _Optional[bool] = ..., n: _Optional[int] = ..., m: _Optional[int] = ..., recalibrate_batchnorm: _Optional[bool] = ...) -> None: ...
 
 class FinetuneOptions(_message.Message):
-    __slots__ = ("method", "epochs", "batch_size", "lr", "momentum", "weight_decay", "dual_lr", "replay_size", "lr_schedule", "augment_hflip", "seed", "checkpoint_every_steps")
+    __slots__ = ("method", "epochs", "batch_size", "lr", "momentum", "weight_decay", "dual_lr", "replay_size", "lr_schedule", "augment_hflip", "seed", "checkpoint_every_steps", "calibrate_outputs", "max_multiplier", "distill_alpha")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +159,9 @@ class FinetuneOptions(_message.Message):
     AUGMENT_HFLIP_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATE_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    DISTILL_ALPHA_FIELD_NUMBER: _ClassVar[int]
     method: FinetuneMethod
     epochs: int
     batch_size: int
@@ -171,7 +174,10 @@ class FinetuneOptions(_message.Message):
     augment_hflip: bool
     seed: int
     checkpoint_every_steps: int
-    def __init__(self, method: _Optional[_Union[FinetuneMethod, str]] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., dual_lr: _Optional[float] = ..., replay_size: _Optional[int] = ..., lr_schedule: _Optional[_Union[LrSchedule, str]] = ..., augment_hflip: _Optional[bool] = ..., seed: _Optional[int] = ..., checkpoint_every_steps: _Optional[int] = ...) -> None: ...
+    calibrate_outputs: bool
+    max_multiplier: float
+    distill_alpha: float
+    def __init__(self, method: _Optional[_Union[FinetuneMethod, str]] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., dual_lr: _Optional[float] = ..., replay_size: _Optional[int] = ..., lr_schedule: _Optional[_Union[LrSchedule, str]] = ..., augment_hflip: _Optional[bool] = ..., seed: _Optional[int] = ..., checkpoint_every_steps: _Optional[int] = ..., calibrate_outputs: _Optional[bool] = ..., max_multiplier: _Optional[float] = ..., distill_alpha: _Optional[float] = ...) -> None: ...
 
 class DiagnosticsOptions(_message.Message):
     __slots__ = ("probes", "power_iterations", "samples_per_group", "seed")

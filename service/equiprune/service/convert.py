@@ -157,6 +157,9 @@ def _finetune(pb: jobs_pb2.FinetuneOptions) -> FinetuneSpec:
         augment_hflip=pb.augment_hflip,
         seed=pb.seed,
         checkpoint_every_steps=pb.checkpoint_every_steps,
+        calibrate_outputs=_optional(pb, "calibrate_outputs", d.calibrate_outputs),
+        max_multiplier=_optional(pb, "max_multiplier", d.max_multiplier),
+        distill_alpha=_optional(pb, "distill_alpha", d.distill_alpha),
     )
 
 
@@ -227,7 +230,8 @@ def spec_to_proto(spec: JobSpecModel) -> jobs_pb2.JobSpec:
             method=_number(FINETUNE_METHODS, f.method), epochs=f.epochs, batch_size=f.batch_size, lr=f.lr,
             momentum=f.momentum, weight_decay=f.weight_decay, dual_lr=f.dual_lr, replay_size=f.replay_size,
             lr_schedule=_number(LR_SCHEDULES, f.lr_schedule), augment_hflip=f.augment_hflip, seed=f.seed,
-            checkpoint_every_steps=f.checkpoint_every_steps))
+            checkpoint_every_steps=f.checkpoint_every_steps, calibrate_outputs=f.calibrate_outputs,
+            max_multiplier=f.max_multiplier, distill_alpha=f.distill_alpha))
     if spec.diagnostics is not None:
         pb.diagnostics.CopyFrom(jobs_pb2.DiagnosticsOptions(**spec.diagnostics.model_dump()))
     if spec.budget is not None:

@@ -72,6 +72,9 @@ class FinetuneSpec(_Frozen):
     augment_hflip: bool = False
     seed: int = 0
     checkpoint_every_steps: int = 0
+    calibrate_outputs: bool = FinetuneConfig.calibrate_outputs
+    max_multiplier: float = FinetuneConfig.max_multiplier
+    distill_alpha: float = FinetuneConfig.distill_alpha
 
 
 class DiagnosticsSpec(_Frozen):
@@ -256,7 +259,8 @@ def _finetune(f: FinetuneSpec, tolerance: float) -> FinetuneConfig:
         method=f.method, epochs=f.epochs, batch_size=f.batch_size, lr=f.lr, momentum=f.momentum,
         weight_decay=f.weight_decay, tolerance=tolerance, dual_lr=f.dual_lr, replay_size=f.replay_size,
         lr_schedule=f.lr_schedule, augment_hflip=f.augment_hflip, seed=f.seed,
-        checkpoint_every_steps=f.checkpoint_every_steps,
+        checkpoint_every_steps=f.checkpoint_every_steps, calibrate_outputs=f.calibrate_outputs,
+        max_multiplier=f.max_multiplier, distill_alpha=f.distill_alpha,
     )
 
 

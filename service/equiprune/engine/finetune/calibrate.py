@@ -44,12 +44,20 @@ class Calibration:
 
 
 def output_bias(model: nn.Module, num_classes: int) -> nn.Parameter | None:
-    """The bias of the last `nn.Linear` with `num_classes` outputs, if the model has one."""
+    """The bias of the last `nn.Linear` with `num_classes` outputs, if the model has one.
+
+    A torch.export program has no `nn.Linear` modules left, only its parameters: there the
+    last one-dimensional parameter of `num_classes` values is the candidate. Either way the
+    caller checks that moving it moves the output by as much before keeping the change."""
     last = None
     for module in model.modules():
         if isinstance(module, nn.Linear) and module.out_features == num_classes and module.bias is not None:
-            last = module
-    return None if last is None else last.bias
+            last = module.bias
+    if last is None:
+        for _, parameter in model.named_parameters():
+            if parameter.dim() == 1 and parameter.numel() == num_classes:
+                last = parameter
+    return last
 
 
 @torch.no_grad()
@@ -60,7 +68,7 @@ def match_prediction_rates(model: nn.Module, constraint: GroupedData, dense_logi
     num_classes = dense_logits.shape[1]
     bias = output_bias(model, num_classes)
     if bias is None or len(constraint) == 0:
-        return Calibration(False, "no output layer with an additive bias: outputs left as trained")
+        return Calibration(False, "no output bias of one value per class: outputs left as trained")
     logits = evaluate(model, constraint, device=device, keep_logits=True).logits
     if logits is None or logits.shape != dense_logits.shape:
         return Calibration(False, "the model's outputs do not match the dense model's: outputs left as trained")

@@ -46,7 +46,7 @@ class PIMultipliers:
         active = active.bool()
         ceiling = self.max / self.ki if self.ki > 0 else 0.0
         integral = (self.integral + e * self.dt).clamp(0.0, ceiling)
-        # An exponential mean with a time constant of one epoch (at least one step).
+        # An exponential mean with a time constant of half an epoch (at least one step).
         smoothed = self.smoothed + min(1.0, 2 * self.dt) * (e - self.smoothed)
         self.integral = torch.where(active, integral, self.integral)
         self.smoothed = torch.where(active, smoothed, self.smoothed)

@@ -11,7 +11,14 @@ and steps, schedules and checkpoints mean what they mean in a single process. Wh
 - gradients, by the wrapped module (DDP); each worker's loss is scaled by its share of the
   global batch, so the averaged gradient of a plain mean loss is the full-batch gradient;
 - the multipliers, averaged after every dual step (one all-reduce per step, which also
-  carries the batch's loss sum and sample count for progress and epoch statistics).
+  carries the batch's loss sum and sample count for progress and epoch statistics). The PI
+  controllers' own state (dual.py: integral, smoothed violation) stays each worker's, so each
+  worker's controller answers its own shard's estimates and the averaged multiplier is what
+  every worker trains on; Equalized Loss's per-epoch step instead reads the epoch's loss sums
+  all-reduced over the workers, so it is the step one process would take;
+- fair_distill's distillation term is balanced over the groups in each worker's slice, then
+  scaled by the slice's share like any primal loss (an approximation of balancing over the
+  global batch);
 What is not: each worker's replay buffers hold only the outcomes of its own slices, so its
 dual step estimates ψ_g (or EL's violations) from its shard; averaging the multipliers each
 worker moved approximates one dual step on the union of the shards. A worker only starts
@@ -147,6 +154,9 @@ def build_objective(
     if config.method == "fair_distill":
         if teacher is None:
             raise InvalidConfigError("finetune.method", "fair_distill needs the dense model (the teacher)")
+        if config.calibrate_outputs and (constraint is None or len(constraint) == 0):
+            raise InvalidConfigError("finetune.calibrate_outputs",
+                                     "fair_distill's output calibration needs a non-empty constraint split")
         constraint = {"none": None, "train": train_side, "held_out": held_out}[config.distill_constraint]
         return FairDistillation(g, teacher=teacher, alpha=config.distill_alpha, temperature=config.distill_temperature,
                                 constraint=constraint() if constraint is not None else None)
@@ -185,10 +195,10 @@ def finetune(
     targets = None
     if config.needs_teacher and teacher is not None:
         augmenting = config.augment_hflip and train.inputs.dim() == 4
-        if teacher is model and augmenting:
-            teacher = copy.deepcopy(model)  # per-batch targets must not come from the moving weights
         targets = TeacherOutputs(teacher.to(device), train, augmenting=augmenting, device=device,
                                  reference=train_reference)
+        if targets.table is None and teacher is model:
+            targets.teacher = copy.deepcopy(model)  # per-batch targets must not come from the moving weights
     objective = build_objective(config, train, train_reference, constraint, constraint_reference,
                                 steps_per_epoch, targets)
     use_cuda_extras = device.type == "cuda"
@@ -269,15 +279,18 @@ def finetune(
             loss_sum += batch_loss
             samples += batch_samples
             if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and checkpoint_path
-                    and writes_checkpoints):
+                    and writes_checkpoints and batch_index < steps_per_epoch - 1):
                 save_checkpoint(checkpoint_path, model, optimizer, objective, step, fingerprint)
             if on_progress is not None:
                 shown = loss.detach().mean().item() if data_parallel is None else batch_loss / max(batch_samples, 1)
                 on_progress(ProgressEvent(phase, epoch, step, steps_per_epoch, config.epochs,
                                           shown, _named(objective.multipliers, names)))
+        if data_parallel is not None and isinstance(objective, EqualizedLoss):
+            # The epoch's losses over every worker's slices: the per-epoch dual step is then
+            # the one a single process would take, and every worker's controller agrees.
+            world = data_parallel.world_size
+            objective.set_epoch_sums(data_parallel.all_reduce_mean(objective.epoch_sums()) * world)
         objective.end_epoch()
-        if data_parallel is not None:
-            _share_step(data_parallel, objective, 0.0, 0)  # per-epoch dual steps: agree on the result
         history.append(EpochStats(epoch, loss_sum / max(samples, 1), time.perf_counter() - started,
                                   samples, _named(objective.multipliers, names)))
         if checkpoint_path is not None and writes_checkpoints:

@@ -96,6 +96,14 @@ class EqualizedLoss(Objective):
         self._loss_sum += torch.bincount(groups, weights=loss.detach().double().cpu(), minlength=self.num_groups)
         self._count += torch.bincount(groups, minlength=self.num_groups).double()
 
+    def epoch_sums(self) -> torch.Tensor:
+        """(loss sums, counts) per group over the epoch so far, for a data-parallel all-reduce."""
+        return torch.stack([self._loss_sum, self._count])
+
+    def set_epoch_sums(self, sums: torch.Tensor) -> None:
+        self._loss_sum.copy_(sums[0])
+        self._count.copy_(sums[1])
+
     def end_epoch(self):
         seen = self._count > 0
         means = self._loss_sum / self._count.clamp(min=1)
@@ -288,6 +296,9 @@ class FairDistillation(Objective):
         balanced = (group_kl * present).sum() / present.sum().clamp(min=1)
         total = (1 - self.alpha) * loss.mean() + self.alpha * t * t * balanced
         if self.constraint is not None:
+            # The multipliers this objective reports are the ones trained on (a data-parallel
+            # run replaces them with the workers' average after each dual step).
+            self.constraint.multipliers = self.multipliers
             # CEAG's Lagrangian minus its own L: only the λ_g·ψ̃_g terms are added.
             total = total + self.constraint.primal_loss(loss, groups) - loss.mean()
         return total
