@@ -113,7 +113,7 @@ def hurt_minority(n=1000):
 def test_constrained_multipliers_act_at_default_settings(method):
     """At the default dual settings, a short run on data where one group is clearly hurt must
     move that group's multiplier off its initial value (the published per-step η of 1e-4
-    left them at ≈ 0 here; fair_distill's multipliers come from its held-out dual step)."""
+    left them at ≈ 0 here; fair_distill's multipliers are those of its CEAG constraint)."""
     data, dense, pruned, masks = hurt_minority()
     train, constraint = data.split_off(0.3, seed=0)
     refs = dict(train_reference=evaluate(dense, train), constraint=constraint,
