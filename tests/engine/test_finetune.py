@@ -335,3 +335,20 @@ def test_output_calibration_leaves_a_model_without_an_additive_output_bias_alone
     calibration = match_prediction_rates(model, data, dense_logits)
     assert not calibration.applied and "not added" in calibration.note
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_ceag_multipliers_together_never_turn_the_average_loss_into_ascent():
+    """CEAG's Lagrangian weighs the overall loss by 1 − Σλ: with many groups each at its own
+    bound the primal step would ascend it (CIFAR-10 collapsed to 25–36 % accuracy that way).
+    The sum is bounded by λ_max, so the coefficient stays ≥ 0 whatever the number of groups."""
+    from equiprune.engine.finetune.dual import PIMultipliers
+
+    dual = PIMultipliers(10, integral_gain=10.0, proportional_gain=1.0, max_multiplier=1.0, steps_per_epoch=5,
+                         total_bound=True)
+    for _ in range(50):
+        lam = dual.update(torch.full((10,), 0.3), torch.ones(10, dtype=torch.bool))
+    assert float(lam.sum()) == pytest.approx(1.0) and torch.allclose(lam, torch.full((10,), 0.1, dtype=lam.dtype))
+    unbounded = PIMultipliers(10, integral_gain=10.0, proportional_gain=1.0, max_multiplier=1.0, steps_per_epoch=5)
+    for _ in range(50):
+        lam = unbounded.update(torch.full((10,), 0.3), torch.ones(10, dtype=torch.bool))
+    assert float(lam.sum()) == pytest.approx(10.0)  # Equalized Loss keeps per-group bounds only

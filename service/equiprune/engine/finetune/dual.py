@@ -20,6 +20,14 @@ signal: per-step estimates from a replay buffer of 40 bits swing by ±6 points).
 - λ_max (`max_multiplier`): bounded multipliers; the integral stops growing there too
   (anti-windup), so a constraint the model cannot meet does not push ever harder.
 Only groups marked active at a step move (CEAG: present in the batch with a full buffer).
+
+`total_bound` (CEAG and its variants): the multipliers are also scaled down together so that
+Σ_g λ_g ≤ λ_max. CEAG's proxy Lagrangian is L + Σ_g λ_g·((J_g − J_g*) − (J − J*)): the overall
+loss J enters with the coefficient 1 − Σ_g λ_g, and once the multipliers of several groups
+add up past 1 the primal step *ascends* the average loss of every group whose multiplier is
+small. With ten groups (CIFAR-10 classes) and per-group bounds only, that is what happened:
+training accuracy collapsed to 25–36 % (docs/results/fair-repair.md). Bounding the sum keeps
+the coefficient non-negative whatever the number of groups.
 """
 
 from __future__ import annotations
@@ -31,7 +39,8 @@ class PIMultipliers:
     """Per-group multipliers driven by a PI controller on the violation (module docstring)."""
 
     def __init__(self, num_groups: int, *, integral_gain: float, proportional_gain: float,
-                 max_multiplier: float, steps_per_epoch: int) -> None:
+                 max_multiplier: float, steps_per_epoch: int, total_bound: bool = False) -> None:
+        self.total_bound = total_bound
         self.ki = float(integral_gain)
         self.kp = float(proportional_gain)
         self.max = float(max_multiplier)
@@ -51,8 +60,15 @@ class PIMultipliers:
         self.integral = torch.where(active, integral, self.integral)
         self.smoothed = torch.where(active, smoothed, self.smoothed)
         value = (self.kp * self.smoothed + self.ki * self.integral).clamp(0.0, self.max)
-        self.value = torch.where(active, value, self.value)
+        self.value = self._within_total(torch.where(active, value, self.value))
         return self.value
+
+    def _within_total(self, value: torch.Tensor) -> torch.Tensor:
+        """Scale every multiplier down alike when their sum exceeds λ_max (`total_bound`)."""
+        total = float(value.sum())
+        if not self.total_bound or total <= self.max or total == 0.0:
+            return value
+        return value * (self.max / total)
 
     def step_epoch(self, violation: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         """A whole epoch's worth of update at once (Fioretto et al.'s per-epoch dual step)."""

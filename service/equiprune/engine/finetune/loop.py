@@ -115,9 +115,11 @@ def build_objective(
     g = train.num_groups
     shares = train.group_counts().double()
 
-    def controller(proportional: float = config.dual_proportional) -> PIMultipliers:
+    def controller(proportional: float = config.dual_proportional, total_bound: bool = True) -> PIMultipliers:
+        # CEAG's Lagrangian needs Σλ ≤ λ_max (dual.py); Equalized Loss's |J_a − J| terms do not.
         return PIMultipliers(g, integral_gain=config.dual_lr, proportional_gain=proportional,
-                             max_multiplier=config.max_multiplier, steps_per_epoch=steps_per_epoch)
+                             max_multiplier=config.max_multiplier, steps_per_epoch=steps_per_epoch,
+                             total_bound=total_bound)
 
     def held_out() -> HeldOutCEAG:
         if constraint is None or constraint_reference is None or len(constraint) == 0:
@@ -139,7 +141,7 @@ def build_objective(
     if config.method == "naive":
         return Objective(g)
     if config.method == "equalized_loss":
-        return EqualizedLoss(g, controller(proportional=0.0), group_weights=shares)
+        return EqualizedLoss(g, controller(proportional=0.0, total_bound=False), group_weights=shares)
     def train_side() -> CEAG:
         if train_reference is None:
             raise InvalidConfigError("finetune.method", f"{config.method} needs the dense model's evaluation on the training data")
