@@ -141,7 +141,8 @@ def build_objective(
     if config.method == "naive":
         return Objective(g)
     if config.method == "equalized_loss":
-        return EqualizedLoss(g, controller(proportional=0.0, total_bound=False), group_weights=shares)
+        # J is the epoch's mean over every sample, so no group shares are needed.
+        return EqualizedLoss(g, controller(proportional=0.0, total_bound=False))
     def train_side() -> CEAG:
         if train_reference is None:
             raise InvalidConfigError("finetune.method", f"{config.method} needs the dense model's evaluation on the training data")

@@ -84,10 +84,9 @@ class EqualizedLoss(Objective):
     here they grow at most once per epoch and stop at `max_multiplier`.
     """
 
-    def __init__(self, num_groups: int, dual: PIMultipliers, group_weights: torch.Tensor) -> None:
+    def __init__(self, num_groups: int, dual: PIMultipliers) -> None:
         super().__init__(num_groups)
         self.dual = dual
-        self.weights = group_weights.double()
         self._loss_sum = torch.zeros(num_groups, dtype=torch.float64)
         self._count = torch.zeros(num_groups, dtype=torch.float64)
 
