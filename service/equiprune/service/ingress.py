@@ -33,6 +33,8 @@ from .store import artifact_store
 from .store.artifacts import sha256_of_file
 from .validation import SandboxValidator, artifact_of_kind, check_job_fit, described_list
 from . import serving_convert
+from .rpc import status as rpc_status
+from .rpc.health import HealthMixin
 
 JOB_ID = re.compile(r"^job-[0-9a-f]{16}$")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -49,9 +51,8 @@ def _status(exc: BaseException, context) -> None:
     """Set the call's status from an exception (unwrapping errors raised in another replica)."""
     if isinstance(exc, RayTaskError) and isinstance(getattr(exc, "cause", None), BaseException):
         exc = exc.cause
-    status = client_status(exc)
-    context.set_code(grpc.StatusCode[status.code])
-    context.set_details(status.message)
+    # Code, readable details and the google.rpc.Status trailer (rpc/status.py).
+    rpc_status.apply(context, client_status(exc))
 
 
 def _decoded(request):
@@ -103,7 +104,7 @@ def _require_job_id_as(job_id: str, field: str) -> str:
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
-class Ingress:
+class Ingress(HealthMixin):
     def __init__(self, manager: DeploymentHandle, settings: dict, model_server: DeploymentHandle,
                  monitor: DeploymentHandle) -> None:
         self.settings = ServerSettings.model_validate(settings)
