@@ -13,7 +13,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DOCS_BENCH = ROOT / "docs" / "bench"
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # tests/data/loaders.py holds the shared-data loaders
+    sys.path.insert(0, str(ROOT))  # harness/ (shared with the tests): data loaders, the test server
 
 
 def machine() -> dict:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import ROOT, write_results
-from tests.engine.test_dataset_streaming import measure_in_child, write_npz
+from harness.memory import measure_in_child, write_npz
 
 LEGACY_COMMIT = "88f0308"  # the last commit whose load_dataset read whole arrays
 SAMPLE_SHAPE = (3, 32, 32)

@@ -22,7 +22,7 @@ from equiprune.engine.finetune.config import FinetuneConfig
 from equiprune.engine.finetune.loop import finetune
 from equiprune.engine.models.registry import ArchitectureSpec, build_model
 from equiprune.engine.prune import PruningConfig, prune
-from tests.data.loaders import load_utkface
+from harness.data import load_utkface
 
 
 def timed(fn):

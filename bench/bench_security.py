@@ -1,7 +1,7 @@
 """Memory high-water of the running server while it validates the largest dataset it accepts
 and while it refuses hostile inputs (issue #8), measured from /proc, not estimated.
 
-Starts a real `equiprune serve` (tests/service/server.py) and, for each case, uploads a file
+Starts a real `equiprune serve` (harness/server.py) and, for each case, uploads a file
 through the SDK while a sampler reads every process of the server's session 20 times a
 second: the whole server's resident memory (sum over its processes), the Ingress replica's
 (which used to parse uploads), and the sandboxed validation worker's (which does now). Peaks
@@ -32,7 +32,7 @@ from _common import write_results
 from equiprune.client.errors import EquipruneError
 from equiprune.client.sdk import EquipruneClient
 from equiprune.engine.dataset import default_max_dataset_bytes
-from tests.service.server import ServerProcess
+from harness.server import ServerProcess
 
 MiB = 2**20
 CHUNK = 16 * MiB

@@ -1,6 +1,6 @@
 """The running gRPC service from a client's seat: job submission, watch latency, transfers.
 
-Starts a real `equiprune serve` (Ray + Serve + gRPC on loopback; see tests/service/server.py)
+Starts a real `equiprune serve` (Ray + Serve + gRPC on loopback; see harness/server.py)
 unless `--server HOST:PORT` names one already running, and drives it through the client SDK:
 
 1. CreateJob round trip (evaluate jobs, created back to back; they queue and run meanwhile)
@@ -34,7 +34,7 @@ from equiprune.client.transfers import file_sha256
 from equiprune.engine.models.io import load_model, save_safetensors
 from equiprune.engine.models.registry import ArchitectureSpec, build_model
 from equiprune.v1 import jobs_pb2
-from tests.service.server import ServerProcess
+from harness.server import ServerProcess
 
 MiB = 1024 * 1024
 DIGITS_CNN = {"num_classes": 10, "in_channels": 1, "input_size": 8, "channels": [16, 32]}

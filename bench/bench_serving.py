@@ -1,7 +1,7 @@
 """Serving from a client's seat: Predict through the running service against the same model run
 in-process, outcome ingestion through ReportOutcomes, and a scrape of the live exporter.
 
-Starts a real `equiprune serve` (Ray + Serve + gRPC on loopback; see tests/service/server.py),
+Starts a real `equiprune serve` (Ray + Serve + gRPC on loopback; see harness/server.py),
 trains a small digits CNN, prunes and fine-tunes it (80 % unstructured), deploys the pruned
 model (no shadow, so the service runs one forward pass per batch, like the baseline), then:
 
@@ -44,7 +44,7 @@ from equiprune.engine.models.io import load_model
 from equiprune.engine.modes import try_set_mode
 from equiprune.service.samples import write_traffic
 from equiprune.v1 import jobs_pb2, serving_pb2, serving_pb2_grpc
-from tests.service.server import ServerProcess
+from harness.server import ServerProcess
 
 TARGET_OUTCOMES_PER_S = 20_000
 MONITOR_CORE_DOC = "docs/bench/monitor.md"

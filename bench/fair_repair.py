@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests/data/loaders.py: the shared-data loaders
+sys.path.insert(0, str(ROOT))  # harness/data.py: the shared-data loaders
 
 from bench._common import machine  # noqa: E402
 from equiprune.engine.evaluation import evaluate  # noqa: E402
@@ -55,7 +55,7 @@ from equiprune.engine.pruning.batchnorm import recalibrate_batchnorm  # noqa: E4
 from equiprune.engine.report import build_report  # noqa: E402
 from equiprune.engine.demo_data import digits_group_dataset  # noqa: E402
 from equiprune.engine.groups import GroupedData  # noqa: E402
-from tests.data.loaders import load_cifar10, load_utkface  # noqa: E402
+from harness.data import load_cifar10, load_utkface  # noqa: E402
 
 DEFAULT_METHODS = "naive,equalized_loss,ceag,heldout_ceag,fair_distill"
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests/data/loaders.py: the UTKFace loader is test data code
+sys.path.insert(0, str(ROOT))  # harness/data.py: the UTKFace loader (shared with the tests)
 
 from equiprune.engine.diagnostics import DiagnosticsConfig, diagnose  # noqa: E402
 from equiprune.engine.ranking import rank_agreement  # noqa: E402
@@ -44,7 +44,7 @@ from equiprune.engine.models.registry import ArchitectureSpec, build_model  # no
 from equiprune.engine.prune import PruningConfig, prune  # noqa: E402
 from equiprune.engine.pruning.batchnorm import recalibrate_batchnorm  # noqa: E402
 from equiprune.engine.report import build_report  # noqa: E402
-from tests.data.loaders import load_utkface  # noqa: E402
+from harness.data import load_utkface  # noqa: E402
 
 METHODS = ("naive", "equalized_loss", "ceag", "heldout_ceag", "fair_distill")
 SETUPS = {"race": ("race", ("race",)), "gender": ("gender", ("race",))}

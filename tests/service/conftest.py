@@ -1,6 +1,6 @@
 import pytest
 
-from .server import ServerProcess
+from harness.server import ServerProcess
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,10 @@
+"""Support code shared by the tests (tests/) and the benchmarks (bench/); not part of the product.
+
+- harness.data: UTKFace, CIFAR-10 and digits as `GroupDataset`s (the shared-data loaders).
+- harness.server: a real `equiprune serve` in a subprocess on free loopback ports.
+- harness.memory: large synthetic dataset archives and peak-memory measurement in a child.
+
+It lives outside tests/ so that benchmarks never import test modules (tests/test_tiers.py
+checks), and is not installed: it is imported from the repository root (pytest's
+`pythonpath`, bench/_common.py's sys.path).
+"""
