@@ -18,8 +18,6 @@ import json
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from google.protobuf import struct_pb2
-
 from equiprune.v1 import artifacts_pb2, jobs_pb2, reports_pb2
 
 from .errors import SpecError
@@ -180,7 +178,8 @@ def train_options(*, architecture: str, architecture_kwargs: Mapping | str | Non
     train = jobs_pb2.TrainOptions(architecture=architecture)
     kwargs = _json_object(architecture_kwargs, "architecture_kwargs")
     if kwargs:
-        train.architecture_kwargs.CopyFrom(_struct(kwargs))
+        # The field is JSON text (jobs.proto says why), checked here so the mistake is local.
+        train.architecture_kwargs = _json_text(kwargs, "architecture_kwargs")
     _set_nonzero(train, epochs=epochs, seed=seed)
     _set_optional(train, lr=lr)
     return train
@@ -357,10 +356,9 @@ def _json_object(value: Mapping | str | None, field: str) -> dict:
     return dict(value)
 
 
-def _struct(values: Mapping) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
+def _json_text(values: Mapping, field: str) -> str:
+    """Compact JSON text of a mapping; NaN/Infinity and non-JSON values are refused here."""
     try:
-        struct.update(values)
+        return json.dumps(dict(values), separators=(",", ":"), allow_nan=False)
     except (ValueError, TypeError) as err:
-        raise SpecError("architecture_kwargs", f"not representable as JSON: {err}") from None
-    return struct
+        raise SpecError(field, f"not representable as JSON: {err}") from None

@@ -3,7 +3,6 @@ import datetime
 from equiprune.v1 import artifacts_pb2 as _artifacts_pb2
 from equiprune.v1 import reports_pb2 as _reports_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
-from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -213,11 +212,11 @@ class TrainOptions(_message.Message):
     LR_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     architecture: str
-    architecture_kwargs: _struct_pb2.Struct
+    architecture_kwargs: str
     epochs: int
     lr: float
     seed: int
-    def __init__(self, architecture: _Optional[str] = ..., architecture_kwargs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., epochs: _Optional[int] = ..., lr: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    def __init__(self, architecture: _Optional[str] = ..., architecture_kwargs: _Optional[str] = ..., epochs: _Optional[int] = ..., lr: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class Resources(_message.Message):
     __slots__ = ("workers", "cpus_per_worker", "gpus_per_worker")
