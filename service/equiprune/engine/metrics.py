@@ -161,12 +161,16 @@ def group_metrics(
     overall: Tally | None = None,
     tolerance: float | None = None,
     min_group_size: int = 1,
+    gap_intervals: bool = True,
 ) -> MetricFrame:
     """The metrics of a model from its per-group `tallies` (in display order), compared with
     `reference` when given. `overall` defaults to the sum of the tallies; a caller passes its
     own where it has a more exact total (a job's loss summed over samples in one pass, which
     rounds differently from a sum of group sums). Groups with fewer than `min_group_size`
-    samples (and empty ones) are reported but never judged in the summary."""
+    samples (and empty ones) are reported but never judged in the summary. `gap_intervals`
+    False leaves the ψ_g intervals (and so `tolerance_met_with_confidence`) unset: their
+    variance sum is quadratic in the groups, and the monitor, with up to 256 groups per model
+    and a scrape every few seconds, shows none."""
     names = list(tallies)
     counts = [tallies[name].n for name in names]
     if overall is None:
@@ -178,7 +182,7 @@ def group_metrics(
     refs = [reference.accuracy.get(name) if reference is not None else None for name in names]
 
     overall_metrics = _overall(overall, reference, counts, refs)
-    drop_var = _drop_variances(tallies, reference) if reference is not None else None
+    drop_var = _drop_variances(tallies, reference) if reference is not None and gap_intervals else None
     groups = []
     for g, name in enumerate(names):
         tally, ref = tallies[name], refs[g]
@@ -195,13 +199,14 @@ def group_metrics(
             metrics.update(reference_accuracy=ref, accuracy_drop=drop)
             if overall_metrics.accuracy_drop is not None:
                 psi = drop - overall_metrics.accuracy_drop
+                metrics.update(excess_accuracy_gap=psi)
+            if drop_var is not None and "excess_accuracy_gap" in metrics:
                 # (1 − w_g)² Var Δ_g first, then the other groups' terms in order: report.py's order.
                 own = 1 - weights[g]
                 var = own * own * drop_var[g] + sum(
                     weights[h] * weights[h] * drop_var[h] for h in range(len(names)) if h != g and counts[h] > 0)
                 se = math.sqrt(var)
-                metrics.update(excess_accuracy_gap=psi, excess_accuracy_gap_ci_low=psi - Z_95 * se,
-                               excess_accuracy_gap_ci_high=psi + Z_95 * se)
+                metrics.update(excess_accuracy_gap_ci_low=psi - Z_95 * se, excess_accuracy_gap_ci_high=psi + Z_95 * se)
             ref_loss = reference.loss.get(name)
             if ref_loss is not None and loss is not None:
                 metrics.update(reference_loss=ref_loss, excess_loss=loss - ref_loss)
@@ -272,7 +277,8 @@ def summarise(groups: list[GroupMetrics] | tuple[GroupMetrics, ...], tolerance: 
         spread = max_psi - min(g.excess_accuracy_gap for g in with_psi)
         if tolerance is not None:
             met = max_psi <= tolerance
-            met_conf = all(g.excess_accuracy_gap_ci_high <= tolerance for g in with_psi)
+            if all(g.excess_accuracy_gap_ci_high is not None for g in with_psi):
+                met_conf = all(g.excess_accuracy_gap_ci_high <= tolerance for g in with_psi)
     losses = [g.excess_loss for g in judged if g.excess_loss is not None]
     xi = (max(losses) - min(losses)) if len(losses) >= 2 else None
     return DisparitySummary(

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from operator import add
 
-from equiprune.engine.report import wilson_interval
+from equiprune.engine.metrics import GroupMetrics, OverallMetrics, Reference, Tally, group_metrics, summarise
 
 # Per-group fields of a bucket (offsets into the group's run of FIELDS numbers).
 F_PREDICTIONS = 0  # predictions made (Predict and direct evaluation records)
@@ -218,10 +218,11 @@ def window_metrics(
     reference_overall_accuracy: float | None,
     min_count: int,
 ) -> WindowMetrics:
-    """Turn one window's per-group sums into metrics, with the engine's definitions of Δ_g and
-    ψ_g (engine/report.py): Δ_g = reference_g − acc_g, Δ = reference − acc overall, ψ_g = Δ_g − Δ.
-    Without a reference overall accuracy, the reference is the n-weighted mean of the
-    references of the groups with outcomes in this window (as build_report does)."""
+    """Turn one window's per-group sums into metrics. The accuracy, Wilson interval, Δ_g, ψ_g,
+    parity gap and max ψ_g come from engine/metrics.py, the formulas job reports use. Without a
+    reference overall accuracy, the reference is the n-weighted mean of the references of the
+    groups with outcomes in this window. The rest (confidence, boundary proxy, shadow agreement)
+    is the monitor's own and stays here."""
     per_group = {name: sums[gid * FIELDS : (gid + 1) * FIELDS] for gid, name in enumerate(group_names)}
     for name in reference_accuracy:  # a referenced group without traffic still shows (as zeros)
         per_group.setdefault(name, [0] * FIELDS)
@@ -229,65 +230,54 @@ def window_metrics(
     for run in per_group.values():
         total = list(map(add, total, run))
 
-    overall_reference = reference_overall_accuracy
-    if overall_reference is None:
-        weighted = [(_count(run[F_OUTCOMES]), reference_accuracy[name]) for name, run in per_group.items()
-                    if _count(run[F_OUTCOMES]) > 0 and name in reference_accuracy]
-        n_ref = sum(n for n, _ in weighted)
-        overall_reference = sum(n * r for n, r in weighted) / n_ref if n_ref else None
-    overall = _group_metrics("", total, overall_reference, None, min_count)
-    overall_drop = overall.accuracy_drop
-
-    groups = tuple(
-        _group_metrics(name, per_group[name], reference_accuracy.get(name), overall_drop, min_count)
-        for name in sorted(per_group)
-    )
-    judged = [g for g in groups if g.sufficient_data]
-    with_gap = [g for g in judged if g.excess_accuracy_gap is not None]
-    top = max(with_gap, key=lambda g: g.excess_accuracy_gap) if with_gap else None
-    accuracies = [g.accuracy for g in judged]
+    # Tallies in the groups' id order (the order the overall reference has always been summed
+    # in); the groups are shown in name order, and the summary is taken over that order.
+    frame = group_metrics({name: _tally(run) for name, run in per_group.items()},
+                          Reference(reference_accuracy, reference_overall_accuracy),
+                          overall=_tally(total), min_group_size=min_count, gap_intervals=False)
+    core = {g.group: g for g in frame.groups}
+    names = sorted(per_group)
+    summary = summarise([core[name] for name in names], None)
+    overall = frame.overall
     return WindowMetrics(
         window_seconds=window_s,
-        groups=groups,
-        overall=overall,
-        max_excess_accuracy_gap=top.excess_accuracy_gap if top else None,
-        max_excess_accuracy_gap_group=top.group if top else "",
-        accuracy_parity_gap=(max(accuracies) - min(accuracies)) if accuracies else None,
+        groups=tuple(_window_group(name, per_group[name], core[name], reference_accuracy.get(name)) for name in names),
+        overall=_window_group("", total, overall, overall.reference_accuracy, sufficient=overall.n >= min_count),
+        max_excess_accuracy_gap=summary.max_excess_accuracy_gap,
+        max_excess_accuracy_gap_group=summary.max_excess_accuracy_gap_group or "",
+        accuracy_parity_gap=summary.accuracy_parity_gap,
     )
 
 
-def _group_metrics(
-    name: str, run: list[float], reference: float | None, overall_drop: float | None, min_count: int
-) -> GroupWindowMetrics:
-    # Counts and ratios are guarded so that a non-finite value a bug let into a bucket makes
-    # that number unset (or 0) instead of making metrics() raise (int(nan)) or return NaN.
+def _tally(run: list[float]) -> Tally:
+    # Counts are guarded so that a non-finite value a bug let into a bucket makes that number
+    # unset (or 0) instead of making metrics() raise (int(nan)) or return NaN.
     n = _count(run[F_OUTCOMES])
-    correct = min(_count(run[F_CORRECT]), n)
-    accuracy = low = high = drop = gap = None
-    if n > 0:
-        accuracy = correct / n
-        low, high = wilson_interval(correct, n)
-        if reference is not None:
-            drop = reference - accuracy
-            if overall_drop is not None:
-                gap = drop - overall_drop
+    return Tally(n, min(_count(run[F_CORRECT]), n))
+
+
+def _window_group(name: str, run: list[float], core: GroupMetrics | OverallMetrics, reference: float | None,
+                  sufficient: bool | None = None) -> GroupWindowMetrics:
+    """The core's numbers for one group (or overall) plus the monitor's own means over `run`.
+    A group's reference shows even without outcomes (it is configuration, not a measurement)."""
     shadow_n = _count(run[F_SHADOW_N])
+    accuracy = core.accuracy
     return GroupWindowMetrics(
         group=name,
         predictions=_count(run[F_PREDICTIONS]),
-        n=n,
+        n=core.n,
         accuracy=accuracy,
-        accuracy_ci_low=low,
-        accuracy_ci_high=high,
+        accuracy_ci_low=core.accuracy_ci_low,
+        accuracy_ci_high=core.accuracy_ci_high,
         error_rate=None if accuracy is None else 1.0 - accuracy,
         mean_confidence=_ratio(run[F_CONFIDENCE_SUM], run[F_CONFIDENCE_N]),
         mean_boundary_proxy=_ratio(run[F_BOUNDARY_SUM], run[F_BOUNDARY_N]),
         reference_accuracy=reference,
-        accuracy_drop=drop,
-        excess_accuracy_gap=gap,
+        accuracy_drop=core.accuracy_drop,
+        excess_accuracy_gap=getattr(core, "excess_accuracy_gap", None),
         shadow_agreement=_ratio(min(_count(run[F_SHADOW_AGREE]), shadow_n), shadow_n),
         shadow_n=shadow_n,
-        sufficient_data=n >= min_count,
+        sufficient_data=core.sufficient_data if sufficient is None else sufficient,
     )
 
 
