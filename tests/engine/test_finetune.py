@@ -34,7 +34,7 @@ def test_naive_finetune_lowers_loss_and_keeps_masks_fixed():
     data, model = two_group_data(), mlp()
     masks = half_masks(model)
     before = evaluate(model, data).mean_loss()
-    result = finetune(model, masks, data, FinetuneConfig(epochs=3, batch_size=32, lr=0.05))
+    result = finetune(model, masks, data, FinetuneConfig(method="naive", epochs=3, batch_size=32, lr=0.05))
     assert evaluate(model, data).mean_loss() < before
     sparsity = measure_sparsity(model, masks)
     assert sparsity.prunable_sparsity == pytest.approx(0.5, abs=0.01)
@@ -82,7 +82,7 @@ def test_resume_is_exact(tmp_path, method, schedule):
 def test_ceag_multiplier_grows_for_the_hurt_group():
     data = two_group_data(n=1000)
     dense = mlp()
-    finetune(dense, {}, data, FinetuneConfig(epochs=15, batch_size=32, lr=0.05))
+    finetune(dense, {}, data, FinetuneConfig(method="naive", epochs=15, batch_size=32, lr=0.05))
     ref = evaluate(dense, data)
     assert ref.group_accuracies()["minor"] > 0.8
     pruned = mlp()
@@ -100,7 +100,7 @@ def hurt_minority(n=1000):
     """A dense model that serves both groups and a 85 %-pruned copy that fails the minority."""
     data = two_group_data(n=n)
     dense = mlp()
-    finetune(dense, {}, data, FinetuneConfig(epochs=15, batch_size=32, lr=0.05))
+    finetune(dense, {}, data, FinetuneConfig(method="naive", epochs=15, batch_size=32, lr=0.05))
     pruned = mlp()
     pruned.load_state_dict(dense.state_dict())
     masks = {name: torch.rand(p.shape, generator=torch.Generator().manual_seed(0)) < 0.15
@@ -252,15 +252,15 @@ def test_replay_ring_keeps_exactly_the_last_k_when_a_batch_brings_more_than_k():
 def test_a_checkpoint_from_another_run_is_refused_not_loaded(tmp_path):
     data, ckpt = two_group_data(), tmp_path / "ckpt.pt"
     model = mlp()
-    finetune(model, half_masks(model), data, FinetuneConfig(epochs=1, batch_size=64), checkpoint_path=ckpt)
+    finetune(model, half_masks(model), data, FinetuneConfig(method="naive", epochs=1, batch_size=64), checkpoint_path=ckpt)
     other = mlp()
     with pytest.raises(InvalidConfigError) as err:
-        finetune(other, half_masks(other), data, FinetuneConfig(epochs=1, batch_size=64, lr=0.02),
+        finetune(other, half_masks(other), data, FinetuneConfig(method="naive", epochs=1, batch_size=64, lr=0.02),
                  checkpoint_path=ckpt)
     assert err.value.field == "finetune.checkpoint" and "different run" in err.value.problem
     ckpt.write_bytes(b"not a checkpoint")
     with pytest.raises(InvalidConfigError, match="not a readable checkpoint"):
-        finetune(other, half_masks(other), data, FinetuneConfig(epochs=1, batch_size=64), checkpoint_path=ckpt)
+        finetune(other, half_masks(other), data, FinetuneConfig(method="naive", epochs=1, batch_size=64), checkpoint_path=ckpt)
 
 
 def test_dropout_runs_resume_exactly_and_the_callers_mode_and_rng_are_kept(tmp_path):
@@ -270,7 +270,7 @@ def test_dropout_runs_resume_exactly_and_the_callers_mode_and_rng_are_kept(tmp_p
         torch.manual_seed(0)
         return nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 2))
 
-    config = FinetuneConfig(epochs=2, batch_size=64, checkpoint_every_steps=3)
+    config = FinetuneConfig(method="naive", epochs=2, batch_size=64, checkpoint_every_steps=3)
     straight = dropout_mlp()
     straight.eval()
     torch.manual_seed(42)
@@ -310,7 +310,7 @@ def test_output_calibration_restores_the_dense_prediction_rates_on_held_out_data
 
     data = two_group_data(n=2000)
     dense = mlp()
-    finetune(dense, {}, data, FinetuneConfig(epochs=10, batch_size=32, lr=0.05))
+    finetune(dense, {}, data, FinetuneConfig(method="naive", epochs=10, batch_size=32, lr=0.05))
     suppressed = mlp()
     suppressed.load_state_dict(dense.state_dict())
     with torch.no_grad():

@@ -50,8 +50,8 @@ def test_a_feature_width_that_does_not_match_is_refused(dataset) -> None:
 
 
 @pytest.mark.parametrize(("command", "fragment"), [
-    (["train", "--arch", "mlp", "--arch-kwargs", '{"in_features": 6, "num_classes": 3}'], "error: arch_kwargs: "),
-    (["train", "--arch", "mlp", "--arch-kwargs", '{"in_features": 8, "num_classes": 5}'], "error: arch_kwargs: "),
+    (["train", "--arch", "mlp", "--arch-kwargs", '{"in_features": 6, "num_classes": 3}'], "error: train.architecture_kwargs: "),
+    (["train", "--arch", "mlp", "--arch-kwargs", '{"in_features": 8, "num_classes": 5}'], "error: train.architecture_kwargs: "),
     (["compress", "--model", "{narrow}", "--group-by", "g"], "error: dataset.labels: "),
     (["compress", "--model", "{wide}", "--group-by", "g"], "error: model: "),
     (["budget", "--model", "{wide}", "--group-by", "g"], "error: model: "),

@@ -39,7 +39,7 @@ def digits_files(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(DIGITS_CNN)
     train = dataset.select(("cohort",), split="train", min_group_size=0)
-    finetune(model, {}, train, FinetuneConfig(epochs=8, lr=0.05))
+    finetune(model, {}, train, FinetuneConfig(method="naive", epochs=8, lr=0.05))
     save_safetensors(model.eval(), DIGITS_CNN, folder / "dense.safetensors")
     return folder / "dense.safetensors", folder / "digits.npz"
 

@@ -32,23 +32,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .budget import BudgetConfig
+    from .jobs import DataConfig, TrainConfig
+    from .prune import PruningConfig
+
     parser = argparse.ArgumentParser(prog="equiprune-engine", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(required=True, metavar="command")
+    # Every default is the engine config's own (flags left out are not passed on).
+    ft, data, train_defaults = FinetuneConfig(), DataConfig(), TrainConfig(architecture="mlp")
 
     demo = sub.add_parser("demo", help="the whole story on scikit-learn's digits (offline)")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--sparsity", type=float, default=0.9)
+    demo.add_argument("--sparsity", type=float, default=PruningConfig.sparsity)
     demo.set_defaults(run=_demo)
 
     train = sub.add_parser("train", help="train a dense model from scratch")
     train.add_argument("--arch", required=True)
     train.add_argument("--arch-kwargs", default="{}", help="JSON object of architecture keyword arguments")
     train.add_argument("--dataset", required=True)
-    train.add_argument("--split", default="train")
-    train.add_argument("--epochs", type=int, default=15)
-    train.add_argument("--lr", type=float, default=0.05)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--split", default=None, help="training split (default: 'train' if the dataset has one, else every row)")
+    train.add_argument("--epochs", type=int, help=f"default {train_defaults.epochs}")
+    train.add_argument("--lr", type=float, help=f"default {train_defaults.lr}")
+    train.add_argument("--seed", type=int)
     train.add_argument("--out", required=True, help="path of the .safetensors file to write")
     train.set_defaults(run=_train)
 
@@ -58,162 +64,131 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--model", required=True, help=".safetensors (with its architecture) or .pt2")
         cmd.add_argument("--dataset", required=True, help=".npz in the documented dataset format")
         cmd.add_argument("--group-by", action="append", required=True, help="group attribute; repeat for intersections")
-        cmd.add_argument("--train-split", default="train")
-        cmd.add_argument("--eval-split", default="test")
+        cmd.add_argument("--train-split", help="default: 'train' if the dataset has one, else every row")
+        cmd.add_argument("--eval-split", help="default: 'test' if the dataset has one; '' for none")
         cmd.add_argument("--constraint-split", default=None,
-                         help="split for the held-out dual steps (heldout_ceag, fair_distill) (default: 'constraint' if the dataset has one, "
-                              "else 20%% of the training split)")
-        cmd.add_argument("--kind", default="unstructured", choices=["unstructured", "n_m", "structured"])
-        cmd.add_argument("--scope", default="layerwise", choices=["layerwise", "global"])
-        cmd.add_argument("--schedule", default="one_shot", choices=["one_shot", "gradual"])
-        cmd.add_argument("--method", default=DEFAULT_FAIR_METHOD, choices=[*METHODS, "none"],
+                         help="split for the held-out steps (heldout_ceag, fair_distill) (default: 'constraint' if the "
+                              f"dataset has one, else {data.constraint_fraction * 100:.0f}%% of the training split)")
+        cmd.add_argument("--kind", choices=["unstructured", "n_m", "structured"], help="default unstructured")
+        cmd.add_argument("--scope", choices=["layerwise", "global"], help="default layerwise")
+        cmd.add_argument("--schedule", choices=["one_shot", "gradual"], help="default one_shot")
+        cmd.add_argument("--method", choices=[*METHODS, "none"],
                          help=f"fine-tuning objective (default: {DEFAULT_FAIR_METHOD}, the fair default; none: no fine-tuning)")
-        cmd.add_argument("--epochs", type=int, default=3)
-        cmd.add_argument("--lr", type=float, default=1e-2)
-        cmd.add_argument("--dual-lr", type=float, default=FinetuneConfig.dual_lr,
-                         help="integral gain of the dual step: multiplier change per epoch per unit violation")
-        cmd.add_argument("--tolerance", type=float, default=0.01)
-        cmd.add_argument("--min-group-size", type=int, default=30)
-        cmd.add_argument("--seed", type=int, default=0)
-        cmd.add_argument("--device", default=None)
+        cmd.add_argument("--epochs", type=int, help=f"fine-tuning epochs (default {ft.epochs})")
+        cmd.add_argument("--lr", type=float, help=f"default {ft.lr}")
+        cmd.add_argument("--dual-lr", type=float,
+                         help=f"integral gain of the dual step: multiplier change per epoch per unit violation (default {ft.dual_lr})")
+        cmd.add_argument("--tolerance", type=float, help=f"ε as a fraction of accuracy (default {data.tolerance})")
+        cmd.add_argument("--min-group-size", type=int, help=f"default {data.min_group_size}")
+        cmd.add_argument("--seed", type=int)
+        cmd.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: cuda when available)")
         cmd.add_argument("--out", required=True, help="output folder")
-        cmd.add_argument("--json", action="store_true", help="print the full result as JSON")
+        cmd.add_argument("--json", action="store_true", help="print the outcome as JSON")
         if name == "compress":
-            cmd.add_argument("--sparsity", type=float, default=0.9)
+            cmd.add_argument("--sparsity", type=float, help=f"default {PruningConfig.sparsity}")
             cmd.add_argument("--diagnose", action="store_true", help="per-group gradient/Hessian diagnostics and predicted R(a)")
             cmd.set_defaults(run=_compress)
         else:
-            cmd.add_argument("--low", type=float, default=0.5)
-            cmd.add_argument("--high", type=float, default=0.95)
-            cmd.add_argument("--resolution", type=float, default=0.025)
-            cmd.add_argument("--max-probes", type=int, default=8)
+            b = BudgetConfig()
+            cmd.add_argument("--low", type=float, help=f"default {b.low}")
+            cmd.add_argument("--high", type=float, help=f"default {b.high}")
+            cmd.add_argument("--resolution", type=float, help=f"default {b.resolution}")
+            cmd.add_argument("--max-probes", type=int, help=f"default {b.max_probes}")
             cmd.add_argument("--require-confidence", action="store_true",
                              help="judge every group by its ψ_g upper 95%% bound, not the point estimate")
             cmd.set_defaults(run=_budget)
     return parser
 
 
+def _given(args, **names) -> dict:
+    """{config field: value} for the flags given; the rest keep the config's defaults."""
+    return {field: getattr(args, flag) for field, flag in names.items() if getattr(args, flag, None) is not None}
+
+
+def _spec_from_args(args, kind: str):
+    """The job spec a command line describes."""
+    from .budget import BudgetConfig
+    from .diagnostics import DiagnosticsConfig
+    from .jobs import DataConfig, JobSpec, TrainConfig
+    from .prune import PruningConfig
+
+    if kind == "train":
+        return JobSpec(kind="train", dataset=args.dataset, data=DataConfig(**_given(args, train_split="split")),
+                       train=TrainConfig(architecture=args.arch, architecture_kwargs=_json_object(args.arch_kwargs),
+                                         **_given(args, epochs="epochs", lr="lr", seed="seed")))
+    finetune = None if args.method == "none" else FinetuneConfig(**_given(
+        args, method="method", epochs="epochs", lr="lr", dual_lr="dual_lr", seed="seed"))
+    diagnose = getattr(args, "diagnose", False)
+    if kind == "compress":
+        kind = "prune_and_finetune" if finetune is not None else "prune"
+    return JobSpec(
+        kind=kind, dataset=args.dataset, model=args.model,
+        data=DataConfig(group_by=tuple(args.group_by), **_given(
+            args, train_split="train_split", eval_split="eval_split", constraint_split="constraint_split",
+            tolerance="tolerance", min_group_size="min_group_size")),
+        pruning=PruningConfig(**_given(args, kind="kind", sparsity="sparsity", scope="scope", schedule="schedule")),
+        finetune=finetune, diagnostics=DiagnosticsConfig() if diagnose else None,
+        budget=BudgetConfig(**_given(args, low="low", high="high", resolution="resolution", max_probes="max_probes"),
+                            require_confidence=args.require_confidence) if kind == "budget_search" else None)
+
+
+def _run(args, kind: str, work_dir: Path):
+    """Check the spec, then run it through the engine's job API, printing progress."""
+    from .jobs import JobInputs, run_job
+
+    spec = _spec_from_args(args, kind)
+    inputs = JobInputs(dataset=args.dataset, model=spec.model, work_dir=work_dir, device=getattr(args, "device", None))
+    outcome = run_job(spec, inputs, None if getattr(args, "json", False) else _progress_printer())
+    inputs.checkpoint.unlink(missing_ok=True)  # the run is complete: nothing left to resume
+    return spec, outcome
+
+
 def _train(args) -> int:
-    from .dataset import load_dataset
-    from .finetune.config import FinetuneConfig
-    from .finetune.loop import finetune
-    from .dataset import validate_for_model
-    from .fit import check_architecture_fits
-    from .models.io import save_safetensors
-    from .models.registry import ArchitectureSpec, build_model
+    import tempfile
 
-    import torch
-
-    dataset = load_dataset(args.dataset)
-    spec = ArchitectureSpec(args.arch, _json_object(args.arch_kwargs, "arch_kwargs"))
-    # Before any work: the architecture within the limits, taking these samples, with an
-    # output for every class (measured on the meta device, nothing allocated).
-    validate_for_model(dataset, check_architecture_fits(spec, dataset, field="arch_kwargs").outputs)
-    torch.manual_seed(args.seed)
-    model = build_model(spec)
-    # Training needs no grouping; any attribute will do, and small groups do not matter here.
-    data = dataset.select((dataset.attribute_names[0],), split=args.split if dataset.split_names else None,
-                          min_group_size=0)
-    show = _progress_printer()
-    finetune(model, {}, data, FinetuneConfig(epochs=args.epochs, lr=args.lr, seed=args.seed),
-             on_progress=lambda event: show("train_step", vars(event)))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save_safetensors(model, spec, args.out)
-    print(f"wrote {args.out}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".equiprune-train-") as work:
+        _, outcome = _run(args, "train", Path(work))
+        (Path(work) / outcome.files[0].path).replace(out)
+    print(f"wrote {out}")
     return 0
 
 
-def _job_from_args(args, sparsity: float):
-    from .diagnostics import DiagnosticsConfig
-    from .finetune.config import FinetuneConfig
-    from .pipeline import CompressionJob
-    from .prune import PruningConfig
-
-    finetune = None if args.method == "none" else FinetuneConfig(
-        method=args.method, epochs=args.epochs, lr=args.lr, dual_lr=args.dual_lr, tolerance=args.tolerance, seed=args.seed)
-    return CompressionJob(
-        group_by=tuple(args.group_by), train_split=args.train_split, eval_split=args.eval_split or None,
-        constraint_split=args.constraint_split,
-        pruning=PruningConfig(kind=args.kind, sparsity=sparsity, scope=args.scope, schedule=args.schedule),
-        finetune=finetune,
-        diagnostics=DiagnosticsConfig() if getattr(args, "diagnose", False) else None,
-        tolerance=args.tolerance, min_group_size=args.min_group_size, device=args.device,
-    )
-
-
 def _compress(args) -> int:
-    from .dataset import load_dataset
-    from .fit import check_model_fits
-    from .models.io import load_model
-    from .pipeline import run_compression, write_outputs
-
-    loaded = load_model(args.model)
-    dataset = load_dataset(args.dataset)
-    job = _job_from_args(args, args.sparsity)
-    check_model_fits(loaded.module, dataset, field="model")
-    checkpoint = Path(args.out) / "checkpoint.pt"
-    result = run_compression(loaded, dataset, job, checkpoint_path=checkpoint,
-                             on_progress=None if args.json else _progress_printer())
-    example = dataset.select(job.group_by, split=job.train_split, min_group_size=0).inputs[:2]
-    written = write_outputs(result, loaded, args.out, example)
-    checkpoint.unlink(missing_ok=True)  # the run is complete: nothing left to resume
+    out = Path(args.out)
+    _, outcome = _run(args, "compress", out)
     if args.json:
-        print(json.dumps({"result": result.to_dict(), "artifacts": written}, allow_nan=False))
-    else:
-        print()
-        print(format_comparison(result))
-        if result.prediction is not None:
-            from .ranking import prediction_note
-
-            print("\n" + prediction_note(result.prediction))
-        print("\nartifacts: " + ", ".join(f"{k}={v}" for k, v in written.items()))
+        print(json.dumps(outcome.to_dict(), allow_nan=False))
+        return 0
+    print()
+    print(format_comparison(outcome))
+    if outcome.diagnostics is not None:
+        print("\n" + outcome.diagnostics["prediction_note"])
+    print("\noutputs: " + ", ".join(f"{f.role}={out / f.path}" for f in outcome.files))
     return 0
 
 
 def _budget(args) -> int:
-    import copy
-    import dataclasses
-
-    from .budget import BudgetConfig, search_budget
-    from .dataset import load_dataset
-    from .errors import InvalidConfigError
-    from .fit import check_model_fits
-    from .models.io import load_model
-    from .pipeline import run_compression
-
-    if args.kind == "n_m":
-        raise InvalidConfigError("budget.kind", "N:M pruning has a fixed sparsity (n/m); there is nothing to search")
-    loaded = load_model(args.model)
-    dataset = load_dataset(args.dataset)
-    check_model_fits(loaded.module, dataset, field="model")
-    config = BudgetConfig(tolerance=args.tolerance, low=args.low, high=args.high, resolution=args.resolution,
-                          max_probes=args.max_probes, require_confidence=args.require_confidence)
-
-    def probe(sparsity: float):
-        # Every probe starts from the untouched dense model.
-        fresh = dataclasses.replace(loaded, module=copy.deepcopy(loaded.module))
-        result = run_compression(fresh, dataset, _job_from_args(args, sparsity))
-        final = result.finetuned or result.pruned
-        return final.eval or final.train
-
-    # Progress goes to stderr so that `--json` output stays parseable.
-    result = search_budget(probe, config, on_probe=lambda p: print(
-        f"sparsity {p.sparsity:.3f}: accuracy {p.accuracy:.3f}, max ψ_g {_pts(p.max_excess_accuracy_gap)} → "
-        f"{'within' if p.met else 'beyond'} tolerance", file=sys.stderr, flush=True))
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "budget.json").write_text(json.dumps(result.to_dict(), indent=2, allow_nan=False))
-    print(json.dumps(result.to_dict()) if args.json else f"highest sparsity within tolerance: {result.best_sparsity}")
+    _, outcome = _run(args, "budget_search", Path(args.out))
+    if args.json:
+        print(json.dumps(outcome.to_dict(), allow_nan=False))
+        return 0
+    for point in outcome.sweep:
+        s = point.report.summary
+        print(f"sparsity {point.sparsity:.3f}: accuracy {_pct(point.report.overall.accuracy)}, max ψ_g "
+              f"{_pts(s.max_excess_accuracy_gap)} → {'within' if point.tolerance_met else 'beyond'} tolerance")
+    print(f"highest sparsity within tolerance: {outcome.best_sparsity}")
     return 0
 
 
 def _demo(args) -> int:
+    from .dataset import save_dataset
     from .demo_data import digits_group_dataset
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dataset_path = out / "digits.npz"
-    from .dataset import save_dataset
-
     save_dataset(digits_group_dataset(), dataset_path)
     print(f"dataset: scikit-learn digits with a synthetic group attribute → {dataset_path}")
     kwargs = '{"num_classes": 10, "in_channels": 1, "input_size": 8, "channels": [16, 32]}'
@@ -226,12 +201,13 @@ def _demo(args) -> int:
         "--tolerance", "0.02", "--out", str(out / "compressed")]))
 
 
-def format_comparison(result) -> str:
+def format_comparison(outcome) -> str:
     """A per-group table: dense → pruned → fine-tuned on the evaluation split (or train)."""
     def pick(stage):
-        return None if stage is None else (stage.eval or stage.train)
+        splits = [r for r in outcome.reports if r.stage == stage]
+        return splits[-1].report if splits else None  # the evaluation split comes last when there is one
 
-    dense, pruned, tuned = pick(result.dense), pick(result.pruned), pick(result.finetuned)
+    dense, pruned, tuned = pick("dense"), pick("pruned"), pick("finetuned")
     header = f"{'group':<18}{'n':>6}  {'dense':>7}  {'pruned':>7}  {'ψ_g':>7}  {'tuned [95% CI]':>22}  {'ψ_g':>7}"
     lines = [header, "-" * len(header)]
     for g in dense.groups:
@@ -251,9 +227,9 @@ def format_comparison(result) -> str:
                          f"worst group {s.worst_group} {_pct(s.worst_group_accuracy)}, "
                          f"tolerance {_pts(s.tolerance)} met: {s.tolerance_met} "
                          f"(with 95% confidence: {s.tolerance_met_with_confidence})")
-    if result.pruning is not None:
-        lines.append(f"measured sparsity of prunable weights: {result.pruning.sparsity.prunable_sparsity:.3f}")
-    lines.extend(f"note: {n}" for n in result.notes)
+    if outcome.measured_sparsity is not None:
+        lines.append(f"measured sparsity of prunable weights: {outcome.measured_sparsity:.3f}")
+    lines.extend(f"note: {n}" for n in outcome.notes)
     return "\n".join(lines)
 
 
@@ -265,30 +241,35 @@ def _pts(x) -> str:
     return "-" if x is None else f"{100 * x:+.1f}"
 
 
-def _json_object(text: str, field: str) -> dict:
+def _json_object(text: str) -> dict:
     from .errors import InvalidConfigError
 
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise InvalidConfigError(field, f"not valid JSON: {err}") from None
+        raise InvalidConfigError("train.architecture_kwargs", f"not valid JSON: {err}") from None
     if not isinstance(value, dict):
-        raise InvalidConfigError(field, "must be a JSON object")
+        raise InvalidConfigError("train.architecture_kwargs", "must be a JSON object")
     return value
 
 
 def _progress_printer():
-    """Print pipeline phases, and one line per finished epoch (not per step: logs stay short)."""
+    """Print each phase once, and one line per finished epoch (not per step: logs stay short)."""
+    last = [None]
 
-    def show(phase: str, payload: dict) -> None:
-        if phase in ("finetune_step", "gradual_prune_step", "train_step"):
-            if payload["step"] % payload["steps_per_epoch"] == 0:
-                multipliers = payload.get("multipliers") or {}
-                lam = ", ".join(f"{k} {v:.3f}" for k, v in multipliers.items() if v)
-                print(f"  epoch {payload['epoch'] + 1}/{payload['epochs']}: last batch loss {payload['loss']:.3f}"
-                      + (f"; multipliers {lam}" if lam else ""), flush=True)
-        else:
-            print(f"{phase} {payload or ''}".rstrip(), flush=True)
+    def show(event) -> None:
+        if event.step is not None:
+            if event.ends_epoch:
+                lam = ", ".join(f"{k} {v:.3f}" for k, v in event.group_multipliers.items() if v)
+                print(f"  {event.phase} epoch {event.epoch + 1}/{event.epochs}: last batch loss "
+                      f"{event.metrics.get('loss', float('nan')):.3f}" + (f"; multipliers {lam}" if lam else ""), flush=True)
+        elif event.report is not None:
+            r = event.report
+            print(f"  {r.stage} on {r.split or 'all rows'}: accuracy {_pct(r.report.overall.accuracy)}, "
+                  f"worst group {r.report.summary.worst_group}", flush=True)
+        elif (event.phase, event.message) != last[0]:
+            print(f"{event.phase}" + (f": {event.message}" if event.message else ""), flush=True)
+        last[0] = (event.phase, event.message)
 
     return show
 

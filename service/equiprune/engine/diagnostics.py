@@ -71,6 +71,8 @@ class DiagnosticsConfig:
     seed: seeds the probes and the power-iteration start, so results are reproducible.
     parameters: names (as in `named_parameters()`) to diagnose; None = every trainable one.
     include_overall: also diagnose the whole data set as one group (costs as much again).
+    samples_per_group: samples per group the pipeline diagnoses; the estimates cost tens of
+        evaluation passes and their per-group means need far fewer samples than a split has.
     """
 
     probes: int = 10
@@ -80,11 +82,13 @@ class DiagnosticsConfig:
     seed: int = 0
     parameters: tuple[str, ...] | None = None
     include_overall: bool = True
+    samples_per_group: int = 1000
 
     def __post_init__(self) -> None:
         _require_int("probes", self.probes, 1, 10_000)
         _require_int("power_iterations", self.power_iterations, 1, 10_000)
         _require_int("batch_size", self.batch_size, 1)
+        _require_int("samples_per_group", self.samples_per_group, 2, 10**7)
         _require_int("seed", self.seed, 0)
         if self.seed >= 2**63:
             raise InvalidConfigError("diagnostics.seed", f"expected an integer below 2**63, got {self.seed}")

@@ -55,9 +55,6 @@ class CompressionJob:
     pruning: PruningConfig | None = field(default_factory=PruningConfig)
     finetune: FinetuneConfig | None = field(default_factory=FinetuneConfig)
     diagnostics: DiagnosticsConfig | None = None
-    # Diagnostics cost tens of evaluation passes; their per-group means need far fewer samples.
-    diagnostics_samples_per_group: int = 1000
-    recalibrate_batchnorm: bool = True
     tolerance: float = 0.01
     min_group_size: int = 30
     eval_batch_size: int = 512
@@ -73,9 +70,6 @@ class CompressionJob:
                 raise InvalidConfigError(f"job.{name}", f"must be at least 1, got {getattr(self, name)}")
         if self.device is not None:
             _check_device(self.device)
-        if self.diagnostics_samples_per_group < 2:
-            raise InvalidConfigError("job.diagnostics_samples_per_group",
-                                     f"must be at least 2, got {self.diagnostics_samples_per_group}")
         if not 0 < self.constraint_fraction < 1:
             raise InvalidConfigError("job.constraint_fraction", f"must be in (0, 1), got {self.constraint_fraction}")
         if self.pruning is None and self.finetune is None and self.diagnostics is None:
@@ -90,8 +84,7 @@ class CompressionJob:
             "group_by": list(self.group_by), "train_split": self.train_split, "eval_split": self.eval_split,
             "constraint_split": self.constraint_split, "constraint_fraction": self.constraint_fraction,
             "pruning": opt(self.pruning), "finetune": opt(self.finetune), "diagnostics": opt(self.diagnostics),
-            "diagnostics_samples_per_group": self.diagnostics_samples_per_group,
-            "recalibrate_batchnorm": self.recalibrate_batchnorm, "tolerance": self.tolerance,
+            "tolerance": self.tolerance,
             "min_group_size": self.min_group_size, "device": self.device,
         }
 
@@ -198,7 +191,7 @@ def run_compression(
 
     def announce(stage: str, reports: StageReports) -> None:
         """Each report as soon as it exists, so a watcher sees the damage before the repair."""
-        say("report", {"stage": stage, "reports": reports.to_dict()})
+        say("report", {"stage": stage, "reports": reports})
 
     say("evaluate_dense", {})
     dense_reports, dense_evals = measure(dense, None)
@@ -207,7 +200,7 @@ def run_compression(
     diagnostics = diag_data = None
     if job.diagnostics is not None:
         say("diagnose", {})
-        diag_data = train.sample_per_group(job.diagnostics_samples_per_group, seed=job.diagnostics.seed)
+        diag_data = train.sample_per_group(job.diagnostics.samples_per_group, seed=job.diagnostics.seed)
         diagnostics = diagnose(dense, diag_data, job.diagnostics)
 
     # A model that arrives pruned keeps its zeros through fine-tuning.
@@ -219,7 +212,7 @@ def run_compression(
                         train_between=_between_steps(train, job, device, say))
         module, masks = outcome.module, outcome.masks
         pruned_reports, _ = measure(module, dense_evals)
-        if job.recalibrate_batchnorm and _recalibrate(module, train, notes):
+        if job.pruning.recalibrate_batchnorm and _recalibrate(module, train, notes):
             raw_reports = pruned_reports
             announce("pruned_without_recalibration", raw_reports)
             pruned_reports, _ = measure(module, dense_evals)
@@ -350,7 +343,7 @@ def _splits(dataset: GroupDataset, job: CompressionJob, notes: list[str]):
 
 def _between_steps(train: GroupedData, job: CompressionJob, device, say: Progress):
     """Training between gradual pruning steps: one naive epoch with the job's other settings."""
-    base = job.finetune or FinetuneConfig()
+    base = job.finetune or FinetuneConfig(method="naive")
 
     def train_between(module: nn.Module, step: int, masks: Masks) -> None:
         config = dataclasses.replace(base, method="naive", epochs=1, seed=base.seed + step)

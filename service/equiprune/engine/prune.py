@@ -38,6 +38,8 @@ class PruningConfig:
     keep_first_and_last: keep the first conv and the last linear layer dense (science.md's
         reference setting).
     gradual_steps: number of cubic-schedule pruning steps; training runs between them.
+    recalibrate_batchnorm: re-estimate BatchNorm statistics on training inputs after pruning
+        (the pipeline does it; the report keeps the model before it too).
     """
 
     kind: str = "unstructured"
@@ -50,6 +52,7 @@ class PruningConfig:
     keep_first_and_last: bool = True
     n: int = 2
     m: int = 4
+    recalibrate_batchnorm: bool = True
     importance: str = "l1"
 
     def __post_init__(self) -> None:

@@ -109,7 +109,7 @@ def _train(ctx: JobContext, dataset: GroupDataset) -> dict:
     # Training needs no grouping: any attribute will do, and small groups do not matter here.
     data = dataset.select(ctx.spec.data.group_by[:1] or dataset.attribute_names[:1], split=split, min_group_size=0)
     ctx.emit({"phase": "train", "message": f"training {t.architecture} for {t.epochs} epochs"})
-    finetune(model, {}, data, FinetuneConfig(epochs=t.epochs, lr=t.lr, seed=t.seed),
+    finetune(model, {}, data, FinetuneConfig(method="naive", epochs=t.epochs, lr=t.lr, seed=t.seed),
              on_progress=lambda event: ctx.emit(_step_progress("train", vars(event))),
              checkpoint_path=ctx.checkpoint_path, device=_device(ctx))
     model.eval()

@@ -194,7 +194,7 @@ def _check_train(t: TrainSpec) -> None:
         raise InvalidArgument(f"unknown architecture {t.architecture!r}; registered: {', '.join(known)}",
                               field="spec.train.architecture")
     try:
-        FinetuneConfig(epochs=t.epochs, lr=t.lr, seed=t.seed)  # the training loop's own checks
+        FinetuneConfig(method="naive", epochs=t.epochs, lr=t.lr, seed=t.seed)  # the training loop's own checks
     except EngineError as err:
         raise InvalidArgument(err.problem, field="spec.train." + err.field.rpartition(".")[2]) from None
     if len(json.dumps(t.architecture_kwargs)) > 4096:
@@ -221,8 +221,6 @@ def compression_job(spec: JobSpecModel, split_names: tuple[str, ...], *, sparsit
         pruning=_pruning(spec.pruning, sparsity) if spec.pruning is not None else None,
         finetune=_finetune(spec.finetune, d.tolerance) if spec.finetune is not None else None,
         diagnostics=_diagnostics(spec) if spec.diagnostics is not None or spec.kind == "diagnose" else None,
-        diagnostics_samples_per_group=(spec.diagnostics or DiagnosticsSpec()).samples_per_group,
-        recalibrate_batchnorm=spec.pruning.recalibrate_batchnorm if spec.pruning is not None else True,
         tolerance=d.tolerance,
         min_group_size=d.min_group_size,
         # The device is the worker's business: checking CUDA here would test the machine that
@@ -251,6 +249,7 @@ def _pruning(p: PruningSpec, sparsity: float | None) -> PruningConfig:
         kind=p.kind, sparsity=sparsity if sparsity is not None else (p.sparsity if p.kind != "n_m" else 0.5),
         scope=p.scope, schedule=p.schedule, gradual_steps=p.gradual_steps, exclude_names=p.exclude_names,
         exclude_types=p.exclude_types, keep_first_and_last=p.keep_first_and_last, n=p.n, m=p.m,
+        recalibrate_batchnorm=p.recalibrate_batchnorm,
     )
 
 
@@ -266,7 +265,8 @@ def _finetune(f: FinetuneSpec, tolerance: float) -> FinetuneConfig:
 
 def _diagnostics(spec: JobSpecModel) -> DiagnosticsConfig:
     d = spec.diagnostics or DiagnosticsSpec()
-    return DiagnosticsConfig(probes=d.probes, power_iterations=d.power_iterations, seed=d.seed)
+    return DiagnosticsConfig(probes=d.probes, power_iterations=d.power_iterations, seed=d.seed,
+                             samples_per_group=d.samples_per_group)
 
 
 # Engine field paths → the proto paths a client wrote.

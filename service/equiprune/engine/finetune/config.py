@@ -27,9 +27,9 @@ class FinetuneConfig:
     method: naive | equalized_loss (Tran et al., dual step per epoch as Fioretto et al.) |
         ceag (Hashemizadeh et al.) | heldout_ceag (ours: dual step on a constraint split the
         primal step never sees) | fair_distill (ours, the default fair method: group-balanced
-        distillation from the dense model). The field's default is plain fine-tuning, what
-        the engine does when nobody asked for fairness (training, gradual pruning steps);
-        jobs that repair default to DEFAULT_FAIR_METHOD.
+        distillation from the dense model). The default is DEFAULT_FAIR_METHOD, for every
+        job that repairs, whoever asks (service, SDK, both CLIs); plain training (a train job,
+        training between gradual pruning steps) asks for "naive" by name.
     tolerance: ε, the allowed excess accuracy gap ψ_g (CEAG variants).
     dual_lr: κ_i, the integral gain of the dual step: multiplier change per *epoch* of
         constant unit violation (ψ_g − ε as a fraction for CEAG, |J_a − J| in nats for EL),
@@ -51,7 +51,7 @@ class FinetuneConfig:
     constraint_batch_per_group: constraint samples per group evaluated at each step.
     """
 
-    method: str = "naive"
+    method: str = DEFAULT_FAIR_METHOD
     epochs: int = 3
     batch_size: int = 128
     lr: float = 1e-2
