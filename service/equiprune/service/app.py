@@ -21,6 +21,9 @@ GRPC_SERVICER_FUNCTIONS = [
     "equiprune.service.grpc_servicers.add_ArtifactServiceServicer_to_server",
     "equiprune.service.grpc_servicers.add_JobServiceServicer_to_server",
     "equiprune.service.grpc_servicers.add_ServingServiceServicer_to_server",
+    "equiprune.service.grpc_servicers.add_HealthServicer_to_server",
+    # Last: reflection lists what is registered, and it guards against Serve's own.
+    "equiprune.service.grpc_servicers.add_ServerReflectionServicer_to_server",
 ]
 
 

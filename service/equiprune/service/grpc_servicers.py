@@ -7,6 +7,12 @@ runs; bytes that are not a valid message made grpc answer UNKNOWN with "Unexpect
 client's mistake. Here every method's decoder is wrapped: undecodable bytes become an
 `UndecodableRequest`, which the proxy forwards like any request and the ingress refuses as
 INVALID_ARGUMENT naming the message type (`ingress.unary`/`streaming`).
+
+These functions run in the proxy process, before the proxy starts, so they are also where the
+protocol-level pieces are installed (service/equiprune/service/rpc/): the hook that turns an
+error's encoded google.rpc.Status into its `grpc-status-details-bin` trailer
+(rpc/proxy_status.py), grpc.health.v1 (answered by the ingress, rpc/health.py) and server
+reflection v1 + v1alpha (answered in the proxy itself, rpc/reflection.py).
 """
 
 from __future__ import annotations
@@ -60,13 +66,36 @@ class _SafeDecodingServer:
             adder(service_name, self._wrapped(handlers))
 
 
+def _prepared(server) -> _SafeDecodingServer:
+    """The server, with the status-trailer hook installed first (idempotent): the proxy builds
+    each handler when it is registered, so the hook must be in place before."""
+    from .rpc import proxy_status
+
+    proxy_status.install(server)
+    return _SafeDecodingServer(server)
+
+
 def add_ArtifactServiceServicer_to_server(servicer, server) -> None:  # noqa: N802 - the generated names
-    artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server(servicer, _SafeDecodingServer(server))
+    artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server(servicer, _prepared(server))
 
 
 def add_JobServiceServicer_to_server(servicer, server) -> None:  # noqa: N802
-    jobs_pb2_grpc.add_JobServiceServicer_to_server(servicer, _SafeDecodingServer(server))
+    jobs_pb2_grpc.add_JobServiceServicer_to_server(servicer, _prepared(server))
 
 
 def add_ServingServiceServicer_to_server(servicer, server) -> None:  # noqa: N802
-    serving_pb2_grpc.add_ServingServiceServicer_to_server(servicer, _SafeDecodingServer(server))
+    serving_pb2_grpc.add_ServingServiceServicer_to_server(servicer, _prepared(server))
+
+
+def add_HealthServicer_to_server(servicer, server) -> None:  # noqa: N802
+    """grpc.health.v1.Health: Check and Watch route to the ingress by method name (HealthMixin)."""
+    from grpc_health.v1 import health_pb2_grpc
+
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, _prepared(server))
+
+
+def add_ServerReflectionServicer_to_server(servicer, server) -> None:  # noqa: N802
+    """Reflection v1 and v1alpha, run inside the proxy; the servicer Serve passes is unused."""
+    from .rpc import reflection
+
+    reflection.register(server)
