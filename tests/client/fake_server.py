@@ -29,10 +29,12 @@ import threading
 import time
 from collections import defaultdict
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import grpc
-from google.protobuf import timestamp_pb2
+from google.protobuf import json_format, timestamp_pb2
+
+from equiprune.engine.metrics import Reference, Tally, group_metrics, wilson_interval  # noqa: F401 (tests import it)
 
 from equiprune.v1 import (artifacts_pb2, artifacts_pb2_grpc, jobs_pb2, jobs_pb2_grpc,
                           reports_pb2, serving_pb2, serving_pb2_grpc)
@@ -250,33 +252,29 @@ def _page(items: list, size: int, token: str, context) -> tuple[list, str]:
 # ------------------------------------------------------------------ scripted reports
 
 def group_report(fraction: float, tolerance: float = 0.02, min_group_size: int = 10) -> reports_pb2.GroupReport:
-    """A report whose accuracies lie `fraction` of the way from dense to the GROUPS figures."""
+    """A report whose accuracies lie `fraction` of the way from dense to the GROUPS figures,
+    measured by the metrics core (engine/metrics.py) as a real job's paired report is: the
+    model loses only samples the dense model got right (and gains only ones it got wrong)."""
     rows = {g: (n, ref + fraction * (acc - ref), ref) for g, (n, acc, ref) in GROUPS.items()}
     total = sum(n for n, _, _ in rows.values())
-    overall_acc = sum(n * acc for n, acc, _ in rows.values()) / total
-    overall_ref = sum(n * ref for n, _, ref in rows.values()) / total
-    overall_drop = overall_ref - overall_acc
-    report = reports_pb2.GroupReport(min_group_size=min_group_size, paired=True)
-    for name, (n, acc, ref) in rows.items():
-        psi = (ref - acc) - overall_drop
-        report.groups.add(group=name, n=n, accuracy=acc, accuracy_ci_low=acc - 0.03, accuracy_ci_high=min(1, acc + 0.02),
-                          loss=1 - acc, reference_accuracy=ref, accuracy_drop=ref - acc, excess_accuracy_gap=psi,
-                          excess_accuracy_gap_ci_low=psi - 0.01, excess_accuracy_gap_ci_high=psi + 0.01,
-                          sufficient_data=n >= min_group_size)
-    report.overall.CopyFrom(reports_pb2.OverallMetrics(
-        n=total, accuracy=overall_acc, accuracy_ci_low=overall_acc - 0.02, accuracy_ci_high=overall_acc + 0.02,
-        loss=1 - overall_acc, reference_accuracy=overall_ref, accuracy_drop=overall_drop))
-    judged = [g for g in report.groups if g.sufficient_data]
-    worst = min(judged, key=lambda g: g.accuracy)
-    top = max(judged, key=lambda g: g.excess_accuracy_gap)
-    summary = report.summary
-    summary.worst_group, summary.worst_group_accuracy = worst.group, worst.accuracy
-    summary.max_excess_accuracy_gap, summary.max_excess_accuracy_gap_group = top.excess_accuracy_gap, top.group
-    summary.tolerance = tolerance
-    summary.tolerance_met = top.excess_accuracy_gap <= tolerance
-    summary.tolerance_met_with_confidence = all(g.excess_accuracy_gap_ci_high <= tolerance for g in judged)
-    summary.insufficient_groups.extend(g.group for g in report.groups if not g.sufficient_data)
-    return report
+    reference = Reference(
+        accuracy={g: ref for g, (_, _, ref) in rows.items()},
+        loss={g: 1 - ref for g, (_, _, ref) in rows.items()},
+        overall_loss=sum(n * (1 - ref) for n, _, ref in rows.values()) / total,
+        discordant={g: (max(0.0, n * (ref - acc)), max(0.0, n * (acc - ref))) for g, (n, acc, ref) in rows.items()})
+    frame = group_metrics({g: Tally(n, n * acc, n * (1 - acc)) for g, (n, acc, _) in rows.items()}, reference,
+                          tolerance=tolerance, min_group_size=min_group_size)
+    return _message(reports_pb2.GroupReport, asdict(frame))
+
+
+def _message(message_type, payload: dict):
+    """A proto from a core dataclass's asdict(), unset where the core has None (as the real
+    server's convert.parse does)."""
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if v is not None}
+        return [strip(v) for v in value] if isinstance(value, (list, tuple)) else value
+    return json_format.ParseDict(strip(payload), message_type(), ignore_unknown_fields=True)
 
 
 def _stage(stage: int, split: str, fraction: float) -> reports_pb2.StageReport:
@@ -808,62 +806,55 @@ class FakeServingService(serving_pb2_grpc.ServingServiceServicer):
         return reply
 
     def _window(self, served, seconds: int, rows: list[_Row]) -> serving_pb2.WindowMetrics:
+        """One window through the metrics core, as the real monitor does: every group the model
+        has seen or has a reference for, in name order; the overall row's group is ""."""
+        names = sorted({r.group for r in self.rows if r.model == served.name} | set(served.reference_accuracy))
+        by_group = {name: [r for r in rows if r.group == name] for name in names}
+        reference = Reference(dict(served.reference_accuracy), served.reference_overall_accuracy
+                              if served.HasField("reference_overall_accuracy") else None)
+        frame = group_metrics({name: _tally(by_group[name]) for name in names}, reference, overall=_tally(rows),
+                              min_group_size=self.min_count, gap_intervals=False)
         window = serving_pb2.WindowMetrics(window_seconds=seconds)
-        overall = self._metrics("overall", rows, None, None)
-        overall_drop = None
-        if overall.HasField("accuracy") and served.HasField("reference_overall_accuracy"):
-            overall.reference_accuracy = served.reference_overall_accuracy
-            overall_drop = overall.accuracy_drop = served.reference_overall_accuracy - overall.accuracy
-        window.overall.CopyFrom(overall)
-        names = sorted({r.group for r in rows} | set(served.reference_accuracy))
-        for name in names:
-            window.groups.append(self._metrics(name, [r for r in rows if r.group == name],
-                                               served.reference_accuracy.get(name), overall_drop))
-        judged = [g for g in window.groups if g.sufficient_data and g.HasField("excess_accuracy_gap")]
-        if judged:
-            top = max(judged, key=lambda g: g.excess_accuracy_gap)
-            window.max_excess_accuracy_gap, window.max_excess_accuracy_gap_group = top.excess_accuracy_gap, top.group
-        accuracies = [g.accuracy for g in window.groups if g.sufficient_data and g.HasField("accuracy")]
-        if accuracies:
-            window.accuracy_parity_gap = max(accuracies) - min(accuracies)
+        for core in frame.groups:
+            window.groups.append(_window_group(core, by_group[core.group], served.reference_accuracy.get(core.group)))
+        overall = frame.overall
+        window.overall.CopyFrom(_window_group(overall, rows, overall.reference_accuracy))
+        window.overall.sufficient_data = overall.n >= self.min_count
+        if frame.summary.max_excess_accuracy_gap is not None:
+            window.max_excess_accuracy_gap = frame.summary.max_excess_accuracy_gap
+            window.max_excess_accuracy_gap_group = frame.summary.max_excess_accuracy_gap_group
+        if frame.summary.accuracy_parity_gap is not None:
+            window.accuracy_parity_gap = frame.summary.accuracy_parity_gap
         return window
 
-    def _metrics(self, name: str, rows: list[_Row], reference: float | None,
-                 overall_drop: float | None) -> serving_pb2.GroupWindowMetrics:
-        labelled = [r for r in rows if r.label is not None]
-        metrics = serving_pb2.GroupWindowMetrics(group=name, predictions=len(rows), n=len(labelled),
-                                                 sufficient_data=len(labelled) >= self.min_count)
-        if labelled:
-            correct = sum(r.label == r.predicted for r in labelled)
-            metrics.accuracy = correct / len(labelled)
-            metrics.accuracy_ci_low, metrics.accuracy_ci_high = wilson_interval(correct, len(labelled))
-            metrics.error_rate = 1 - metrics.accuracy
-        confidences = [r.confidence for r in rows if r.confidence is not None]
-        if confidences:
-            metrics.mean_confidence = sum(confidences) / len(confidences)
-        boundaries = [r.boundary for r in rows if r.boundary is not None]
-        if boundaries:
-            metrics.mean_boundary_proxy = sum(boundaries) / len(boundaries)
-        if reference is not None:
-            metrics.reference_accuracy = reference
-            if labelled:
-                metrics.accuracy_drop = reference - metrics.accuracy
-                if overall_drop is not None:
-                    metrics.excess_accuracy_gap = metrics.accuracy_drop - overall_drop
-        shadowed = [r for r in rows if r.shadow is not None]
-        metrics.shadow_n = len(shadowed)
-        if shadowed:
-            metrics.shadow_agreement = sum(r.shadow == r.predicted for r in shadowed) / len(shadowed)
-        return metrics
+
+def _tally(rows: list[_Row]) -> Tally:
+    labelled = [r for r in rows if r.label is not None]
+    return Tally(len(labelled), sum(r.label == r.predicted for r in labelled))
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95 % Wilson score interval of a proportion."""
-    p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+def _window_group(core, rows: list[_Row], reference: float | None) -> serving_pb2.GroupWindowMetrics:
+    """The core's numbers for a group (or overall) plus the monitor's own means over its rows."""
+    metrics = serving_pb2.GroupWindowMetrics(group=getattr(core, "group", ""), predictions=len(rows), n=core.n,
+                                             sufficient_data=getattr(core, "sufficient_data", False))
+    for name in ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "accuracy_drop", "excess_accuracy_gap"):
+        if getattr(core, name, None) is not None:
+            setattr(metrics, name, getattr(core, name))
+    if core.accuracy is not None:
+        metrics.error_rate = 1 - core.accuracy
+    if reference is not None:
+        metrics.reference_accuracy = reference
+    confidences = [r.confidence for r in rows if r.confidence is not None]
+    if confidences:
+        metrics.mean_confidence = sum(confidences) / len(confidences)
+    boundaries = [r.boundary for r in rows if r.boundary is not None]
+    if boundaries:
+        metrics.mean_boundary_proxy = sum(boundaries) / len(boundaries)
+    shadowed = [r for r in rows if r.shadow is not None]
+    metrics.shadow_n = len(shadowed)
+    if shadowed:
+        metrics.shadow_agreement = sum(r.shadow == r.predicted for r in shadowed) / len(shadowed)
+    return metrics
 
 
 # ------------------------------------------------------------------ the server
