@@ -4,7 +4,7 @@
 - harness.server: a real `equiprune serve` in a subprocess on free loopback ports.
 - harness.memory: large synthetic dataset archives and peak-memory measurement in a child.
 
-It lives outside tests/ so that benchmarks never import test modules (tests/test_tiers.py
+It lives outside tests/ so that benchmarks never import test modules (tests/test_harness.py
 checks), and is not installed: it is imported from the repository root (pytest's
 `pythonpath`, bench/_common.py's sys.path).
 """
