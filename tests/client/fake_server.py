@@ -251,19 +251,21 @@ def _page(items: list, size: int, token: str, context) -> tuple[list, str]:
 
 # ------------------------------------------------------------------ scripted reports
 
-def group_report(fraction: float, tolerance: float = 0.02, min_group_size: int = 10) -> reports_pb2.GroupReport:
+def group_report(fraction: float, tolerance: float = 0.02, min_group_size: int = 10,
+                 reference: bool = True) -> reports_pb2.GroupReport:
     """A report whose accuracies lie `fraction` of the way from dense to the GROUPS figures,
     measured by the metrics core (engine/metrics.py) as a real job's paired report is: the
-    model loses only samples the dense model got right (and gains only ones it got wrong)."""
+    model loses only samples the dense model got right (and gains only ones it got wrong).
+    Without `reference` (a dense stage, as in a real job) there is nothing to compare with."""
     rows = {g: (n, ref + fraction * (acc - ref), ref) for g, (n, acc, ref) in GROUPS.items()}
     total = sum(n for n, _, _ in rows.values())
-    reference = Reference(
+    compared = Reference(
         accuracy={g: ref for g, (_, _, ref) in rows.items()},
         loss={g: 1 - ref for g, (_, _, ref) in rows.items()},
         overall_loss=sum(n * (1 - ref) for n, _, ref in rows.values()) / total,
         discordant={g: (max(0.0, n * (ref - acc)), max(0.0, n * (acc - ref))) for g, (n, acc, ref) in rows.items()})
-    frame = group_metrics({g: Tally(n, n * acc, n * (1 - acc)) for g, (n, acc, _) in rows.items()}, reference,
-                          tolerance=tolerance, min_group_size=min_group_size)
+    frame = group_metrics({g: Tally(n, n * acc, n * (1 - acc)) for g, (n, acc, _) in rows.items()},
+                          compared if reference else None, tolerance=tolerance, min_group_size=min_group_size)
     return _message(reports_pb2.GroupReport, asdict(frame))
 
 
@@ -278,7 +280,8 @@ def _message(message_type, payload: dict):
 
 
 def _stage(stage: int, split: str, fraction: float) -> reports_pb2.StageReport:
-    return reports_pb2.StageReport(stage=stage, split=split, report=group_report(fraction))
+    report = group_report(fraction, reference=stage != reports_pb2.REPORT_STAGE_DENSE)
+    return reports_pb2.StageReport(stage=stage, split=split, report=report)
 
 
 # Each kind's phases and the stages it reports, as fractions of the way to the GROUPS figures.
