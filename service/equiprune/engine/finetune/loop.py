@@ -31,6 +31,10 @@ Only rank 0 writes checkpoints and reports progress. A checkpoint stores rank 0'
 buffers, which every worker loads on resume, so a resumed constrained run continues with the
 same weights and multipliers but differs from an uninterrupted one in the other workers'
 buffers (naive fine-tuning resumes exactly).
+
+The loop's parts live next to it: results.py (what it reports), objective_setup.py (the
+objective per method), batching.py (seeded batches and draws) and parallel_step.py (the
+data-parallel collectives); the names other code imports are re-exported here.
 """
 
 from __future__ import annotations
@@ -38,9 +42,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -50,120 +53,27 @@ from torch import nn
 from ..errors import InvalidConfigError
 from ..evaluation import Evaluation, evaluate
 from ..groups import GroupedData
-from ..jsonable import json_safe
-from ..modes import mode, try_set_mode
+from ..modes import try_set_mode
 from ..pruning.masks import Masks, apply_masks, mask_gradients
+from .batching import ConstraintSampler, _epoch_order, _flip_half, _has_random_layers, _step_rng, _to_device
+from .calibrate import Calibration, match_prediction_rates
 from .checkpoint import load_checkpoint, run_fingerprint, save_checkpoint
 from .config import FinetuneConfig
-from .calibrate import Calibration, match_prediction_rates
 from .distill import TeacherOutputs
 from .distributed import DataParallel
-from .dual import PIMultipliers
-from .objectives import CEAG, Batch, EqualizedLoss, FairDistillation, HeldOutCEAG, Objective
+from .objective_setup import build_objective
+from .objectives import Batch, EqualizedLoss
+from .parallel_step import _agree_on_start, _primal_share, _share_step
+from .results import EpochStats, FinetuneResult, ProgressEvent, _named
 
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    """What the loop reports after every step; a callback may raise to cancel the run."""
-
-    phase: str
-    epoch: int
-    step: int
-    steps_per_epoch: int
-    epochs: int
-    loss: float
-    multipliers: dict[str, float]
-
-
-@dataclass(frozen=True)
-class EpochStats:
-    epoch: int
-    mean_loss: float
-    seconds: float
-    samples: int
-    multipliers: dict[str, float]
-
-
-@dataclass(frozen=True)
-class FinetuneResult:
-    config: FinetuneConfig
-    epochs: tuple[EpochStats, ...]
-    resumed_from_step: int
-    mode_fixed: bool = False  # a torch.export program: trained in the mode it was exported in
-    calibration: dict | None = None  # fair_distill's held-out output calibration (calibrate.py)
-
-    def to_dict(self) -> dict:
-        return json_safe({
-            "config": self.config.to_dict(),
-            "epochs": [vars(e) for e in self.epochs],
-            "resumed_from_step": self.resumed_from_step,
-            "mode_fixed": self.mode_fixed,
-            "calibration": self.calibration,
-        })
-
-
-def build_objective(
-    config: FinetuneConfig,
-    train: GroupedData,
-    train_reference: Evaluation | None,
-    constraint: GroupedData | None,
-    constraint_reference: Evaluation | None,
-    steps_per_epoch: int = 1,
-    teacher: TeacherOutputs | None = None,
-) -> Objective:
-    """The objective for `config.method`, with the dense references it needs."""
-    g = train.num_groups
-    shares = train.group_counts().double()
-
-    def controller(proportional: float = config.dual_proportional, total_bound: bool = True) -> PIMultipliers:
-        # CEAG's Lagrangian needs Σλ ≤ λ_max (dual.py); Equalized Loss's |J_a − J| terms do not.
-        return PIMultipliers(g, integral_gain=config.dual_lr, proportional_gain=proportional,
-                             max_multiplier=config.max_multiplier, steps_per_epoch=steps_per_epoch,
-                             total_bound=total_bound)
-
-    def held_out() -> HeldOutCEAG:
-        if constraint is None or constraint_reference is None or len(constraint) == 0:
-            raise InvalidConfigError("finetune.method", f"{config.method} needs a non-empty constraint split and "
-                                     "the dense model's evaluation on it")
-        if train_reference is None:
-            raise InvalidConfigError("finetune.method", f"{config.method} needs the dense model's evaluation on the training data")
-        return HeldOutCEAG(
-            g, dual=controller(), tolerance=config.tolerance, confidence_z=config.confidence_z,
-            buffer_size=config.constraint_window, min_count=config.replay_size,
-            reference_group_accuracy=constraint_reference.group_accuracy(),
-            # The primal proxy compares training losses with the dense training losses.
-            reference_group_loss=train_reference.group_loss(),
-            # Δ averages groups by their share of the population (the training data), as the
-            # report does, whatever the make-up of the constraint split.
-            group_weights=shares,
-        )
-
-    if config.method == "naive":
-        return Objective(g)
-    if config.method == "equalized_loss":
-        # J is the epoch's mean over every sample, so no group shares are needed.
-        return EqualizedLoss(g, controller(proportional=0.0, total_bound=False))
-    def train_side() -> CEAG:
-        if train_reference is None:
-            raise InvalidConfigError("finetune.method", f"{config.method} needs the dense model's evaluation on the training data")
-        return CEAG(
-            g, dual=controller(), tolerance=config.tolerance, buffer_size=config.replay_size,
-            reference_group_accuracy=train_reference.group_accuracy(),
-            reference_group_loss=train_reference.group_loss(), group_weights=shares,
-        )
-
-    if config.method == "ceag":
-        return train_side()
-    if config.method == "fair_distill":
-        if teacher is None:
-            raise InvalidConfigError("finetune.method", "fair_distill needs the dense model (the teacher)")
-        if config.calibrate_outputs and (constraint is None or len(constraint) == 0):
-            raise InvalidConfigError("finetune.calibrate_outputs",
-                                     "fair_distill's output calibration needs a non-empty constraint split")
-        constraint = {"none": None, "train": train_side, "held_out": held_out}[config.distill_constraint]
-        return FairDistillation(g, teacher=teacher, alpha=config.distill_alpha, temperature=config.distill_temperature,
-                                constraint=constraint() if constraint is not None else None)
-    return held_out()
+__all__ = [
+    "ConstraintSampler",
+    "EpochStats",
+    "FinetuneResult",
+    "ProgressEvent",
+    "build_objective",
+    "finetune",
+]
 
 
 def finetune(
@@ -318,88 +228,6 @@ def _calibrate(model, constraint, constraint_reference, teacher, device) -> Cali
     return match_prediction_rates(model, constraint, dense_logits, device=device)
 
 
-def _has_random_layers(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
-
-
-@contextmanager
-def _step_rng(random_layers: bool, seed: int, step: int, rank: int = 0) -> Iterator[None]:
-    """Dropout draws from the global RNG; seed it per step (inside a fork, so the caller's RNG
-    is untouched) so that a resumed run makes the same draws as one that never stopped.
-    Data-parallel workers offset the seed by their rank so their slices get distinct draws."""
-    if not random_layers:
-        yield
-        return
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed * 15_485_863 + step + (rank << 40))
-        yield
-
-
-def _flip_half(x: torch.Tensor, seed: int, step: int, global_size: int | None = None,
-               data_parallel: DataParallel | None = None) -> torch.Tensor:
-    """Mirror a random half of the images (width axis); the choice is a function of (seed, step),
-    drawn for the whole global batch so a data-parallel worker flips what one process would."""
-    global_size = x.shape[0] if global_size is None else global_size
-    flip = torch.rand(global_size, generator=torch.Generator().manual_seed(seed * 7_919 + step)) < 0.5
-    if data_parallel is not None:
-        flip = data_parallel.shard(flip)
-    flip = flip.to(x.device).view(-1, *([1] * (x.dim() - 1)))
-    return torch.where(flip, x.flip(-1), x)
-
-
-def _agree_on_start(data_parallel: DataParallel, start_step: int, fingerprint: str) -> None:
-    """Check that every worker runs the same run from the same step, with one all-reduce.
-
-    Workers resuming from different steps would pair up different steps in their
-    collectives (a checkpoint only rank 0 can see, on a node-local path, does that). Workers
-    with different masks, settings or data (the pipeline before fine-tuning computed on
-    hardware that rounds differently) would drift apart: DDP aligns the weights once, but
-    each worker re-applies its own masks after every step.
-    """
-    # Each value is compared through its mean and the mean of its square: the two agree
-    # (mean of squares == square of mean) only when every worker sent the same value. The
-    # fingerprint enters as two 24-bit pieces so the squares stay exact in float64.
-    values = [float(start_step), float(int(fingerprint[:6], 16)), float(int(fingerprint[6:12], 16))]
-    mine = torch.tensor([v for value in values for v in (value, value * value)], dtype=torch.float64)
-    mean = data_parallel.all_reduce_mean(mine)
-    if torch.equal(mean, mine):
-        return
-    if not torch.equal(mean[:2], mine[:2]):
-        raise InvalidConfigError(
-            "finetune.checkpoint",
-            f"worker {data_parallel.rank} would resume from step {start_step} but other workers from "
-            "another step; the checkpoint path must name storage that every worker reads")
-    raise RuntimeError(
-        f"worker {data_parallel.rank} disagrees with the others on the fine-tuning run (settings, masks "
-        "or data differ); every worker must reach fine-tuning with the same pruned model")
-
-
-def _share_step(data_parallel: DataParallel, objective: Objective, batch_loss: float,
-                batch_samples: int) -> tuple[float, int]:
-    """Average the multipliers across workers and total the batch's loss and sample count, in
-    one all-reduce. Returns (loss sum, samples) over the global batch."""
-    mine = torch.cat([objective.multipliers.detach().double().cpu(),
-                      torch.tensor([batch_loss, batch_samples], dtype=torch.float64)])
-    mean = data_parallel.all_reduce_mean(mine)
-    objective.multipliers = mean[:-2].to(objective.multipliers.dtype).clone()
-    world = data_parallel.world_size
-    return float(mean[-2]) * world, round(float(mean[-1]) * world)
-
-
-def _primal_share(objective: Objective, loss: torch.Tensor, groups: torch.Tensor, batch: Batch,
-                  global_size: int, data_parallel: DataParallel) -> torch.Tensor:
-    """This worker's primal loss, scaled by its share of the global batch (n_r · W / N), so
-    that DDP's plain average of the gradients weighs every sample alike: for a mean loss it
-    is the full-batch gradient (up to rounding). A worker whose slice is empty (a last global batch
-    smaller than the world) still joins the gradient all-reduce, with a zero loss that
-    reaches every parameter the forward pass used."""
-    if loss.numel() == 0:
-        return batch.logits.sum() * 0.0
-    share = loss.numel() * data_parallel.world_size / global_size
-    return objective.primal_loss(loss, groups, batch) * share
-
-
 def _lr_schedule(optimizer, config: FinetuneConfig, total_steps: int) -> Callable[[int], float]:
     """Learning rate as a pure function of the global step, so a resumed run matches."""
     if config.lr_schedule == "constant":
@@ -410,44 +238,3 @@ def _lr_schedule(optimizer, config: FinetuneConfig, total_steps: int) -> Callabl
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
-
-
-def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The shuffled sample order of one epoch, a pure function of (seed, epoch)."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-
-
-def _to_device(batch: GroupedData, device: torch.device, channels_last: bool):
-    x = batch.inputs.to(device, non_blocking=True)
-    if channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, batch.labels.to(device), batch.groups.to(device)
-
-
-class ConstraintSampler:
-    """Balanced draws of constraint samples, each a pure function of (seed, step).
-
-    Balanced (the same count from every group) so a small group's estimate fills as fast as a
-    large one's. Outcomes are measured in eval mode: in train mode BatchNorm would fold the
-    constraint samples into its running statistics, and the primal side must never see them.
-    """
-
-    def __init__(self, constraint: GroupedData, per_group: int, seed: int) -> None:
-        self.data = constraint
-        self.per_group = per_group
-        self.seed = seed
-        self.members = [torch.nonzero(constraint.groups == g).flatten() for g in range(constraint.num_groups)]
-        self.members = [m for m in self.members if m.numel()]
-
-    @torch.no_grad()
-    def outcomes(self, model: nn.Module, step: int, device, autocast) -> tuple[torch.Tensor, torch.Tensor]:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        idx = torch.cat([m[torch.randint(m.numel(), (self.per_group,), generator=gen)] for m in self.members])
-        x, y, g = _to_device(self.data.subset(idx), device, False)
-        with autocast, mode(model, training=False):
-            logits = model(x)
-        return logits.argmax(dim=1) == y, g
-
-
-def _named(values: torch.Tensor, names: tuple[str, ...]) -> dict[str, float]:
-    return {name: float(v) for name, v in zip(names, values.tolist())}
