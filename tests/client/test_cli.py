@@ -168,7 +168,7 @@ def test_demo_tells_the_whole_story(run, server, tmp_path):
     create = server.faults.requests["CreateJob"]
     train, baseline, compress = create[0].spec, create[1].spec, create[2].spec
     assert train.train.architecture == "small_cnn" and train.train.epochs == 20
-    assert dict(train.train.architecture_kwargs)["input_size"] == 8
+    assert json.loads(train.train.architecture_kwargs)["input_size"] == 8
     assert list(compress.data.group_by) == ["cohort"] and compress.data.tolerance == 0.02
     assert compress.finetune.epochs == 10 and compress.finetune.method == jobs_pb2.FINETUNE_METHOD_FAIR_DISTILL and compress.pruning.sparsity == 0.9
     assert baseline.finetune.method == jobs_pb2.FINETUNE_METHOD_NAIVE  # naive, for comparison

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from equiprune.client import specs
@@ -66,7 +68,7 @@ def test_train_spec_carries_architecture_kwargs():
     spec = specs.train_spec(dataset="sample:digits", architecture="small_cnn",
                             architecture_kwargs='{"num_classes": 10, "channels": [16, 32]}', epochs=20, lr=0.05)
     assert spec.kind == jobs_pb2.JOB_KIND_TRAIN and not spec.HasField("model")
-    kwargs = spec.train.architecture_kwargs
+    kwargs = json.loads(spec.train.architecture_kwargs)  # JSON text on the wire
     assert kwargs["num_classes"] == 10 and list(kwargs["channels"]) == [16, 32]
     assert spec.train.epochs == 20 and spec.train.lr == 0.05
 

@@ -395,26 +395,24 @@ def test_settings_and_flags_carry_the_policy(tmp_path):
     assert (plain.import_protocols, plain.import_allow_private_addresses) == ((), False)
 
 
-def test_the_ingress_checks_the_policy_first_and_renames_fields_for_job_specs(tmp_path, server):
-    from equiprune.service.ingress import Ingress
-    from equiprune.service.settings import ServerSettings
-    from equiprune.v1 import artifacts_pb2
+def test_the_artifact_plane_checks_the_policy_first_and_renames_fields_for_job_specs(tmp_path, server):
+    from equiprune.service.artifacts.plane import ArtifactsPlane
+    from equiprune.service.jobs.wire import ArtifactSource
 
-    ingress = Ingress.func_or_class.__new__(Ingress.func_or_class)  # no Serve: only the import path
-    ingress.settings = ServerSettings(data_dir=tmp_path)
-    ingress.artifacts = ArtifactStore(str(tmp_path / "store"), cache_dir=str(tmp_path / "cache"))
+    store = ArtifactStore(str(tmp_path / "store"), cache_dir=str(tmp_path / "cache"))
+    plane = ArtifactsPlane(store, validate=None, samples_dir=tmp_path / "samples")  # no Serve, no gRPC
     stored = tmp_path / "stored.bin"
     stored.write_bytes(SECRET)
-    ingress.artifacts.put_file(str(stored), "dataset", "stored.bin", source="test")
-    source = artifacts_pb2.UriSource(uri=_url(server), sha256=_sha(SECRET))
+    store.put_file(str(stored), "dataset", "stored.bin", source="test")
+    source = ArtifactSource(uri=_url(server), sha256=_sha(SECRET))
 
     with pytest.raises(FailedPrecondition) as caught:  # known content, but a URI it may not read
-        ingress._import("dataset", source, "", "source")
+        plane.import_artifact("dataset", source, "", "source")
     assert caught.value.field == "source.uri"
     with pytest.raises(FailedPrecondition) as caught:
-        ingress._import("dataset", source, "", "spec.dataset.uri")
+        plane.import_artifact("dataset", source, "", "spec.dataset.uri")
     assert caught.value.field == "spec.dataset.uri.uri"
     with pytest.raises(InvalidArgument) as caught:
-        ingress._import("dataset", artifacts_pb2.UriSource(uri="::"), "", "spec.dataset.uri")
+        plane.import_artifact("dataset", ArtifactSource(uri="::"), "", "spec.dataset.uri")
     assert caught.value.field == "spec.dataset.uri.sha256"
     assert server.requests == []

@@ -1,16 +1,23 @@
-"""Requests → validated specs → engine configs, and records → responses, without Ray."""
+"""The job spec on the wire: proto ↔ engine JobSpec (one generic conversion), and records →
+responses, without Ray or gRPC."""
+
+import dataclasses
+import typing
 
 import pytest
 
-from equiprune.service import convert
+from equiprune.engine.jobs import JobSpec, check_splits, compression_job
 from equiprune.service.errors import InvalidArgument
-from equiprune.service.specs import JobSpecModel, check_sections, engine_configs
+from equiprune.service.jobs import wire
 from equiprune.v1 import artifacts_pb2, jobs_pb2
 
 
-def _resolve(ref, field):
-    which = ref.WhichOneof("source")
-    return None if which is None else (ref.artifact_id or "art-from-uri")
+def _resolve(source, field):
+    return source.artifact_id or ("art-from-uri" if source.uri else None)
+
+
+def _job(spec, splits=("train", "test")):
+    return compression_job(spec, splits)
 
 
 def _spec(**overrides) -> jobs_pb2.JobSpec:
@@ -29,34 +36,39 @@ def _spec(**overrides) -> jobs_pb2.JobSpec:
 
 
 def _refused(pb, splits=("train", "test")) -> InvalidArgument:
+    from equiprune.engine.errors import EngineError
+
     with pytest.raises(InvalidArgument) as info:
-        spec = convert.spec_from_proto(pb, _resolve)
-        check_sections(spec)
-        engine_configs(spec, splits)
+        spec = wire.spec_from_proto(pb, _resolve)
+        try:  # what the job plane checks against the dataset's description at create time
+            check_splits(spec, splits)
+        except EngineError as err:
+            raise InvalidArgument(err.problem, field=f"spec.{err.field}") from None
     return info.value
 
 
 def test_unset_fields_take_the_documented_defaults():
-    spec = convert.spec_from_proto(_spec(), _resolve)
+    spec = wire.spec_from_proto(_spec(), _resolve)
     assert spec.finetune.method == "fair_distill" and spec.finetune.epochs == 3 and spec.finetune.lr == 0.01
     assert spec.finetune.weight_decay == 1e-4 and spec.data.tolerance == 0.01 and spec.data.min_group_size == 30
     assert spec.pruning.kind == "unstructured" and spec.pruning.keep_first_and_last is True
-    job = engine_configs(spec, ("train", "test")).compression
+    job = _job(spec)
     assert (job.train_split, job.eval_split, job.constraint_split) == ("train", "test", None)
     assert job.pruning.sparsity == 0.9 and job.finetune.method == "fair_distill"
+    # Unset sparsity is the engine's default, as in the engine CLI (one default, prune.py).
+    assert wire.spec_from_proto(_spec(pruning=jobs_pb2.PruningOptions()), _resolve).pruning.sparsity == 0.9
 
 
 def test_explicit_zero_is_kept_where_zero_is_meaningful():
-    spec = convert.spec_from_proto(_spec(finetune=jobs_pb2.FinetuneOptions(weight_decay=0.0, dual_lr=0.0)), _resolve)
+    spec = wire.spec_from_proto(_spec(finetune=jobs_pb2.FinetuneOptions(weight_decay=0.0, dual_lr=0.0)), _resolve)
     assert spec.finetune.weight_decay == 0.0 and spec.finetune.dual_lr == 0.0
-    spec = convert.spec_from_proto(_spec(data=jobs_pb2.DataOptions(group_by=["cohort"], eval_split="")), _resolve)
-    assert engine_configs(spec, ("train", "test")).compression.eval_split is None
+    spec = wire.spec_from_proto(_spec(data=jobs_pb2.DataOptions(group_by=["cohort"], eval_split="")), _resolve)
+    assert _job(spec).eval_split is None
 
 
 @pytest.mark.parametrize("pb, field", [
     (_spec(kind=jobs_pb2.JOB_KIND_UNSPECIFIED), "spec.kind"),
     (_spec(pruning=jobs_pb2.PruningOptions(sparsity=1.5)), "spec.pruning.sparsity"),
-    (_spec(pruning=jobs_pb2.PruningOptions()), "spec.pruning.sparsity"),
     (_spec(pruning=None), "spec.pruning"),
     (_spec(finetune=jobs_pb2.FinetuneOptions(lr=-1)), "spec.finetune.lr"),
     (_spec(finetune=jobs_pb2.FinetuneOptions(method=99)), "spec.finetune.method"),
@@ -82,17 +94,17 @@ def test_budget_search_with_n_m_is_refused():
 
 
 def test_spec_round_trips_through_proto():
-    spec = convert.spec_from_proto(_spec(), _resolve)
-    again = convert.spec_from_proto(convert.spec_to_proto(spec), _resolve)
+    spec = wire.spec_from_proto(_spec(), _resolve)
+    again = wire.spec_from_proto(wire.spec_to_proto(spec), _resolve)
     assert again == spec
-    assert JobSpecModel.model_validate(spec.to_json()) == spec
+    assert JobSpec.from_dict(spec.to_dict()) == spec
 
 
 def test_architecture_kwargs_keep_integers():
     pb = jobs_pb2.JobSpec(kind=jobs_pb2.JOB_KIND_TRAIN, dataset=artifacts_pb2.ArtifactRef(artifact_id="art-0000000000000002"),
                           train=jobs_pb2.TrainOptions(architecture="small_cnn"))
-    pb.train.architecture_kwargs.update({"num_classes": 10, "channels": [16, 32], "dropout": 0.5})
-    spec = convert.spec_from_proto(pb, _resolve)
+    pb.train.architecture_kwargs = '{"num_classes": 10, "channels": [16, 32], "dropout": 0.5}'
+    spec = wire.spec_from_proto(pb, _resolve)
     assert spec.train.architecture_kwargs == {"num_classes": 10, "channels": [16, 32], "dropout": 0.5}
     assert isinstance(spec.train.architecture_kwargs["num_classes"], int)
 
@@ -103,7 +115,7 @@ def test_reports_parse_into_proto_leaving_unknown_values_unset():
               "overall": {"n": 5, "accuracy": 0.8, "accuracy_ci_low": 0.4, "accuracy_ci_high": 0.96, "loss": 0.5},
               "summary": {"worst_group": None, "tolerance_met": None, "insufficient_groups": ["a"]},
               "paired": False, "min_group_size": 30}
-    pb = convert.stage_report("pruned", "test", report)
+    pb = wire._stage_report({"stage": "pruned", "split": "test", "report": report})
     group = pb.report.groups[0]
     assert group.accuracy == 0.8 and not group.HasField("excess_accuracy_gap") and not group.sufficient_data
     assert not pb.report.summary.HasField("tolerance_met") and list(pb.report.summary.insufficient_groups) == ["a"]
@@ -111,10 +123,8 @@ def test_reports_parse_into_proto_leaving_unknown_values_unset():
 
 def test_budget_search_needs_no_sparsity_of_its_own():
     pb = _spec(kind=jobs_pb2.JOB_KIND_BUDGET_SEARCH, finetune=None, pruning=jobs_pb2.PruningOptions())
-    spec = convert.spec_from_proto(pb, _resolve)
-    check_sections(spec)
-    configs = engine_configs(spec, ("train", "test"))
-    assert configs.budget.low == 0.5 and configs.budget.high == 0.95
+    spec = wire.spec_from_proto(pb, _resolve)
+    assert spec.budget.low == 0.5 and spec.budget.high == 0.95 and spec.budget.tolerance == spec.data.tolerance
 
 
 @pytest.mark.parametrize("train, field", [
@@ -137,11 +147,37 @@ def test_evaluate_checks_its_data_options():
 def test_fair_distill_settings_travel_from_the_wire_to_the_engine_and_back():
     pb = _spec(finetune=jobs_pb2.FinetuneOptions(method=jobs_pb2.FINETUNE_METHOD_FAIR_DISTILL, calibrate_outputs=False,
                                                  max_multiplier=0.5, distill_alpha=0.7))
-    spec = convert.spec_from_proto(pb, _resolve)
-    job = engine_configs(spec, ("train", "test")).compression
+    spec = wire.spec_from_proto(pb, _resolve)
+    job = _job(spec)
     assert (job.finetune.calibrate_outputs, job.finetune.max_multiplier, job.finetune.distill_alpha) == (False, 0.5, 0.7)
     assert not job.finetune.needs_constraint_split  # nothing held out: the primal step sees every training row
-    back = convert.spec_to_proto(spec)
+    back = wire.spec_to_proto(spec)
     assert back.finetune.calibrate_outputs is False and back.finetune.distill_alpha == pytest.approx(0.7)
-    unset = engine_configs(convert.spec_from_proto(_spec(), _resolve), ("train", "test")).compression.finetune
+    unset = _job(wire.spec_from_proto(_spec(), _resolve)).finetune
     assert unset.method == "fair_distill" and unset.calibrate_outputs and unset.needs_constraint_split
+
+
+@pytest.mark.parametrize("text, fragment", [("[1, 2]", "must be a JSON object"), ("[object Object]", "not a JSON object")])
+def test_architecture_kwargs_that_are_not_a_json_object_are_refused_loudly(text, fragment):
+    pb = jobs_pb2.JobSpec(kind=jobs_pb2.JOB_KIND_TRAIN, dataset=artifacts_pb2.ArtifactRef(artifact_id="art-0000000000000002"),
+                          train=jobs_pb2.TrainOptions(architecture="small_cnn", architecture_kwargs=text))
+    err = _refused(pb)
+    assert err.field == "spec.train.architecture_kwargs" and fragment in str(err)
+
+
+def _sections():
+    hints = typing.get_type_hints(JobSpec)
+    for name in ("data", "pruning", "finetune", "diagnostics", "budget", "train", "resources"):
+        config = next(a for a in typing.get_args(hints[name]) or (hints[name],) if a is not type(None))
+        yield name, getattr(jobs_pb2.JobSpec(), name).__class__, config
+
+
+@pytest.mark.parametrize("name, message, config", list(_sections()), ids=[s[0] for s in _sections()])
+def test_every_proto_field_has_its_engine_field_and_the_same_default(name, message, config):
+    """The contract of the one conversion: same names; an unset message is the config's defaults."""
+    engine_fields = {f.name for f in dataclasses.fields(config)}
+    for fd in message.DESCRIPTOR.fields:
+        assert fd.name in engine_fields, f"{message.DESCRIPTOR.name}.{fd.name} has no {config.__name__} field"
+    required = {"train": {"architecture": "mlp"}}.get(name, {})
+    from_wire = wire.message_to_config(wire.config_to_message(config(**required), message), config, name)
+    assert from_wire == config(**required)

@@ -18,7 +18,7 @@ from equiprune.engine.dataset import GroupDataset, save_dataset
 from equiprune.engine.models import ArchitectureSpec, build_model, save_exported, save_safetensors
 from equiprune.service.errors import InvalidArgument
 from equiprune.service.sandbox import Limits, Sandbox, SandboxConfig
-from equiprune.service.specs import JobSpecModel
+from equiprune.engine.jobs import JobSpec
 from tests.hostile import payloads
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="full isolation needs root (it switches users)")
@@ -161,14 +161,14 @@ JOBS = {
 def test_every_job_kind_runs_in_the_sandbox(sandbox, files, tmp_path, kind, fmt) -> None:
     if kind == "train" and fmt == "pt2":
         pytest.skip("a train job takes no model")
-    spec = JobSpecModel.model_validate({
+    spec = JobSpec.from_dict({
         "kind": kind, "dataset": "art-0000000000000000", "model": None if kind == "train" else "art-0000000000000001",
         "data": {"group_by": ["g"], "min_group_size": 1}, **JOBS[kind]})
     work = tmp_path / "work"
     work.mkdir()
     inputs = {"dataset": files["dataset"]} | ({} if kind == "train" else {"model": files[fmt]})
     events = []
-    result = sandbox.run("job", {"spec": spec.to_json(), "device": "cpu"}, inputs, purpose="job", work_dir=str(work),
+    result = sandbox.run("job", {"spec": spec.to_dict(), "device": "cpu"}, inputs, purpose="job", work_dir=str(work),
                          on_event=events.append)
     assert events and events[-1]["phase"] == "done"
     for entry in result["files"]:
@@ -186,9 +186,8 @@ for name in worker._PRELOAD["common"] + worker._PRELOAD["job"]:
     importlib.import_module(name)
 warm_up({k: open(v, "rb") for k, v in kit.items()})
 before = set(sys.modules)
-from equiprune.service.runner import JobFiles, compute_job
+from equiprune.engine.jobs import JobInputs, JobSpec, run_job
 from equiprune.service.sandbox import operations
-from equiprune.service.specs import JobSpecModel
 os.chdir(sys.argv[4])
 for fmt in ("safetensors", "pt2"):
     for kind, extra in jobs.items():
@@ -196,11 +195,11 @@ for fmt in ("safetensors", "pt2"):
             continue  # structured pruning needs the eager model
         for entry in pathlib.Path(".").iterdir():
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        spec = JobSpecModel.model_validate({"kind": kind, "dataset": "art-0000000000000000",
-                                            "model": None if kind == "train" else "art-0000000000000001",
-                                            "data": {"group_by": ["g"], "min_group_size": 1}, **extra})
-        compute_job(spec, JobFiles(dataset=open(files["dataset"], "rb"), model=open(files[fmt], "rb"),
-                                   work_dir=pathlib.Path(".")), lambda event: None)
+        spec = JobSpec.from_dict({"kind": kind, "dataset": "art-0000000000000000",
+                                  "model": None if kind == "train" else "art-0000000000000001",
+                                  "data": {"group_by": ["g"], "min_group_size": 1}, **extra})
+        run_job(spec, JobInputs(dataset=open(files["dataset"], "rb"), model=open(files[fmt], "rb"),
+                                work_dir=pathlib.Path(".")), lambda event: event.to_dict())
 print(json.dumps(sorted(set(sys.modules) - before)))
 """
 
@@ -228,13 +227,13 @@ def test_the_preload_covers_every_operation(files, tmp_path) -> None:
 
 
 def test_a_job_that_does_not_fit_is_refused_with_its_field(sandbox, files, tmp_path) -> None:
-    spec = JobSpecModel.model_validate({
+    spec = JobSpec.from_dict({
         "kind": "train", "dataset": "art-0000000000000000", "data": {"group_by": ["g"]},
         "train": {"architecture": "mlp", "architecture_kwargs": {"in_features": 10, "num_classes": 2}}})
     work = tmp_path / "work"
     work.mkdir()
     with pytest.raises(InvalidArgument) as info:
-        sandbox.run("job", {"spec": spec.to_json()}, {"dataset": files["dataset"]}, purpose="job", work_dir=str(work))
+        sandbox.run("job", {"spec": spec.to_dict()}, {"dataset": files["dataset"]}, purpose="job", work_dir=str(work))
     assert info.value.field == "spec.train.architecture_kwargs"
 
 

@@ -21,7 +21,7 @@ from equiprune.service.errors import FailedPrecondition, ResourceExhausted
 from equiprune.service.sandbox import Limits, Sandbox, SandboxConfig
 from equiprune.service.sandbox.process import _kill_user
 from equiprune.service.sandbox.protocol import ProtocolError, read_frame, write_frame
-from equiprune.service.serving import SandboxedModel
+from equiprune.service.serving.model_server import SandboxedModel
 from equiprune.service.tasks import MAX_EVENTS, Throttled, checked_result, fresh_work_dir, store_outputs
 from equiprune.service.store.artifacts import ArtifactStore
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from ray.serve import Application
 
-from .ingress import Ingress
+from .rpc.ingress import Ingress
 from .manager import JobManager
-from .monitoring import MonitorService
-from .serving import ModelServer
+from .serving.monitoring import MonitorService
+from .serving.model_server import ModelServer
 from .settings import ServerSettings
 
 GRPC_SERVICER_FUNCTIONS = [

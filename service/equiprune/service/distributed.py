@@ -1,12 +1,12 @@
-"""Data-parallel fine-tuning of one compression job on Ray Train workers.
+"""Data-parallel fine-tuning of one job on Ray Train workers: Ray plumbing only.
 
-The engine knows nothing of Ray: it takes a `DataParallel` (rank, world size, a DDP wrapper
-and an all-reduce). This adapter starts `workers` Ray Train workers (`TorchTrainer`, whose
-torch backend sets up the process group: gloo on CPUs, NCCL on GPUs); each one loads the
-model and dataset from the given local paths and runs the whole pipeline, of which only
-fine-tuning is shared out (see `run_compression`). Rank 0 writes the outputs and hands them
-back as a Ray Train checkpoint, so they reach the driver even from another node; the driver
-copies them into `out_dir`.
+The engine knows nothing of Ray: its job API (`engine.jobs.run_job`) takes a `DataParallel`
+(rank, world size, a DDP wrapper and an all-reduce). This adapter starts `workers` Ray Train
+workers (`TorchTrainer`, whose torch backend sets up the process group: gloo on CPUs, NCCL on
+GPUs); each one runs the very job the sandbox would run, of which only fine-tuning is shared
+out (see `run_compression`). Rank 0 writes the outputs and hands them back as a Ray Train
+checkpoint, so they reach the driver even from another node; the driver copies them into the
+job's work folder.
 
 Progress: rank 0 puts (phase, JSON-able payload) on a `ray.util.queue.Queue` the driver
 made; the driver runs `fit()` in a thread and feeds the queue to `on_progress`.
@@ -36,7 +36,6 @@ steps).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import tempfile
@@ -54,17 +53,11 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.util.queue import Empty, Queue
 
 from equiprune.engine import errors as engine_errors
-from equiprune.engine.dataset import load_dataset
 from equiprune.engine.errors import EngineError
 from equiprune.engine.finetune.distributed import DataParallel, from_process_group
-from equiprune.engine.jsonable import json_safe
-from equiprune.engine.models.footprint import ModelLimits
-from equiprune.engine.models.io import load_model
-from equiprune.engine.pipeline import CompressionJob, run_compression, write_outputs
+from equiprune.engine.jobs import JobInputs, JobSpec, run_job
 
-Progress = Callable[[str, dict], None]
-
-# What rank 0 puts into its checkpoint beside the outputs: the result and which file is which.
+# What rank 0 puts into its checkpoint beside the output files: its outcome.
 MANIFEST = "equiprune_result.json"
 POLL_S = 0.2
 
@@ -90,39 +83,27 @@ class WorkerEngineError(Exception):
         return f"{self.kind}: {self.field}: {self.problem}"
 
 
-def run_compression_on_ray_train(
-    model_path: str,
-    dataset_path: str,
-    job: CompressionJob,
-    out_dir: str,
-    *,
-    workers: int,
-    cpus_per_worker: int = 1,
-    gpus_per_worker: int = 0,
-    storage_path: str,
-    checkpoint_path: str | None = None,
-    on_progress: Progress | None = None,
-    limits: ModelLimits | None = None,
-    max_dataset_bytes: int | None = None,
-) -> tuple[dict, dict[str, str]]:
-    """Run the compression pipeline with data-parallel fine-tuning on `workers` Ray Train workers.
-    Returns (result.to_dict(), written) where written maps role ("model", "sparse_model",
-    "report") to files under out_dir. `storage_path` is where Ray Train keeps the run (rank
-    0's outputs pass through it); it is left in place for the caller to remove."""
-    progress = Queue(actor_options={"num_cpus": 0}) if on_progress is not None else None
+def run_on_ray_train(spec: JobSpec, inputs: JobInputs, *, storage_path: str,
+                     on_event: Callable[[dict], None] | None = None) -> dict:
+    """Run `spec` with data-parallel fine-tuning on `spec.resources.workers` Ray Train workers;
+    return rank 0's `JobOutcome.to_dict()`, its files copied into `inputs.work_dir`.
+    `storage_path` is where Ray Train keeps the run (rank 0's outputs pass through it); it is
+    left in place for the caller to remove. `on_event` gets rank 0's events as dictionaries."""
+    r = spec.resources
+    progress = Queue(actor_options={"num_cpus": 0}) if on_event is not None else None
     trainer = ray.train.torch.TorchTrainer(
         _train_worker,
         train_loop_config={
-            "model_path": str(model_path), "dataset_path": str(dataset_path), "job": job,
-            "checkpoint_path": str(checkpoint_path) if checkpoint_path is not None else None,
-            "threads": cpus_per_worker, "progress": progress, "limits": limits, "max_dataset_bytes": max_dataset_bytes,
+            "spec": spec.to_dict(), "model_path": str(inputs.model), "dataset_path": str(inputs.dataset),
+            "checkpoint_path": str(inputs.checkpoint), "threads": r.cpus_per_worker, "progress": progress,
+            "limits": inputs.limits, "max_dataset_bytes": inputs.max_dataset_bytes,
         },
-        scaling_config=_scaling(workers, cpus_per_worker, gpus_per_worker),
+        scaling_config=_scaling(r.workers, r.cpus_per_worker, r.gpus_per_worker),
         run_config=RunConfig(storage_path=str(storage_path), name=f"equiprune-{uuid.uuid4().hex[:12]}",
                              failure_config=FailureConfig(max_failures=0)),
     )
-    outcome = _fit_while_forwarding(trainer, progress, on_progress)
-    return _collect(outcome.checkpoint, Path(out_dir))
+    outcome = _fit_while_forwarding(trainer, progress, on_event)
+    return _collect(outcome.checkpoint, Path(inputs.work_dir))
 
 
 def _scaling(workers: int, cpus_per_worker: int, gpus_per_worker: int) -> ScalingConfig:
@@ -135,7 +116,7 @@ def _scaling(workers: int, cpus_per_worker: int, gpus_per_worker: int) -> Scalin
 # --------------------------------------------------------------------------- driver side
 
 
-def _fit_while_forwarding(trainer, progress: Queue | None, on_progress: Progress | None):
+def _fit_while_forwarding(trainer, progress: Queue | None, on_progress: Callable[[dict], None] | None):
     """trainer.fit() in a thread; meanwhile hand rank 0's events to `on_progress`."""
     box: dict[str, Any] = {}
 
@@ -166,19 +147,18 @@ def _fit_while_forwarding(trainer, progress: Queue | None, on_progress: Progress
     return box["result"]
 
 
-def _forward(progress: Queue, on_progress: Progress, timeout: float) -> None:
+def _forward(progress: Queue, on_progress, timeout: float) -> None:
     try:
-        phase, payload = progress.get(timeout=timeout)
+        event = progress.get(timeout=timeout)
     except Empty:
         return
-    on_progress(phase, payload)
+    on_progress(event)
 
 
-def _forward_rest(progress: Queue, on_progress: Progress) -> None:
+def _forward_rest(progress: Queue, on_progress) -> None:
     """The events rank 0 put before fit returned (its puts complete before it reports)."""
     while not progress.empty():
-        phase, payload = progress.get_nowait()
-        on_progress(phase, payload)
+        on_progress(progress.get_nowait())
 
 
 def _unwrapped(err: BaseException) -> BaseException:
@@ -195,25 +175,25 @@ def _unwrapped(err: BaseException) -> BaseException:
     return err
 
 
-def _collect(checkpoint, out_dir: Path) -> tuple[dict, dict[str, str]]:
-    """Copy rank 0's outputs out of its checkpoint into out_dir; return (result, written)."""
+def _collect(checkpoint, work_dir: Path) -> dict:
+    """Copy rank 0's output files out of its checkpoint into `work_dir`; return its outcome."""
     if checkpoint is None:
         raise RuntimeError("the Ray Train run finished without rank 0's outputs")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    work_dir.mkdir(parents=True, exist_ok=True)
     with checkpoint.as_directory() as folder:
-        manifest = json.loads((Path(folder) / MANIFEST).read_text())
-        written = {}
-        for role, name in manifest["written"].items():
-            shutil.copyfile(Path(folder) / name, out_dir / name)
-            written[role] = str(out_dir / name)
-    return manifest["result"], written
+        result = json.loads((Path(folder) / MANIFEST).read_text())
+        for entry in result["files"]:
+            name = Path(entry["path"]).name  # written by our own rank 0: plain names in its folder
+            shutil.copyfile(Path(folder) / name, work_dir / name)
+            entry["path"] = name
+    return result
 
 
 # --------------------------------------------------------------------------- worker side
 
 
 def _train_worker(config: dict) -> None:
-    """One Ray Train worker: the whole pipeline, fine-tuning shared with the others."""
+    """One Ray Train worker: the whole job, fine-tuning shared with the others."""
     torch.set_num_threads(max(1, int(config["threads"])))
     context = ray.train.get_context()
     data_parallel = DataParallel(
@@ -224,42 +204,22 @@ def _train_worker(config: dict) -> None:
         wrap=lambda module: ray.train.torch.prepare_model(module, move_to_device=False),
         all_reduce_mean=from_process_group().all_reduce_mean,
     )
-    job: CompressionJob = config["job"]
-    if job.device is None:
-        job = dataclasses.replace(job, device=str(ray.train.torch.get_device()))
     progress: Queue | None = config["progress"]
     with tempfile.TemporaryDirectory(prefix="equiprune-outputs-") as folder:
+        # These workers are not sandboxed (they need the network between them): the job API
+        # loads data-only formats only here, within the limits, never a .pt2 program.
+        inputs = JobInputs(dataset=config["dataset_path"], model=config["model_path"], work_dir=Path(folder),
+                           limits=config["limits"], max_dataset_bytes=config["max_dataset_bytes"],
+                           checkpoint_path=Path(config["checkpoint_path"]))
         try:
-            # These workers are not sandboxed (they need the network between them): they read
-            # data-only formats only, within the limits, never a .pt2 program.
-            loaded = load_model(config["model_path"], limits=config["limits"], allow_exported=False)
-            dataset = load_dataset(config["dataset_path"], max_bytes=config["max_dataset_bytes"])
-            result = run_compression(
-                loaded, dataset, job, checkpoint_path=config["checkpoint_path"], data_parallel=data_parallel,
-                on_progress=(lambda phase, payload: progress.put((phase, portable(payload))))
-                if progress is not None else None)
-            outputs = None
-            if data_parallel.is_primary:
-                example = dataset.select(job.group_by, split=job.train_split, min_group_size=0).inputs[:2]
-                written = write_outputs(result, loaded, folder, example)
-                manifest = {"result": result.to_dict(), "written": {role: Path(p).name for role, p in written.items()}}
-                (Path(folder) / MANIFEST).write_text(json.dumps(manifest, allow_nan=False))
-                outputs = ray.train.Checkpoint.from_directory(folder)
+            outcome = run_job(JobSpec.from_dict(config["spec"]), inputs,
+                              (lambda event: progress.put(event.to_dict())) if progress is not None else None,
+                              data_parallel=data_parallel, device=str(ray.train.torch.get_device()))
         except EngineError as err:
             raise WorkerEngineError.carrying(err) from None
+        outputs = None
+        if data_parallel.is_primary:
+            (Path(folder) / MANIFEST).write_text(json.dumps(outcome.to_dict(), allow_nan=False))
+            outputs = ray.train.Checkpoint.from_directory(folder)
         # Every worker reports once (Ray Train synchronises on it); only rank 0 has outputs.
         ray.train.report({"rank": data_parallel.rank}, checkpoint=outputs)
-
-
-def portable(value: Any) -> Any:
-    """A progress payload as plain JSON values: reports and other objects with `to_dict`
-    (or dataclasses) become dictionaries; NaN and infinity become None."""
-    if hasattr(value, "to_dict"):
-        return portable(value.to_dict())
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return portable(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {str(k): portable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [portable(v) for v in value]
-    return json_safe(value)

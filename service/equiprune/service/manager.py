@@ -20,7 +20,7 @@ import ray
 from ray import serve
 
 from .errors import FailedPrecondition, ResourceExhausted, client_status
-from .settings import ServerSettings
+from .factory import settings_from
 from .store.jobs import JobEventRecord, JobRecord, SqliteJobStore
 from .tasks import execute_job
 
@@ -41,7 +41,7 @@ def _is_plain_file(path) -> bool:
                   ray_actor_options={"num_cpus": 0})
 class JobManager:
     def __init__(self, settings: dict) -> None:
-        self.settings = ServerSettings.model_validate(settings)
+        self.settings = settings_from(settings)
         self.settings.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.store = SqliteJobStore(self.settings.database)
         self._tasks: dict[str, ray.ObjectRefGenerator] = {}

@@ -28,7 +28,10 @@ from pathlib import Path
 
 import ray
 
-from . import convert
+from equiprune.engine.errors import EngineError
+
+from .artifacts import wire as artifacts_wire
+from .jobs import wire
 from .errors import FailedPrecondition, ResourceExhausted, client_status
 from equiprune.engine.models.pt2_check import plain_relative_path
 
@@ -65,36 +68,42 @@ def run_job(job_id: str, spec_json: dict, settings_json: dict, threads: int, emi
     """Compute the job (sandboxed unless data-parallel), store its files, return its result."""
     import torch
 
-    from .runner import JobFiles, compute_job, device_of
-    from .sandbox import sandbox_from_settings
-    from .settings import ServerSettings
-    from .specs import JobSpecModel
-    from .store import artifact_store
+    from equiprune.engine.jobs import JobSpec
 
-    settings = ServerSettings.model_validate(settings_json)
-    spec = JobSpecModel.model_validate(spec_json)
+    from .factory import artifact_store, settings_from
+    from .sandbox import sandbox_from_settings
+
+    settings = settings_from(settings_json)
+    spec = JobSpec.from_dict(spec_json)  # validated at create time; stored normalised
     artifacts = artifact_store(settings)
     work_dir = fresh_work_dir(settings.jobs_dir, job_id)
     say = Throttled(emit, settings.progress_interval_s)
     inputs = {"dataset": artifacts.local_path(spec.dataset)}
     if spec.model is not None:
         inputs["model"] = artifacts.local_path(spec.model)
-    if spec.resources.workers == 1:
-        sandbox = sandbox_from_settings(settings)
-        result = sandbox.run("job", {"spec": spec.to_json(), "device": device_of(spec)}, inputs, purpose="job",
-                             work_dir=str(work_dir), on_event=say, threads=threads,
-                             timeout_s=settings.sandbox_job_timeout_s)
-    else:
-        torch.set_num_threads(max(1, threads))
-        config = sandbox_from_settings(settings).config
-        files = JobFiles(dataset=inputs["dataset"], model=inputs.get("model"), work_dir=work_dir,
-                         limits=config.engine_model_limits(),
-                         max_dataset_bytes=config.max_dataset_bytes)
-        result = compute_job(spec, files, say)
+    sandbox = sandbox_from_settings(settings)
+    try:
+        if spec.resources.workers == 1:
+            result = sandbox.run("job", {"spec": spec.to_dict(), "device": spec.device}, inputs, purpose="job",
+                                 work_dir=str(work_dir), on_event=say, threads=threads,
+                                 timeout_s=settings.sandbox_job_timeout_s)
+        else:
+            from equiprune.engine.jobs import JobInputs
+
+            from .distributed import run_on_ray_train  # Ray Train only when asked for
+
+            torch.set_num_threads(max(1, threads))
+            config = sandbox.config
+            result = run_on_ray_train(spec, JobInputs(
+                dataset=inputs["dataset"], model=inputs.get("model"), work_dir=work_dir,
+                limits=config.engine_model_limits(), max_dataset_bytes=config.max_dataset_bytes),
+                storage_path=str(work_dir / "ray_train"), on_event=say)
+    except EngineError as err:  # the engine names spec fields without the `spec.` of the request
+        raise type(err)(f"spec.{err.field}", err.problem) from None
     result = checked_result(result)
     result["outputs"] = store_outputs(result.pop("files"), work_dir, artifacts, job_id, settings.max_upload_bytes)
     try:  # what GetJob will do with it: a result that cannot be shown must not be stored
-        convert.result_to_proto(result, artifacts.get)
+        wire.result_to_proto(result, lambda artifact_id: artifacts_wire.artifact_to_proto(artifacts.get(artifact_id)))
     except Exception:  # noqa: BLE001 - any failure to convert is the result's fault
         raise FailedPrecondition("the job's sandbox returned a result that cannot be reported", field="spec") from None
     # The run is complete: its checkpoint and scratch files have nothing left to resume.
@@ -215,7 +224,7 @@ class Throttled:
         if self._sent >= MAX_EVENTS and progress.get("phase") != "done":
             return
         try:  # what Watch and GetJob will do with it
-            convert.progress_to_proto(json_safe(progress))
+            wire.progress_to_proto(json_safe(progress))
         except Exception:  # noqa: BLE001 - a malformed event is dropped, the job goes on
             return
         now = time.monotonic()

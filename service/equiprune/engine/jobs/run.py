@@ -34,8 +34,12 @@ from .spec import COMPRESSION_KINDS, JobSpec
 from .summary import diagnostics_summary, stage_reports
 
 
-def run_job(spec: JobSpec, inputs: JobInputs, on_event: OnEvent | None = None) -> JobOutcome:
-    """Run `spec` whatever its kind."""
+def run_job(spec: JobSpec, inputs: JobInputs, on_event: OnEvent | None = None, *,
+            data_parallel: DataParallel | None = None, device: str | None = None) -> JobOutcome:
+    """Run `spec` whatever its kind. `data_parallel` and `device`: as one worker of a
+    data-parallel group (fine-tuning jobs only; see `compress`)."""
+    if data_parallel is not None and spec.kind not in ("finetune", "prune_and_finetune"):
+        raise ValueError(f"a {spec.kind} job does not run data-parallel")
     emit = on_event or (lambda event: None)
     emit(JobEvent("load", "reading the model and dataset"))
     dataset = load_dataset(inputs.rewound(inputs.dataset), max_bytes=inputs.max_dataset_bytes)
@@ -46,7 +50,7 @@ def run_job(spec: JobSpec, inputs: JobInputs, on_event: OnEvent | None = None) -
     elif spec.kind == "budget_search":
         outcome = budget_search(spec, inputs, dataset, emit)
     else:
-        outcome = compress(spec, inputs, dataset, emit)
+        outcome = compress(spec, inputs, dataset, emit, data_parallel=data_parallel, device=device)
     emit(JobEvent("done"))
     return outcome
 

@@ -49,26 +49,24 @@ def _probe(args: dict, files: dict, requests, replies) -> dict:
 
 
 def _job(args: dict, files: dict, requests, replies) -> dict:
-    from equiprune.service.runner import JobFiles, compute_job
-    from equiprune.service.specs import JobSpecModel
-
+    """Run a job through the engine's job API; its events go out as frames as they come."""
+    from equiprune.engine.errors import EngineError
+    from equiprune.engine.jobs import JobInputs, JobSpec, run_job
     from equiprune.service.validation import describe_model
 
-    spec = JobSpecModel.model_validate(args["spec"])
-    job_files = JobFiles(dataset=files["dataset"], model=files.get("model"), work_dir=Path("."),
-                         limits=_limits(args), max_dataset_bytes=args.get("max_dataset_bytes"))
-    result = compute_job(spec, job_files, lambda progress: write_frame(replies, {"event": _portable(progress)}))
+    spec = JobSpec.from_dict(args["spec"])
+    inputs = JobInputs(dataset=files["dataset"], model=files.get("model"), work_dir=Path("."),
+                       limits=_limits(args), max_dataset_bytes=args.get("max_dataset_bytes"))
+    try:
+        outcome = run_job(spec, inputs, lambda event: write_frame(replies, {"event": event.to_dict()}))
+    except EngineError as err:  # the engine names spec fields; the client wrote them under `spec.`
+        raise type(err)(f"spec.{err.field}", err.problem) from None
+    result = outcome.to_dict()
     for entry in result["files"]:
         if entry["kind"] == "model":  # described here, so CreateJob can check fit for job outputs too
             with open(entry["path"], "rb") as output:
                 entry["description"] = describe_model(output, _limits(args))
     return result
-
-
-def _portable(value):
-    from equiprune.engine.jsonable import json_safe
-
-    return json_safe(value)
 
 
 def _serve(args: dict, files: dict, requests, replies) -> None:

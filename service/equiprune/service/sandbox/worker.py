@@ -42,7 +42,7 @@ _PRELOAD = {
     # What a job needs beyond loading (exporting a .pt2 output, pruning, fine-tuning), as
     # measured by running every job kind after the warm-up; tests/service/test_sandbox.py runs
     # them all in a sandbox, so a module missing here fails there.
-    "job": ("equiprune.service.runner", "equiprune.engine.pipeline", "equiprune.engine.diagnostics",
+    "job": ("equiprune.engine.jobs", "equiprune.engine.pipeline", "equiprune.engine.diagnostics",
             "equiprune.engine.budget", "equiprune.engine.pruning.structured", "torch_pruning",
             "equiprune.engine.finetune.loop", "torch.nn.parallel", "torch.optim.lr_scheduler", "numpy.ctypeslib",
             "sympy.sets.setexpr", "torch._export.passes._node_metadata_hook",

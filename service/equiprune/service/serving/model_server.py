@@ -18,15 +18,14 @@ import threading
 import numpy as np
 from ray import serve
 
-from .errors import InvalidArgument
-from .sandbox import ServedModelProcess, sandbox_from_settings
-from .settings import ServerSettings
-from .store import artifact_store
+from ..errors import InvalidArgument
+from ..sandbox import ServedModelProcess, sandbox_from_settings
+from ..factory import artifact_store, settings_from
 
 MAX_BATCH = 256
 BATCH_WAIT_S = 0.005
 # One frame to a served model's worker: at most this many float32 input values and rows, so a
-# request frame and its reply (rows × classes, classes ≤ serving_convert.MAX_SERVED_CLASSES)
+# request frame and its reply (rows × classes, classes ≤ serving.plane.MAX_SERVED_CLASSES)
 # stay far below the protocol's 64 MiB frame limit.
 FRAME_VALUES = 4 * 2**20
 FRAME_ROWS = 1024
@@ -71,7 +70,7 @@ class SandboxedModel:
 @serve.deployment(name="ModelServer", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0})
 class ModelServer:
     def __init__(self, settings: dict) -> None:
-        s = ServerSettings.model_validate(settings)
+        s = settings_from(settings)
         self.artifacts = artifact_store(s)
         self.sandbox = sandbox_from_settings(s)
         self.timeout_s = s.sandbox_serving_timeout_s

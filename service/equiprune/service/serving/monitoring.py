@@ -20,10 +20,10 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from ray import serve
 
-from .errors import FailedPrecondition, NotFound
-from .monitor.exporter import MonitorExporter, serve_metrics
-from .monitor.state import ModelReference, Monitor, MonitorConfig
-from .settings import ServerSettings
+from ..errors import FailedPrecondition, NotFound
+from ..monitor.exporter import MonitorExporter, serve_metrics
+from ..monitor.state import ModelReference, Monitor, MonitorConfig
+from ..factory import settings_from
 
 log = logging.getLogger("equiprune.service.monitoring")
 
@@ -32,7 +32,7 @@ log = logging.getLogger("equiprune.service.monitoring")
                   ray_actor_options={"num_cpus": 0})
 class MonitorService:
     def __init__(self, settings: dict) -> None:
-        self.settings = ServerSettings.model_validate(settings)
+        self.settings = settings_from(settings)
         self.registry_path = self.settings.data_dir / "served_models.json"
         self.state_path = self.settings.data_dir / "monitor_state.json"
         self.models: dict[str, dict] = _read_json(self.registry_path) or {}

@@ -1,0 +1,43 @@
+"""One factory: settings, the artifact store and the planes are built here and nowhere else,
+so every replica, task and tool gets the same store with the same limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .settings import ServerSettings
+
+
+def settings_from(value: Any) -> ServerSettings:
+    """Settings as passed between processes (a JSON dict), validated once more on arrival."""
+    return value if isinstance(value, ServerSettings) else ServerSettings.model_validate(value)
+
+
+def artifact_store(settings):
+    """The artifact store the settings describe."""
+    from .store.artifacts import ArtifactStore
+
+    s = settings_from(settings)
+    return ArtifactStore(s.artifacts, max_upload_bytes=s.max_upload_bytes, max_chunk_bytes=s.max_chunk_bytes,
+                         import_roots=[str(p) for p in s.import_roots], import_protocols=s.import_protocols,
+                         import_allow_private_addresses=s.import_allow_private_addresses,
+                         cache_dir=str(s.data_dir / "cache"))
+
+
+def planes(settings, *, manager, monitor, models):
+    """(artifacts, jobs, serving) planes over the given backends (objects whose async methods
+    are the job manager's, the monitor's and the model server's)."""
+    from .artifacts.plane import ArtifactsPlane
+    from .jobs.plane import JobsPlane
+    from .sandbox import sandbox_from_settings
+    from .serving.plane import ServingPlane
+    from .validation import SandboxValidator
+
+    s = settings_from(settings)
+    store = artifact_store(s)
+    sandbox = sandbox_from_settings(s)
+    # Every upload and import is validated in a sandboxed worker, never in the caller's process.
+    artifacts = ArtifactsPlane(store, SandboxValidator(sandbox, s.sandbox_validation_timeout_s), s.data_dir / "samples")
+    jobs = JobsPlane(store, manager, sandbox.config.engine_model_limits())
+    serving = ServingPlane(store, sandbox, jobs, monitor, models, s.sandbox_validation_timeout_s)
+    return artifacts, jobs, serving
