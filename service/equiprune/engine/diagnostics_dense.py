@@ -34,6 +34,7 @@ from equiprune.engine.errors import InvalidConfigError, InvalidModelError
 from equiprune.engine.groups import GroupedData
 from equiprune.engine.modes import mode
 
+
 # --------------------------------------------------------------------------- model plumbing
 
 

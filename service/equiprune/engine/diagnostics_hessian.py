@@ -23,6 +23,7 @@ from equiprune.engine.diagnostics_types import Vector
 from equiprune.engine.errors import InvalidDatasetError, InvalidModelError
 from equiprune.engine.groups import GroupedData
 
+
 # --------------------------------------------------------------------------- vector algebra
 
 

@@ -24,6 +24,7 @@ from equiprune.engine.groups import GroupedData
 from equiprune.engine.modes import mode
 from equiprune.engine.pruning.masks import Masks
 
+
 # --------------------------------------------------------------------------- predictions
 
 

@@ -18,6 +18,7 @@ from ..groups import GroupedData
 from ..modes import mode
 from .distributed import DataParallel
 
+
 def _has_random_layers(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
 

@@ -15,6 +15,7 @@ from .distill import TeacherOutputs
 from .dual import PIMultipliers
 from .objectives import CEAG, EqualizedLoss, FairDistillation, HeldOutCEAG, Objective
 
+
 def build_objective(
     config: FinetuneConfig,
     train: GroupedData,

@@ -13,6 +13,7 @@ from ..errors import InvalidConfigError
 from .distributed import DataParallel
 from .objectives import Batch, Objective
 
+
 def _agree_on_start(data_parallel: DataParallel, start_step: int, fingerprint: str) -> None:
     """Check that every worker runs the same run from the same step, with one all-reduce.
 

@@ -14,6 +14,7 @@ import torch
 from ..jsonable import json_safe
 from .config import FinetuneConfig
 
+
 @dataclass(frozen=True)
 class ProgressEvent:
     """What the loop reports after every step; a callback may raise to cancel the run."""
@@ -52,7 +53,6 @@ class FinetuneResult:
             "mode_fixed": self.mode_fixed,
             "calibration": self.calibration,
         })
-
 
 
 def _named(values: torch.Tensor, names: tuple[str, ...]) -> dict[str, float]:

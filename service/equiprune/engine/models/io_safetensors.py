@@ -35,6 +35,7 @@ from equiprune.engine.models.io_state_checks import check_state_dict
 from equiprune.engine.models.registry import ArchitectureSpec, build_model, example_input_shape
 from equiprune.engine.models.sniff import describe_foreign_bytes
 
+
 def looks_like_safetensors(data: bytes) -> bool:
     """Cheap sniff: an 8-byte little-endian header length followed by a JSON object."""
     if len(data) < 10:
