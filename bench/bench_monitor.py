@@ -28,8 +28,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 
 from _common import write_results
-from equiprune.service.monitor import ModelReference, Monitor, MonitorConfig
-from equiprune.service.monitor.exporter import MonitorExporter
+from equiprune.service.serving.monitor import ModelReference, Monitor, MonitorConfig
+from equiprune.service.serving.monitor.exporter import MonitorExporter
 
 TARGET_PER_S = 20_000
 GROUPS = [{"race": r, "sex": s} for r in ("a", "b", "c", "d", "e") for s in ("f", "m")]  # 10 groups

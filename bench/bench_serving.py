@@ -42,7 +42,7 @@ from equiprune.client import specs
 from equiprune.client.sdk import EquipruneClient
 from equiprune.engine.models.io import load_model
 from equiprune.engine.modes import try_set_mode
-from equiprune.service.samples import write_traffic
+from equiprune.service.artifacts.samples import write_traffic
 from equiprune.v1 import jobs_pb2, serving_pb2, serving_pb2_grpc
 from harness.server import ServerProcess
 

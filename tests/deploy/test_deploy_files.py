@@ -27,7 +27,7 @@ PROMETHEUS_YML = DEPLOY / "prometheus" / "prometheus.yml"
 ALERTS_YML = DEPLOY / "prometheus" / "alerts.yml"
 DASHBOARD_JSON = DEPLOY / "grafana" / "equiprune-dashboard.json"
 DOCKERFILE = ROOT / "Dockerfile"
-EXPORTER_SOURCE = ROOT / "service" / "equiprune" / "service" / "monitor" / "exporter.py"
+EXPORTER_SOURCE = ROOT / "service" / "equiprune" / "service" / "serving" / "monitor" / "exporter.py"
 
 # The metric names of the monitor's exporter, as specified for issue #4 (the monitoring brief;
 # docs/monitoring.md documents them). Hard-coded here rather than imported because the exporter
@@ -161,7 +161,7 @@ def test_grpc_servicer_functions_are_importable_and_complete():
     for where, config in _serve_configs().items():
         functions = config["grpc_options"]["grpc_servicer_functions"]
         assert sorted(functions) == sorted(GRPC_SERVICER_FUNCTIONS), where
-        assert "equiprune.service.grpc_servicers.add_ServingServiceServicer_to_server" in functions
+        assert "equiprune.service.rpc.servicers.add_ServingServiceServicer_to_server" in functions
         for dotted in functions:
             assert callable(_resolve(dotted, ".")), f"{where}: {dotted} is not callable"
 

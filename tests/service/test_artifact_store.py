@@ -10,7 +10,7 @@ import fsspec
 import pytest
 
 from equiprune.service.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from equiprune.service.store.artifacts import ArtifactRecord, ArtifactStore, CorruptArtifact
+from equiprune.service.artifacts.store import ArtifactRecord, ArtifactStore, CorruptArtifact
 
 CHUNK = 4096
 

@@ -6,8 +6,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from equiprune.service.monitor import ModelReference, Monitor, MonitorConfig, window_label
-from equiprune.service.monitor.exporter import GROUP_WINDOW_GAUGES, MonitorExporter, serve_metrics
+from equiprune.service.serving.monitor import ModelReference, Monitor, MonitorConfig, window_label
+from equiprune.service.serving.monitor.exporter import GROUP_WINDOW_GAUGES, MonitorExporter, serve_metrics
 
 T0 = 1_800_000_000.0
 PROBS = (0.1, 0.7, 0.2)

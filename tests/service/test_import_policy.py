@@ -15,9 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from equiprune.service.errors import FailedPrecondition, InvalidArgument, ServiceError, client_status
-from equiprune.service.store import fetch
-from equiprune.service.store.artifacts import ArtifactStore
-from equiprune.service.store.fetch import ImportPolicy, open_http, redirect_target
+from equiprune.service.artifacts import fetch
+from equiprune.service.artifacts.store import ArtifactStore
+from equiprune.service.artifacts.fetch import ImportPolicy, open_http, redirect_target
 
 LIMIT = 64 * 1024
 SECRET = b"metrics_secret_token 42\n" * 40  # what an attacker would like to read back

@@ -9,8 +9,8 @@ import types
 import pytest
 
 from equiprune.service.errors import AlreadyExists, InvalidArgument, NotFound
-from equiprune.service.store import jobs as jobs_module
-from equiprune.service.store.jobs import TERMINAL, SqliteJobStore
+from equiprune.service.jobs import store as jobs_module
+from equiprune.service.jobs.store import TERMINAL, SqliteJobStore
 
 SPEC = {"model": {"artifact_id": "art-0123456789abcdef"}, "prune": {"sparsity": 0.5}}
 

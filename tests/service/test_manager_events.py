@@ -2,9 +2,9 @@
 
 import asyncio
 
-from equiprune.service.manager import JobManager
+from equiprune.service.jobs.manager import JobManager
 from equiprune.service.settings import ServerSettings
-from equiprune.service.store.jobs import SqliteJobStore
+from equiprune.service.jobs.store import SqliteJobStore
 
 
 def test_a_long_history_ends_only_with_its_terminal_event(tmp_path):

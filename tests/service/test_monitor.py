@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from equiprune.service.errors import client_status
-from equiprune.service.monitor import (
+from equiprune.service.serving.monitor import (
     ModelReference,
     Monitor,
     MonitorConfig,
@@ -17,7 +17,7 @@ from equiprune.service.monitor import (
     UnknownModelError,
     make_prediction_id,
 )
-from equiprune.service.monitor.windows import FIELDS, window_label
+from equiprune.service.serving.monitor.windows import FIELDS, window_label
 
 T0 = 1_800_000_000.0  # an arbitrary unix time, a multiple of every bucket width
 PROBS = (0.1, 0.7, 0.2)  # predicted class 1; confidence 0.7; boundary proxy 1 − 0.54 = 0.46

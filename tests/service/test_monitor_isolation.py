@@ -13,9 +13,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from equiprune.service.errors import client_status
-from equiprune.service.monitor import ModelReference, Monitor, MonitorConfig, MonitorInputError
-from equiprune.service.monitor.exporter import MonitorExporter
-from equiprune.service.monitor.windows import F_CONFIDENCE_N, F_CONFIDENCE_SUM, F_CORRECT, F_OUTCOMES, FIELDS
+from equiprune.service.serving.monitor import ModelReference, Monitor, MonitorConfig, MonitorInputError
+from equiprune.service.serving.monitor.exporter import MonitorExporter
+from equiprune.service.serving.monitor.windows import F_CONFIDENCE_N, F_CONFIDENCE_SUM, F_CORRECT, F_OUTCOMES, FIELDS
 
 T0 = 1_800_000_000.0
 PROBS = (0.1, 0.7, 0.2)
@@ -203,7 +203,7 @@ def test_the_scrape_has_no_nan_or_inf_and_keeps_every_model(poisoned):
 
 def test_saving_repairs_the_poisoned_model_and_keeps_the_others(poisoned, clock, tmp_path, caplog):
     path = tmp_path / "monitor.json"
-    with caplog.at_level(logging.ERROR, logger="equiprune.service.monitor"):
+    with caplog.at_level(logging.ERROR, logger="equiprune.service.serving.monitor"):
         poisoned.save(path)
     assert "'poisoned'" in caplog.text and "'healthy'" not in caplog.text
     assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
@@ -226,7 +226,7 @@ def test_a_model_that_cannot_be_repaired_is_left_out_of_the_round_and_the_others
         poisoned, clock, tmp_path, caplog):
     poisoned._by_name["poisoned"].totals["predictions"] = NAN  # not a window value: repair() cannot help
     path = tmp_path / "monitor.json"
-    with caplog.at_level(logging.ERROR, logger="equiprune.service.monitor"):
+    with caplog.at_level(logging.ERROR, logger="equiprune.service.serving.monitor"):
         poisoned.save(path)
         restored = Monitor.load(path, clock=clock)
     assert "'poisoned' still cannot be saved" in caplog.text
@@ -272,7 +272,7 @@ def test_a_snapshot_with_one_damaged_model_loads_the_others(clock, tmp_path, cap
     damage(data["models"][1])
     path.write_text(json.dumps(data))
 
-    with caplog.at_level(logging.ERROR, logger="equiprune.service.monitor"):
+    with caplog.at_level(logging.ERROR, logger="equiprune.service.serving.monitor"):
         restored = Monitor.load(path, clock=clock)
     assert "'b'" in caplog.text or "<unnamed>" in caplog.text
     assert restored.models(include_unregistered=True) == ["a", "c"]
@@ -316,7 +316,7 @@ def test_a_damaged_ledger_leaves_the_windows_loaded(clock, tmp_path, caplog):
     data["ledger"]["pending"]["time_s"] = []  # parallel lists of different lengths
     path.write_text(json.dumps(data))
 
-    with caplog.at_level(logging.ERROR, logger="equiprune.service.monitor"):
+    with caplog.at_level(logging.ERROR, logger="equiprune.service.serving.monitor"):
         restored = Monitor.load(path, clock=clock)
     assert "ledger is damaged" in caplog.text
     assert restored.totals("a").evaluation_records == 5

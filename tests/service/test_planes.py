@@ -17,7 +17,7 @@ from equiprune.service.errors import FailedPrecondition, InvalidArgument, NotFou
 from equiprune.service.jobs.plane import JobsPlane
 from equiprune.service.jobs.wire import ArtifactSource
 from equiprune.service.serving.plane import DeployRequest, EvaluationRecord, Instance, ServingPlane
-from equiprune.service.store.artifacts import ArtifactStore
+from equiprune.service.artifacts.store import ArtifactStore
 
 DATASET = {"attributes": "cohort,ink", "splits": "train,test", "sample_shape": "1x8x8", "classes": "10"}
 MODEL = {"input_shape": "1x8x8", "outputs": "10", "format": "safetensors"}

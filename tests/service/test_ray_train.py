@@ -20,7 +20,7 @@ from equiprune.engine.prune import PruningConfig
 
 ray = pytest.importorskip("ray")
 
-from equiprune.service.distributed import run_on_ray_train  # noqa: E402
+from equiprune.service.jobs.distributed import run_on_ray_train  # noqa: E402
 
 SPEC = ArchitectureSpec("mlp", {"num_classes": 10, "in_features": 64, "hidden": [64, 32]})
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}

@@ -22,8 +22,8 @@ from equiprune.service.sandbox import Limits, Sandbox, SandboxConfig
 from equiprune.service.sandbox.process import _kill_user
 from equiprune.service.sandbox.protocol import ProtocolError, read_frame, write_frame
 from equiprune.service.serving.model_server import SandboxedModel
-from equiprune.service.tasks import MAX_EVENTS, Throttled, checked_result, fresh_work_dir, store_outputs
-from equiprune.service.store.artifacts import ArtifactStore
+from equiprune.service.jobs.tasks import MAX_EVENTS, Throttled, checked_result, fresh_work_dir, store_outputs
+from equiprune.service.artifacts.store import ArtifactStore
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the sandbox switches users)")
 

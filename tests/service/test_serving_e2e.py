@@ -18,7 +18,7 @@ import pytest
 
 from equiprune.client import specs
 from equiprune.client.sdk import EquipruneClient
-from equiprune.service.samples import write_traffic
+from equiprune.service.artifacts.samples import write_traffic
 from equiprune.v1 import jobs_pb2, serving_pb2, serving_pb2_grpc
 
 from .server import ServerProcess, free_port

@@ -11,19 +11,19 @@ from __future__ import annotations
 
 from ray.serve import Application
 
-from .rpc.ingress import Ingress
-from .manager import JobManager
-from .serving.monitoring import MonitorService
-from .serving.model_server import ModelServer
-from .settings import ServerSettings
+from equiprune.service.rpc.ingress import Ingress
+from equiprune.service.jobs.manager import JobManager
+from equiprune.service.serving.monitoring import MonitorService
+from equiprune.service.serving.model_server import ModelServer
+from equiprune.service.settings import ServerSettings
 
 GRPC_SERVICER_FUNCTIONS = [
-    "equiprune.service.grpc_servicers.add_ArtifactServiceServicer_to_server",
-    "equiprune.service.grpc_servicers.add_JobServiceServicer_to_server",
-    "equiprune.service.grpc_servicers.add_ServingServiceServicer_to_server",
-    "equiprune.service.grpc_servicers.add_HealthServicer_to_server",
+    "equiprune.service.rpc.servicers.add_ArtifactServiceServicer_to_server",
+    "equiprune.service.rpc.servicers.add_JobServiceServicer_to_server",
+    "equiprune.service.rpc.servicers.add_ServingServiceServicer_to_server",
+    "equiprune.service.rpc.servicers.add_HealthServicer_to_server",
     # Last: reflection lists what is registered, and it guards against Serve's own.
-    "equiprune.service.grpc_servicers.add_ServerReflectionServicer_to_server",
+    "equiprune.service.rpc.servicers.add_ServerReflectionServicer_to_server",
 ]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .settings import ServerSettings
+from equiprune.service.settings import ServerSettings
 
 
 def settings_from(value: Any) -> ServerSettings:
@@ -15,7 +15,7 @@ def settings_from(value: Any) -> ServerSettings:
 
 def artifact_store(settings):
     """The artifact store the settings describe."""
-    from .store.artifacts import ArtifactStore
+    from equiprune.service.artifacts.store import ArtifactStore
 
     s = settings_from(settings)
     return ArtifactStore(s.artifacts, max_upload_bytes=s.max_upload_bytes, max_chunk_bytes=s.max_chunk_bytes,
@@ -27,11 +27,11 @@ def artifact_store(settings):
 def planes(settings, *, manager, monitor, models):
     """(artifacts, jobs, serving) planes over the given backends (objects whose async methods
     are the job manager's, the monitor's and the model server's)."""
-    from .artifacts.plane import ArtifactsPlane
-    from .jobs.plane import JobsPlane
-    from .sandbox import sandbox_from_settings
-    from .serving.plane import ServingPlane
-    from .validation import SandboxValidator
+    from equiprune.service.artifacts.plane import ArtifactsPlane
+    from equiprune.service.jobs.plane import JobsPlane
+    from equiprune.service.sandbox import sandbox_from_settings
+    from equiprune.service.serving.plane import ServingPlane
+    from equiprune.service.artifacts.validation import SandboxValidator
 
     s = settings_from(settings)
     store = artifact_store(s)

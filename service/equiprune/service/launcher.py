@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace):
     """The ServerSettings the command line asks for (raises pydantic's ValidationError)."""
-    from .settings import ServerSettings
+    from equiprune.service.settings import ServerSettings
 
     return ServerSettings(data_dir=Path(args.data_dir), host=args.host, grpc_port=args.port,
                           http_port=args.http_port, metrics_port=args.metrics_port,
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         first = err.errors()[0]
         print(f"error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
         return 2
-    from .sandbox.startup import SandboxUnsafe, check_sandbox
+    from equiprune.service.sandbox.startup import SandboxUnsafe, check_sandbox
 
     try:
         print(check_sandbox(settings), flush=True)
@@ -102,7 +102,7 @@ def start(settings, *, address: str | None = None, num_cpus: int | None = None, 
     from ray import serve
     from ray.serve.config import gRPCOptions
 
-    from .app import GRPC_SERVICER_FUNCTIONS, build_app
+    from equiprune.service.app import GRPC_SERVICER_FUNCTIONS, build_app
 
     if address is None:
         # One machine, loopback clients: Ray's token auth would only get in the way of the

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from equiprune.engine import machine
 
-from equiprune.service.store.fetch import protocol_setting_problem
+from equiprune.service.artifacts.fetch import protocol_setting_problem
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

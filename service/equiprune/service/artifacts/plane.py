@@ -11,10 +11,10 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import InvalidArgument, ServiceError, naming
-from ..jobs.wire import ArtifactSource
-from ..samples import is_sample, write_sample
-from ..store.artifacts import ArtifactRecord, ArtifactStore, UploadRecord, sha256_of_file
+from equiprune.service.errors import InvalidArgument, ServiceError, naming
+from equiprune.service.jobs.wire import ArtifactSource
+from equiprune.service.artifacts.samples import is_sample, write_sample
+from equiprune.service.artifacts.store import ArtifactRecord, ArtifactStore, UploadRecord, sha256_of_file
 
 DEFAULT_CHUNK = 1024 * 1024
 MAX_DOWNLOAD_CHUNK = 4 * 1024 * 1024 - 64 * 1024  # stay below gRPC's default 4 MiB message limit

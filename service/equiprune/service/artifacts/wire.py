@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from equiprune.v1 import artifacts_pb2
 
-from ..jobs.wire import enum_names, enum_number, enum_value, timestamp
-from ..store.artifacts import ArtifactRecord, UploadRecord
+from equiprune.service.jobs.wire import enum_names, enum_number, enum_value, timestamp
+from equiprune.service.artifacts.store import ArtifactRecord, UploadRecord
 
 ARTIFACT_KINDS = enum_names(artifacts_pb2.ArtifactKind.DESCRIPTOR)
 

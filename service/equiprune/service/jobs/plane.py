@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator, Callable
 from equiprune.engine.errors import EngineError
 from equiprune.engine.jobs import JobSpec, check_splits
 
-from ..errors import InvalidArgument, naming
-from ..validation import artifact_of_kind, check_job_fit, described_list
+from equiprune.service.errors import InvalidArgument, naming
+from equiprune.service.artifacts.validation import artifact_of_kind, check_job_fit, described_list
 
 JOB_ID = re.compile(r"^job-[0-9a-f]{16}$")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -69,7 +69,7 @@ class JobsPlane:
             return await self.manager.get(job_id_in(job_id, field))
 
     async def list(self, states: tuple[str, ...], kind: str | None, page_size: int, page_token: str):
-        from ..artifacts.plane import page_size as checked
+        from equiprune.service.artifacts.plane import page_size as checked
 
         return await self.manager.list(states, kind, checked(page_size, 50), page_token)
 

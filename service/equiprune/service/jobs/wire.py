@@ -21,7 +21,7 @@ from equiprune.engine.errors import EngineError
 from equiprune.engine.jobs import JobSpec
 from equiprune.v1 import artifacts_pb2, jobs_pb2, reports_pb2
 
-from ..errors import InvalidArgument
+from equiprune.service.errors import InvalidArgument
 
 # Engine config types of each proto section, found by the engine JobSpec's field types.
 _SECTIONS = ("data", "pruning", "finetune", "diagnostics", "budget", "train", "resources")

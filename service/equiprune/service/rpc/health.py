@@ -5,7 +5,7 @@ Serve's proxy routes a unary or server-streaming call to the ingress deployment 
 name* alone, so `Check` and `Watch` are methods of the ingress: `Ingress` inherits them from
 `HealthMixin`. (Serve's own health check is `ray.serve.RayServeAPIService/Healthz`: a
 different service and method name, so nothing clashes.) The handlers are registered in the
-proxy by `grpc_servicers.add_HealthServicer_to_server`.
+proxy by `rpc/servicers.add_HealthServicer_to_server`.
 
 An answer comes from a running ingress replica, which Serve only routes to once the
 application is deployed: that is what SERVING means here. "" (the whole server) and each of
@@ -19,9 +19,9 @@ import asyncio
 
 from grpc_health.v1 import health_pb2
 
-from ..errors import ClientStatus, InvalidArgument, client_status
-from ..grpc_servicers import UndecodableRequest
-from . import status
+from equiprune.service.errors import ClientStatus, InvalidArgument, client_status
+from equiprune.service.rpc.servicers import UndecodableRequest
+from equiprune.service.rpc import status
 
 SERVICES = ("", "equiprune.v1.ArtifactService", "equiprune.v1.JobService", "equiprune.v1.ServingService")
 # A Watch stream stays open (the protocol's contract); it re-checks this often and sends a
@@ -70,7 +70,7 @@ class _WatchRefused(Exception):
 
 
 def _refusal(request) -> ClientStatus | None:
-    """INVALID_ARGUMENT for bytes that did not decode (grpc_servicers wraps every decoder)."""
+    """INVALID_ARGUMENT for bytes that did not decode (rpc/servicers.py wraps every decoder)."""
     if isinstance(request, UndecodableRequest):
         return client_status(InvalidArgument(
             f"the bytes received are not a valid {request.message_type} message ({request.problem})",

@@ -20,14 +20,14 @@ from ray.serve.handle import DeploymentHandle
 
 from equiprune.v1 import artifacts_pb2, jobs_pb2, serving_pb2
 
-from .. import factory
-from ..artifacts import wire as artifacts_wire
-from ..errors import InvalidArgument, client_status
-from ..grpc_servicers import UndecodableRequest
-from ..jobs import wire as jobs_wire
-from ..serving import wire as serving_wire
-from . import status as rpc_status
-from .health import HealthMixin
+from equiprune.service import factory
+from equiprune.service.artifacts import wire as artifacts_wire
+from equiprune.service.errors import InvalidArgument, client_status
+from equiprune.service.rpc.servicers import UndecodableRequest
+from equiprune.service.jobs import wire as jobs_wire
+from equiprune.service.serving import wire as serving_wire
+from equiprune.service.rpc import status as rpc_status
+from equiprune.service.rpc.health import HealthMixin
 
 
 def _status(exc: BaseException, context) -> None:
@@ -38,7 +38,7 @@ def _status(exc: BaseException, context) -> None:
 
 
 def _decoded(request):
-    """The request, unless Serve's proxy could not decode its bytes (grpc_servicers)."""
+    """The request, unless Serve's proxy could not decode its bytes (rpc/servicers.py)."""
     if isinstance(request, UndecodableRequest):
         raise InvalidArgument(f"the bytes received are not a valid {request.message_type} message "
                               f"({request.problem})", field="request")

@@ -23,7 +23,7 @@ import functools
 import inspect
 import logging
 
-from .status import DETAILS_KEY, split_details
+from equiprune.service.rpc.status import DETAILS_KEY, split_details
 
 log = logging.getLogger("equiprune.service")
 _WRAPPED = "_equiprune_status_trailer"

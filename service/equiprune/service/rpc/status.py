@@ -22,7 +22,7 @@ import re
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from ..errors import ClientStatus
+from equiprune.service.errors import ClientStatus
 
 DETAILS_KEY = "grpc-status-details-bin"
 DOMAIN = "equiprune.v1"

@@ -8,8 +8,8 @@ network (docs/security.md says what it does and does not stop).
 
 from __future__ import annotations
 
-from .confine import Limits
-from .process import Sandbox, SandboxConfig, SandboxFailure, ServedModelProcess
+from equiprune.service.sandbox.confine import Limits
+from equiprune.service.sandbox.process import Sandbox, SandboxConfig, SandboxFailure, ServedModelProcess
 
 __all__ = ["Limits", "Sandbox", "SandboxConfig", "SandboxFailure", "ServedModelProcess", "sandbox_from_settings"]
 

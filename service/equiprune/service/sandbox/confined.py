@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from .confine import PRIVATE_TMP, SANDBOX_HOME, Limits, drop, enter
+from equiprune.service.sandbox.confine import PRIVATE_TMP, SANDBOX_HOME, Limits, drop, enter
 
 
 def main(argv: list[str] | None = None) -> int:

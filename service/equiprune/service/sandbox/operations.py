@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 from typing import BinaryIO
 
-from .protocol import read_frame, write_frame
+from equiprune.service.sandbox.protocol import read_frame, write_frame
 
 
 def run(op: str, args: dict, files: dict[str, int], requests: BinaryIO, replies: BinaryIO) -> dict | None:
@@ -27,7 +27,7 @@ def _limits(args: dict):
 
 
 def _describe(args: dict, files: dict, requests, replies) -> dict:
-    from equiprune.service.validation import describe_dataset, describe_model
+    from equiprune.service.artifacts.validation import describe_dataset, describe_model
 
     if args["kind"] == "model":
         return describe_model(files["content"], _limits(args))
@@ -52,7 +52,7 @@ def _job(args: dict, files: dict, requests, replies) -> dict:
     """Run a job through the engine's job API; its events go out as frames as they come."""
     from equiprune.engine.errors import EngineError
     from equiprune.engine.jobs import JobInputs, JobSpec, run_job
-    from equiprune.service.validation import describe_model
+    from equiprune.service.artifacts.validation import describe_model
 
     spec = JobSpec.from_dict(args["spec"])
     inputs = JobInputs(dataset=files["dataset"], model=files.get("model"), work_dir=Path("."),

@@ -24,10 +24,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import FailedPrecondition, InvalidArgument, ResourceExhausted, ServiceError, Unavailable
-from .confine import Limits, uid_of
-from .protocol import ProtocolError, read_frame, write_frame
-from .warmup import warmup_kit
+from equiprune.service.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, ServiceError, Unavailable
+from equiprune.service.sandbox.confine import Limits, uid_of
+from equiprune.service.sandbox.protocol import ProtocolError, read_frame, write_frame
+from equiprune.service.sandbox.warmup import warmup_kit
 
 log = logging.getLogger("equiprune.service.sandbox")
 

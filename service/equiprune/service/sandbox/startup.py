@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 
-from ..errors import ServiceError
+from equiprune.service.errors import ServiceError
 
 GiB = 2**30
 
@@ -21,8 +21,8 @@ class SandboxUnsafe(Exception):
 
 def check_sandbox(settings) -> str:
     """A one-line summary of the isolation achieved; SandboxUnsafe when a check failed."""
-    from . import sandbox_from_settings
-    from ..app import prepare_data_dir
+    from equiprune.service.sandbox import sandbox_from_settings
+    from equiprune.service.app import prepare_data_dir
 
     prepare_data_dir(settings)
     sandbox = sandbox_from_settings(settings)

@@ -46,7 +46,7 @@ def warmup_kit() -> dict[str, str]:
 def warm_up(files: dict) -> None:
     """In the worker, before `confine.drop`: load every kit file the way a client's would be."""
     from equiprune.engine.dataset import load_dataset
-    from equiprune.service.validation import describe_dataset, describe_model
+    from equiprune.service.artifacts.validation import describe_dataset, describe_model
 
     for name in ("warm_pt2", "warm_safetensors", "warm_sparse"):
         describe_model(files.pop(name))

@@ -25,9 +25,9 @@ import os
 import sys
 import traceback
 
-from . import confine
-from .protocol import read_frame, write_frame
-from .warmup import KIT_FILES, warm_up
+from equiprune.service.sandbox import confine
+from equiprune.service.sandbox.protocol import read_frame, write_frame
+from equiprune.service.sandbox.warmup import KIT_FILES, warm_up
 
 # Imported before the privileges go (the stdlib and site-packages may be unreadable to the
 # sandbox's user): everything the operations reach, including torch's lazy imports on the
@@ -37,7 +37,7 @@ _PRELOAD = {
                "torch", "safetensors.torch", "torch.export", "torch._export.serde.serialize",
                "torch.export.pt2_archive._package", "torch.fx.experimental.symbolic_shapes", "sympy",
                "equiprune.engine.models.io", "equiprune.engine.models.sparse", "equiprune.engine.dataset",
-               "equiprune.engine.models.architectures", "equiprune.service.validation",
+               "equiprune.engine.models.architectures", "equiprune.service.artifacts.validation",
                "equiprune.service.sandbox.operations"),
     # What a job needs beyond loading (exporting a .pt2 output, pruning, fine-tuning), as
     # measured by running every job kind after the warm-up; tests/service/test_sandbox.py runs
@@ -79,7 +79,7 @@ def main() -> int:
         write_frame(replies, {"error": {"code": "INTERNAL", "field": "", "message": f"the sandbox did not start: {exc}"}})
         return 1
     try:
-        from . import operations
+        from equiprune.service.sandbox import operations
 
         answer = operations.run(request["op"], request.get("args", {}), files, requests, replies)
         if answer is not None:

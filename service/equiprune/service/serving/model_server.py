@@ -18,9 +18,9 @@ import threading
 import numpy as np
 from ray import serve
 
-from ..errors import InvalidArgument
-from ..sandbox import ServedModelProcess, sandbox_from_settings
-from ..factory import artifact_store, settings_from
+from equiprune.service.errors import InvalidArgument
+from equiprune.service.sandbox import ServedModelProcess, sandbox_from_settings
+from equiprune.service.factory import artifact_store, settings_from
 
 MAX_BATCH = 256
 BATCH_WAIT_S = 0.005

@@ -20,10 +20,10 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from ray import serve
 
-from ..errors import FailedPrecondition, NotFound
-from ..monitor.exporter import MonitorExporter, serve_metrics
-from ..monitor.state import ModelReference, Monitor, MonitorConfig
-from ..factory import settings_from
+from equiprune.service.errors import FailedPrecondition, NotFound
+from equiprune.service.serving.monitor.exporter import MonitorExporter, serve_metrics
+from equiprune.service.serving.monitor.state import ModelReference, Monitor, MonitorConfig
+from equiprune.service.factory import settings_from
 
 log = logging.getLogger("equiprune.service.monitoring")
 

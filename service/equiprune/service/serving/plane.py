@@ -15,10 +15,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..errors import FailedPrecondition, InvalidArgument, ServiceError
-from ..jobs.plane import job_id_in
-from ..monitor.state import make_prediction_id
-from ..validation import artifact_of_kind
+from equiprune.service.errors import FailedPrecondition, InvalidArgument, ServiceError
+from equiprune.service.jobs.plane import job_id_in
+from equiprune.service.serving.monitor.state import make_prediction_id
+from equiprune.service.artifacts.validation import artifact_of_kind
 
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 MAX_INSTANCES = 1024

@@ -6,8 +6,8 @@ from google.protobuf import json_format
 
 from equiprune.v1 import serving_pb2
 
-from ..jobs.wire import timestamp, without_none
-from .plane import DeployRequest, EvaluationRecord, Instance, Prediction
+from equiprune.service.jobs.wire import timestamp, without_none
+from equiprune.service.serving.plane import DeployRequest, EvaluationRecord, Instance, Prediction
 
 
 def deploy_request(r: serving_pb2.DeployModelRequest) -> DeployRequest:

@@ -30,12 +30,12 @@ import ray
 
 from equiprune.engine.errors import EngineError
 
-from .artifacts import wire as artifacts_wire
-from .jobs import wire
-from .errors import FailedPrecondition, ResourceExhausted, client_status
+from equiprune.service.artifacts import wire as artifacts_wire
+from equiprune.service.jobs import wire
+from equiprune.service.errors import FailedPrecondition, ResourceExhausted, client_status
 from equiprune.engine.models.pt2_check import plain_relative_path
 
-from .validation import checked_description
+from equiprune.service.artifacts.validation import checked_description
 
 MAX_RESULT_BYTES = 16 * 2**20
 MAX_EVENT_BYTES = 256 * 2**10
@@ -70,8 +70,8 @@ def run_job(job_id: str, spec_json: dict, settings_json: dict, threads: int, emi
 
     from equiprune.engine.jobs import JobSpec
 
-    from .factory import artifact_store, settings_from
-    from .sandbox import sandbox_from_settings
+    from equiprune.service.factory import artifact_store, settings_from
+    from equiprune.service.sandbox import sandbox_from_settings
 
     settings = settings_from(settings_json)
     spec = JobSpec.from_dict(spec_json)  # validated at create time; stored normalised
@@ -90,7 +90,7 @@ def run_job(job_id: str, spec_json: dict, settings_json: dict, threads: int, emi
         else:
             from equiprune.engine.jobs import JobInputs
 
-            from .distributed import run_on_ray_train  # Ray Train only when asked for
+            from equiprune.service.jobs.distributed import run_on_ray_train  # Ray Train only when asked for
 
             torch.set_num_threads(max(1, threads))
             config = sandbox.config

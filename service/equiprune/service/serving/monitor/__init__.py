@@ -8,9 +8,9 @@ exporter.py the Prometheus collector (the only module that imports prometheus_cl
 docs/monitoring.md documents every metric, the windows, the join and the memory bound.
 """
 
-from .model import ModelMetrics, ModelReference, MonitorTotals
-from .refusals import MonitorGroupLimitError, MonitorInputError, UnknownModelError
-from .state import (
+from equiprune.service.serving.monitor.model import ModelMetrics, ModelReference, MonitorTotals
+from equiprune.service.serving.monitor.refusals import MonitorGroupLimitError, MonitorInputError, UnknownModelError
+from equiprune.service.serving.monitor.state import (
     OUTCOME_RESULTS,
     Monitor,
     MonitorConfig,
@@ -18,7 +18,7 @@ from .state import (
     make_prediction_id,
     model_of_prediction_id,
 )
-from .windows import GroupWindowMetrics, WindowMetrics, window_label
+from equiprune.service.serving.monitor.windows import GroupWindowMetrics, WindowMetrics, window_label
 
 __all__ = [
     "OUTCOME_RESULTS",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-from .errors import FailedPrecondition, InvalidArgument, ServiceError, naming
+from equiprune.service.errors import FailedPrecondition, InvalidArgument, ServiceError, naming
 
 # Description keys (strings, as stored in the artifact record).
 INPUT_SHAPE, OUTPUTS = "input_shape", "outputs"

@@ -19,12 +19,12 @@ import time
 import ray
 from ray import serve
 
-from .errors import FailedPrecondition, ResourceExhausted, client_status
-from .factory import settings_from
-from .store.jobs import JobEventRecord, JobRecord, SqliteJobStore
-from .tasks import execute_job
+from equiprune.service.errors import FailedPrecondition, ResourceExhausted, client_status
+from equiprune.service.factory import settings_from
+from equiprune.service.jobs.store import JobEventRecord, JobRecord, SqliteJobStore
+from equiprune.service.jobs.tasks import execute_job
 
-log = logging.getLogger("equiprune.service.manager")
+log = logging.getLogger("equiprune.service.jobs.manager")
 
 UNFINISHED = ("queued", "running")
 

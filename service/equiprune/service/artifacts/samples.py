@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from .errors import InvalidArgument
+from equiprune.service.errors import InvalidArgument
 
 PREFIX = "sample:"
 
@@ -61,7 +61,7 @@ def write_traffic(out: Path, *, split: str = "test", group_by: tuple[str, ...] =
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m equiprune.service.samples",
+    parser = argparse.ArgumentParser(prog="python -m equiprune.service.artifacts.samples",
                                      description="write sample traffic for equiprune predict")
     parser.add_argument("command", choices=["traffic"])
     parser.add_argument("--out", required=True)

@@ -44,8 +44,8 @@ from equiprune.service.errors import (
     NotFound,
     ResourceExhausted,
 )
-from equiprune.service.store.import_sources import ImportSources
-from equiprune.service.store.jobs import check_page_size, decode_page_token, encode_page_token, filter_digest
+from equiprune.service.artifacts.import_sources import ImportSources
+from equiprune.service.jobs.store import check_page_size, decode_page_token, encode_page_token, filter_digest
 
 KINDS = ("model", "dataset", "report")
 MAX_DISPLAY_NAME = 256

@@ -19,7 +19,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from equiprune.service.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from equiprune.service.store.fetch import HTTP_PROTOCOLS, LOCAL_PROTOCOLS, ImportPolicy, import_protocol, open_http
+from equiprune.service.artifacts.fetch import HTTP_PROTOCOLS, LOCAL_PROTOCOLS, ImportPolicy, import_protocol, open_http
 
 log = logging.getLogger("equiprune.service")
 

@@ -69,7 +69,7 @@ class _SafeDecodingServer:
 def _prepared(server) -> _SafeDecodingServer:
     """The server, with the status-trailer hook installed first (idempotent): the proxy builds
     each handler when it is registered, so the hook must be in place before."""
-    from .rpc import proxy_status
+    from equiprune.service.rpc import proxy_status
 
     proxy_status.install(server)
     return _SafeDecodingServer(server)
@@ -96,6 +96,6 @@ def add_HealthServicer_to_server(servicer, server) -> None:  # noqa: N802
 
 def add_ServerReflectionServicer_to_server(servicer, server) -> None:  # noqa: N802
     """Reflection v1 and v1alpha, run inside the proxy; the servicer Serve passes is unused."""
-    from .rpc import reflection
+    from equiprune.service.rpc import reflection
 
     reflection.register(server)

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-log = logging.getLogger("equiprune.service.monitor")
+log = logging.getLogger("equiprune.service.serving.monitor")
 
 
 def encode_snapshot(snapshot: dict, repaired_section: Callable[[int], dict]) -> list[str]:

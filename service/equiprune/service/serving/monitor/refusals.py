@@ -16,7 +16,7 @@ from numbers import Integral, Real
 from equiprune.engine.dataset import INTERSECTION_SEPARATOR
 from equiprune.service.errors import InvalidArgument, NotFound, ResourceExhausted
 
-from .windows import is_finite
+from equiprune.service.serving.monitor.windows import is_finite
 
 MAX_GROUP_VALUE_CHARS = 200
 # A softmax computed in float32 can leave [0, 1] by a few ulps; a value further out is a broken

@@ -30,10 +30,10 @@ from pathlib import Path
 
 from equiprune.engine.dataset import INTERSECTION_SEPARATOR
 
-from .ledger import JoinLedger, PendingPrediction
-from .model import ModelMetrics, ModelReference, ModelState, MonitorTotals
-from .persistence import encode_snapshot, read_snapshot, section_name, write_atomically
-from .refusals import (
+from equiprune.service.serving.monitor.ledger import JoinLedger, PendingPrediction
+from equiprune.service.serving.monitor.model import ModelMetrics, ModelReference, ModelState, MonitorTotals
+from equiprune.service.serving.monitor.persistence import encode_snapshot, read_snapshot, section_name, write_atomically
+from equiprune.service.serving.monitor.refusals import (
     MonitorGroupLimitError,
     UnknownModelError,
     check_evaluations,
@@ -42,7 +42,7 @@ from .refusals import (
     is_class_index,
     is_finite_real,
 )
-from .windows import (
+from equiprune.service.serving.monitor.windows import (
     F_BOUNDARY_N,
     F_BOUNDARY_SUM,
     F_CONFIDENCE_N,
@@ -57,7 +57,7 @@ from .windows import (
     window_metrics,
 )
 
-log = logging.getLogger("equiprune.service.monitor")
+log = logging.getLogger("equiprune.service.serving.monitor")
 
 SNAPSHOT_FORMAT = "equiprune-monitor"
 SNAPSHOT_VERSION = 1

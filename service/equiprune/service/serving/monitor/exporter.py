@@ -24,11 +24,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
-from .model import ModelMetrics
-from .state import OUTCOME_RESULTS, Monitor, MonitorStatus
-from .windows import window_label
+from equiprune.service.serving.monitor.model import ModelMetrics
+from equiprune.service.serving.monitor.state import OUTCOME_RESULTS, Monitor, MonitorStatus
+from equiprune.service.serving.monitor.windows import window_label
 
-log = logging.getLogger("equiprune.service.monitor")
+log = logging.getLogger("equiprune.service.serving.monitor")
 
 # (metric name, GroupWindowMetrics attribute, help). Values that are None (or not finite) are left out.
 GROUP_WINDOW_GAUGES = (

@@ -8,10 +8,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-from .refusals import MonitorInputError, is_class_index, is_finite_real
-from .windows import WindowMetrics, WindowRing
+from equiprune.service.serving.monitor.refusals import MonitorInputError, is_class_index, is_finite_real
+from equiprune.service.serving.monitor.windows import WindowMetrics, WindowRing
 
-log = logging.getLogger("equiprune.service.monitor")
+log = logging.getLogger("equiprune.service.serving.monitor")
 
 
 @dataclass(frozen=True)
