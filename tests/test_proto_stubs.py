@@ -20,7 +20,7 @@ def test_regenerating_the_stubs_changes_nothing(tmp_path):
     fresh = {p.name: p.read_bytes() for p in generated}
     committed = {p.name: p.read_bytes() for p in COMMITTED.glob("*_pb2*.py*")}
     # The descriptor set server reflection serves (with the .proto comments) is generated too.
-    committed["descriptor_set.py"] = (COMMITTED / "descriptor_set.py").read_bytes()
+    committed["equiprune.protoset"] = (COMMITTED / "equiprune.protoset").read_bytes()
     assert sorted(fresh) == sorted(committed), "stub files differ: run .venv/bin/python proto/generate.py"
     stale = [name for name in fresh if fresh[name] != committed[name]]
     assert not stale, f"stale stubs {stale}: run .venv/bin/python proto/generate.py and commit"
@@ -29,9 +29,9 @@ def test_regenerating_the_stubs_changes_nothing(tmp_path):
 def test_the_descriptor_set_carries_the_proto_comments():
     from google.protobuf import descriptor_pb2
 
-    from equiprune.v1.descriptor_set import FILE_DESCRIPTOR_SET
+    from equiprune.v1 import file_descriptor_set
 
-    files = {f.name: f for f in descriptor_pb2.FileDescriptorSet.FromString(FILE_DESCRIPTOR_SET).file}
+    files = {f.name: f for f in descriptor_pb2.FileDescriptorSet.FromString(file_descriptor_set()).file}
     assert {"equiprune/v1/jobs.proto", "google/protobuf/timestamp.proto"} <= set(files)
     comments = " ".join(loc.leading_comments for loc in files["equiprune/v1/jobs.proto"].source_code_info.location)
     assert "JSON object as text" in comments

@@ -1,5 +1,5 @@
 """gRPC server reflection, v1 and v1alpha, answered inside Serve's gRPC proxy from the
-committed descriptor set (client/equiprune/v1/descriptor_set.py), so the descriptors a tool
+committed descriptor set (client/equiprune/v1/equiprune.protoset), so the descriptors a tool
 receives carry the .proto comments.
 
 Why here and not on the ingress: ServerReflectionInfo is a bidi stream, a pure lookup in
@@ -32,7 +32,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2 as v1alpha_pb2
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
-from equiprune.v1.descriptor_set import FILE_DESCRIPTOR_SET
+from equiprune.v1 import file_descriptor_set
 
 log = logging.getLogger("equiprune.service")
 
@@ -56,7 +56,7 @@ def _v1_reflection_file() -> descriptor_pb2.FileDescriptorProto:
 
 def build_files() -> dict[str, descriptor_pb2.FileDescriptorProto]:
     """Every file reflection can serve, by name, in dependency order (ours with source info)."""
-    files = {f.name: f for f in descriptor_pb2.FileDescriptorSet.FromString(FILE_DESCRIPTOR_SET).file}
+    files = {f.name: f for f in descriptor_pb2.FileDescriptorSet.FromString(file_descriptor_set()).file}
     for module in (health_pb2, v1alpha_pb2):
         proto = descriptor_pb2.FileDescriptorProto()
         module.DESCRIPTOR.CopyToProto(proto)
