@@ -98,9 +98,10 @@ def test_refused_request_exits_2_naming_the_field(run, server):
 
 
 def test_invalid_flag_value_exits_2_before_any_call(run, server, model_id):
-    code, out, err = run("prune", "--model", model_id, "--dataset", "sample:digits", "--group-by", "g",
-                         "--sparsity", "1.5")
-    assert code == 2 and err.strip() == "error: sparsity: must be in (0, 1), got 1.5"
+    # Ranges are the server's to check (one place); what only the client can see is refused here.
+    code, out, err = run("evaluate", "--model", model_id, "--model-sha256", "ab", "--dataset", "sample:digits",
+                         "--group-by", "g")
+    assert code == 2 and err.strip().startswith("error: model_sha256: ")
     code, out, err = run("train", "--dataset", "sample:digits", "--arch", "mlp", "--arch-kwargs", "[1]")
     assert code == 2 and err.strip() == "error: architecture_kwargs: must be a JSON object"
     assert server.faults.count("CreateJob") == 0
