@@ -1,0 +1,175 @@
+"""Resumable chunked uploads into the artifact store: start, commit chunks, finish.
+
+`UploadSessions` is a part of `ArtifactStore` (store.py), which supplies the filesystem, the
+paths and the placing of verified content (placement.py). A session's state is its files,
+`uploads/<upl-id>/part` and `meta.json`, so an upload survives a service restart; a finished
+session leaves `finished-uploads/<upl-id>.json` so a retried finish finds its artifact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import uuid
+
+from equiprune.service.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from equiprune.service.artifacts.records import (
+    _UPLOAD_ID, ArtifactRecord, UploadRecord, Validator, _check_display_name, _check_id, _check_kind,
+    _normalise_sha256, _run_validator,
+)
+
+
+class UploadSessions:
+    """The upload half of `ArtifactStore`."""
+
+    def start_upload(self, kind: str, display_name: str, size_bytes: int, sha256: str) -> UploadRecord:
+        _check_kind(kind, "kind")
+        _check_display_name(display_name)
+        if size_bytes < 1:
+            raise InvalidArgument(f"size_bytes must be at least 1, not {size_bytes}", field="size_bytes")
+        self._check_size_limit(size_bytes, "size_bytes")
+        upload = UploadRecord(
+            upload_id="upl-" + uuid.uuid4().hex[:16],
+            kind=kind,
+            display_name=display_name,
+            size_bytes=size_bytes,
+            sha256=_normalise_sha256(sha256, "sha256"),
+            committed_bytes=0,
+            create_time=time.time(),
+        )
+        directory = self._upload_dir(upload.upload_id)
+        self._fs.makedirs(directory, exist_ok=True)
+        self._fs.pipe_file(f"{directory}/part", b"")
+        self._write_json_atomically(f"{directory}/meta.json", _upload_meta(upload))
+        return upload
+
+    def put_chunk(self, upload_id: str, offset: int, data: bytes) -> int:
+        """Commits `data` at `offset`; returns the bytes committed so far."""
+        _check_id(upload_id, _UPLOAD_ID, "upload_id")
+        with self._lock_for(upload_id):
+            upload = self._read_upload(upload_id)
+            if not data:
+                raise InvalidArgument("data is empty; send at least one byte per chunk", field="data")
+            if len(data) > self.max_chunk_bytes:
+                raise ResourceExhausted(
+                    f"chunk of {len(data)} bytes exceeds the server's chunk limit of {self.max_chunk_bytes} bytes",
+                    field="data",
+                )
+            if offset < 0 or offset + len(data) > upload.size_bytes:
+                raise InvalidArgument(
+                    f"a chunk of {len(data)} bytes at offset {offset} does not fit in the announced "
+                    f"size of {upload.size_bytes} bytes",
+                    field="offset",
+                )
+            committed = upload.committed_bytes
+            part = f"{self._upload_dir(upload_id)}/part"
+            if offset == committed:
+                self._append(part, data)
+                return committed + len(data)
+            end = offset + len(data)
+            if end <= committed and self._fs.cat_file(part, start=offset, end=end) == data:
+                return committed  # a retried chunk that already arrived in full
+            raise FailedPrecondition(
+                f"offset {offset} is not where the upload continues: expected offset {committed} "
+                f"({committed} of {upload.size_bytes} bytes committed)",
+                field="offset",
+            )
+
+    def get_upload(self, upload_id: str) -> UploadRecord:
+        _check_id(upload_id, _UPLOAD_ID, "upload_id")
+        return self._read_upload(upload_id)
+
+    def finish_upload(self, upload_id: str, validate: Validator | None = None) -> ArtifactRecord:
+        """Checks the digest, validates, and stores the upload as an artifact.
+
+        A digest mismatch or a validator refusal deletes the session: its bytes are not what
+        the client meant to send, so the client starts again. The validator's exception
+        propagates unchanged.
+        """
+        _check_id(upload_id, _UPLOAD_ID, "upload_id")
+        with self._lock_for(upload_id):
+            finished = self._finished_upload(upload_id)
+            if finished is not None:
+                # A retry after a lost reply: the same artifact, not NOT_FOUND.
+                return finished
+            upload = self._read_upload(upload_id)
+            if upload.committed_bytes < upload.size_bytes:
+                raise FailedPrecondition(
+                    f"only {upload.committed_bytes} of {upload.size_bytes} bytes have been committed; "
+                    "send the rest before finishing",
+                    field="upload_id",
+                )
+            part = f"{self._upload_dir(upload_id)}/part"
+            copy = self._local_view(part)
+            try:
+                if copy.sha256 != upload.sha256:
+                    raise InvalidArgument(
+                        f"the uploaded content has sha256 {copy.sha256} but StartUpload announced "
+                        f"{upload.sha256}; the upload was discarded, start a new one",
+                        field="sha256",
+                    )
+                description = _run_validator(validate, copy.path, upload.kind)
+                record = self._store(
+                    upload.kind,
+                    upload.display_name,
+                    "upload",
+                    copy,
+                    description,
+                    place=lambda destination: self._fs.mv(part, destination),
+                )
+            except BaseException:
+                self._discard_local_copy(copy, part)
+                self._delete_upload(upload_id)
+                raise
+            self._delete_upload(upload_id)
+            self._fs.makedirs(self._path("finished-uploads"), exist_ok=True)
+            self._write_json_atomically(self._path("finished-uploads", f"{upload_id}.json"),
+                                        {"artifact_id": record.artifact_id})
+        return record
+
+    def _finished_upload(self, upload_id: str) -> ArtifactRecord | None:
+        try:
+            marker = json.loads(self._fs.cat_file(self._path("finished-uploads", f"{upload_id}.json")))
+        except FileNotFoundError:
+            return None
+        return self.get(marker["artifact_id"])
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def _read_upload(self, upload_id: str) -> UploadRecord:
+        directory = self._upload_dir(upload_id)
+        try:
+            meta = json.loads(self._fs.cat_file(f"{directory}/meta.json"))
+            committed = self._fs.size(f"{directory}/part")
+        except FileNotFoundError:
+            raise NotFound(
+                f"no open upload with id {upload_id!r} (it may have been finished or discarded)", field="upload_id"
+            ) from None
+        return UploadRecord(committed_bytes=int(committed), **meta)
+
+    def _append(self, part: str, data: bytes) -> None:
+        # Durable before returning: a client told "committed" must never have to resend.
+        with self._fs.open(part, "ab") as target:
+            target.write(data)
+            if self._is_local:
+                target.flush()
+                os.fsync(target.fileno())
+
+    def _delete_upload(self, upload_id: str) -> None:
+        try:
+            self._fs.rm(self._upload_dir(upload_id), recursive=True)
+        except FileNotFoundError:
+            pass
+        with self._locks_guard:
+            self._locks.pop(upload_id, None)
+
+    def _upload_dir(self, upload_id: str) -> str:
+        return self._path("uploads", upload_id)
+
+
+def _upload_meta(upload: UploadRecord) -> dict:
+    meta = dataclasses.asdict(upload)
+    del meta["committed_bytes"]  # the part file's size is the truth
+    return meta
