@@ -41,7 +41,7 @@ from equiprune.service.artifacts.records import (
     _check_kind, _normalise_sha256, _remove_local, _run_validator, sha256_of_file,
 )
 from equiprune.service.artifacts.uploads import UploadSessions
-from equiprune.service.jobs.store import check_page_size, decode_page_token, encode_page_token, filter_digest
+from equiprune.service.jobs.paging import check_page_size, decode_page_token, encode_page_token, filter_digest
 
 # The records and sha256_of_file are imported from here by plane.py, wire.py and the tests.
 __all__ = ["ArtifactRecord", "ArtifactStore", "CorruptArtifact", "UploadRecord", "sha256_of_file"]
