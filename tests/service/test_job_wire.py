@@ -181,3 +181,16 @@ def test_every_proto_field_has_its_engine_field_and_the_same_default(name, messa
     required = {"train": {"architecture": "mlp"}}.get(name, {})
     from_wire = wire.message_to_config(wire.config_to_message(config(**required), message), config, name)
     assert from_wire == config(**required)
+
+
+def test_a_field_the_server_does_not_know_is_refused_not_dropped():
+    from google.protobuf import struct_pb2
+
+    old = struct_pb2.Struct()
+    old.update({"num_classes": 10})  # what an old client put in TrainOptions field 2
+    train = jobs_pb2.TrainOptions.FromString(b"\x12" + bytes([old.ByteSize()]) + old.SerializeToString())
+    pb = jobs_pb2.JobSpec(kind=jobs_pb2.JOB_KIND_TRAIN, dataset=artifacts_pb2.ArtifactRef(artifact_id="art-0000000000000002"),
+                          train=jobs_pb2.TrainOptions(architecture="mlp"))
+    pb.train.MergeFrom(train)
+    err = _refused(pb)
+    assert err.field == "spec.train" and "field number 2" in str(err) and "reserved" in str(err)

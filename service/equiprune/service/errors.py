@@ -1,8 +1,8 @@
 """Service errors and the one mapping from any exception to a status a client may see.
 
-Errors carry a canonical gRPC code *name* (a string), so the store, the runner and the job
-manager can raise and record them without importing grpc; the ingress turns the name into a
-`grpc.StatusCode`. Anything unexpected becomes INTERNAL with a short message and an incident
+Errors carry a canonical gRPC code *name* (a string), so the planes, the stores and the job
+manager can raise and record them without importing grpc; `rpc/status.py` writes the status
+(with its google.rpc details) onto the call. Anything unexpected becomes INTERNAL with a short message and an incident
 id that is also logged with the traceback: clients never see a stack trace.
 """
 

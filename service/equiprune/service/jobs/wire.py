@@ -54,6 +54,7 @@ def enum_number(enum_descriptor, name: str) -> int:
 def spec_from_proto(pb: jobs_pb2.JobSpec, resolve: Resolve) -> JobSpec:
     """The engine JobSpec a request describes; `resolve(source, field)` gives an artifact id
     (importing a URI). Every refusal names the request's field (`spec.pruning.sparsity`)."""
+    _refuse_unknown_fields(pb, "spec")
     if pb.kind == 0:
         raise InvalidArgument("required; it was left unspecified", field="spec.kind")
     values: dict = {"kind": _enum(pb.DESCRIPTOR.fields_by_name["kind"], pb.kind, "spec.kind")}
@@ -124,6 +125,27 @@ def config_to_message(config, message_type):
         else:
             setattr(message, fd.name, value)
     return message
+
+
+def _refuse_unknown_fields(message, path: str) -> None:
+    """Nothing a client sent may be dropped silently: a field this server does not know (a
+    newer client's, or an old one's — `TrainOptions.architecture_kwargs` was a Struct in field
+    2 before it became JSON text in field 6) is refused, naming where it was."""
+    from google.protobuf.unknown_fields import UnknownFieldSet
+
+    unknown = sorted({f.field_number for f in UnknownFieldSet(message)})
+    if unknown:
+        from google.protobuf import descriptor_pb2
+
+        described = descriptor_pb2.DescriptorProto()
+        message.DESCRIPTOR.CopyToProto(described)
+        reserved = [n for n in unknown if any(r.start <= n < r.end for r in described.reserved_range)]
+        why = ("a field number this API no longer uses (reserved: its meaning moved, see the .proto)" if reserved
+               else "not part of this API version")
+        raise InvalidArgument(f"field number {unknown[0]} of {message.DESCRIPTOR.name} is {why}", field=path)
+    for fd, value in message.ListFields():
+        if fd.message_type is not None and not fd.is_repeated:
+            _refuse_unknown_fields(value, f"{path}.{fd.name}")
 
 
 def _section_type(name: str):
