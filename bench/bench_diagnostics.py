@@ -41,7 +41,7 @@ def main(argv=None):
     train = data.select(("race",), split="train")
     torch.manual_seed(0)
     model = build_model(ArchitectureSpec(args.arch, {"num_classes": data.num_classes, "in_channels": 3, "input_size": 32}))
-    finetune(model, {}, train, FinetuneConfig(epochs=2, lr=0.05))  # a trained-ish model: realistic curvature
+    finetune(model, {}, train, FinetuneConfig(method="naive", epochs=2, lr=0.05))  # a trained-ish model: realistic curvature
     evaluate(model, train)  # warm-up
     _, eval_s = timed(lambda: evaluate(model, train))
     masks = prune(model, PruningConfig(sparsity=0.9)).masks

@@ -132,7 +132,7 @@ def dense_model(spec, train, args, setup, epochs):
     dense = build_model(spec)
     started = time.perf_counter()
     batch = 128 if train.inputs.dim() == 4 else 32
-    finetune(dense, {}, train, FinetuneConfig(epochs=epochs, batch_size=batch, lr=0.05,
+    finetune(dense, {}, train, FinetuneConfig(method="naive", epochs=epochs, batch_size=batch, lr=0.05,
                                               augment_hflip=train.inputs.dim() == 4, seed=0))
     seconds = time.perf_counter() - started
     cache.parent.mkdir(parents=True, exist_ok=True)

@@ -224,7 +224,7 @@ def dense_model(spec, train, args, cache: Path):
             return loaded.module, 0.0
     torch.manual_seed(0)
     dense = build_model(spec)
-    config = FinetuneConfig(epochs=args.dense_epochs, lr=0.05, lr_schedule="cosine", augment_hflip=True, seed=0)
+    config = FinetuneConfig(method="naive", epochs=args.dense_epochs, lr=0.05, lr_schedule="cosine", augment_hflip=True, seed=0)
     started = time.perf_counter()
     finetune(dense, {}, train, config)
     seconds = time.perf_counter() - started

@@ -4,9 +4,9 @@ descriptor set server reflection serves (client/equiprune/v1/equiprune.protoset)
 The descriptor set is a FileDescriptorSet of our .proto files and their imports *with source
 info*: the .proto comments travel with it, so a reflection client (grpcurl, Postman, a
 foreign-language tool) shows the documentation. The generated *_pb2.py files drop comments,
-which is why reflection cannot be served from them. It is committed as a Python module (bytes
-in base64), not a data file, so every install (editable or not) carries it without
-package-data settings.
+which is why reflection cannot be served from them. It is committed as the binary file protoc
+writes, declared as package data in pyproject.toml, so every install carries it and other
+tools read it as it is (`grpcurl -protoset client/equiprune/v1/equiprune.protoset`).
 
 The stubs are committed because both the torch-free client and the service import them;
 tests/test_proto_stubs.py fails when this script would change them. Run it after editing a

@@ -506,7 +506,7 @@ class FakeJobService(jobs_pb2_grpc.JobServiceServicer):
                                               hessian_trace_stderr=0.5, hessian_top_eigenvalue=3.0,
                                               mean_uncertainty=0.1, mean_margin=0.8, mean_logit_margin=4.0)
         if spec.HasField("pruning") and spec.kind != jobs_pb2.JOB_KIND_BUDGET_SEARCH:
-            result.measured_sparsity = spec.pruning.sparsity
+            result.measured_sparsity = spec.pruning.sparsity if spec.pruning.HasField("sparsity") else 0.9  # the engine default
         if spec.kind in (jobs_pb2.JOB_KIND_TRAIN, jobs_pb2.JOB_KIND_PRUNE, jobs_pb2.JOB_KIND_FINETUNE,
                          jobs_pb2.JOB_KIND_PRUNE_AND_FINETUNE):
             model = self.artifacts.store(artifacts_pb2.ARTIFACT_KIND_MODEL, f"weights of {job.job_id}".encode() * 100,

@@ -55,8 +55,10 @@ def test_unset_fields_take_the_documented_defaults():
     job = _job(spec)
     assert (job.train_split, job.eval_split, job.constraint_split) == ("train", "test", None)
     assert job.pruning.sparsity == 0.9 and job.finetune.method == "fair_distill"
-    # Unset sparsity is the engine's default, as in the engine CLI (one default, prune.py).
+    # Unset sparsity is the engine's default, as in the engine CLI (one default, prune.py); an
+    # explicit 0 is a request too (prune nothing), not "unset".
     assert wire.spec_from_proto(_spec(pruning=jobs_pb2.PruningOptions()), _resolve).pruning.sparsity == 0.9
+    assert wire.spec_from_proto(_spec(pruning=jobs_pb2.PruningOptions(sparsity=0.0)), _resolve).pruning.sparsity == 0.0
 
 
 def test_explicit_zero_is_kept_where_zero_is_meaningful():
@@ -157,7 +159,9 @@ def test_fair_distill_settings_travel_from_the_wire_to_the_engine_and_back():
     assert unset.method == "fair_distill" and unset.calibrate_outputs and unset.needs_constraint_split
 
 
-@pytest.mark.parametrize("text, fragment", [("[1, 2]", "must be a JSON object"), ("[object Object]", "not a JSON object")])
+@pytest.mark.parametrize("text, fragment", [("[1, 2]", "must be a JSON object"), ("[object Object]", "not a JSON object"),
+                                            ("[" * 3000, "not a JSON object"),  # too deep to parse: not INTERNAL
+                                            ('{"a": "' + "x" * 5000 + '"}', "at most 4096 bytes")])
 def test_architecture_kwargs_that_are_not_a_json_object_are_refused_loudly(text, fragment):
     pb = jobs_pb2.JobSpec(kind=jobs_pb2.JOB_KIND_TRAIN, dataset=artifacts_pb2.ArtifactRef(artifact_id="art-0000000000000002"),
                           train=jobs_pb2.TrainOptions(architecture="small_cnn", architecture_kwargs=text))
@@ -179,7 +183,7 @@ def test_every_proto_field_has_its_engine_field_and_the_same_default(name, messa
     for fd in message.DESCRIPTOR.fields:
         assert fd.name in engine_fields, f"{message.DESCRIPTOR.name}.{fd.name} has no {config.__name__} field"
     required = {"train": {"architecture": "mlp"}}.get(name, {})
-    from_wire = wire.message_to_config(wire.config_to_message(config(**required), message), config, name)
+    from_wire = wire.message_to_config(wire.config_to_message(dataclasses.asdict(config(**required)), message), config, name)
     assert from_wire == config(**required)
 
 
@@ -192,5 +196,10 @@ def test_a_field_the_server_does_not_know_is_refused_not_dropped():
     pb = jobs_pb2.JobSpec(kind=jobs_pb2.JOB_KIND_TRAIN, dataset=artifacts_pb2.ArtifactRef(artifact_id="art-0000000000000002"),
                           train=jobs_pb2.TrainOptions(architecture="mlp"))
     pb.train.MergeFrom(train)
-    err = _refused(pb)
-    assert err.field == "spec.train" and "field number 2" in str(err) and "reserved" in str(err)
+    from equiprune.service.rpc.ingress import refuse_unknown_fields
+
+    request = jobs_pb2.CreateJobRequest(spec=pb)
+    with pytest.raises(InvalidArgument) as caught:
+        refuse_unknown_fields(request)
+    assert caught.value.field == "spec.train" and "field number 2" in str(caught.value) and "reserved" in str(caught.value)
+    refuse_unknown_fields(jobs_pb2.CreateJobRequest(spec=_spec()))  # a request without one passes

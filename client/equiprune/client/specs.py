@@ -103,7 +103,10 @@ def options(message_type, **values):
     for name, value in values.items():
         if value is None:
             continue
-        fd = message.DESCRIPTOR.fields_by_name[name]
+        fd = message.DESCRIPTOR.fields_by_name.get(name)
+        if fd is None:
+            known = ", ".join(message.DESCRIPTOR.fields_by_name)
+            raise SpecError(name, f"{message.DESCRIPTOR.name} has no such field; its fields: {known}")
         try:
             if fd.is_repeated:
                 getattr(message, name).extend([value] if isinstance(value, str) else list(value))
@@ -131,6 +134,21 @@ def finetune_options(**values) -> jobs_pb2.FinetuneOptions:
     """How to fine-tune (FinetuneOptions fields). `method`: naive, equalized_loss, ceag,
     heldout_ceag or fair_distill; None leaves it to the server's fair default (fair_distill)."""
     return options(jobs_pb2.FinetuneOptions, **values)
+
+
+def diagnostics_options(**values) -> jobs_pb2.DiagnosticsOptions:
+    """Diagnostics settings (DiagnosticsOptions fields); unset keeps docs/diagnostics.md's defaults."""
+    return options(jobs_pb2.DiagnosticsOptions, **values)
+
+
+def budget_options(**values) -> jobs_pb2.BudgetOptions:
+    """The budget search range and stopping rule (BudgetOptions fields)."""
+    return options(jobs_pb2.BudgetOptions, **values)
+
+
+def resources(**values) -> jobs_pb2.Resources:
+    """Compute a job asks for (Resources fields); unset means one CPU process."""
+    return options(jobs_pb2.Resources, **values)
 
 
 def train_options(*, architecture: str, architecture_kwargs: Mapping | str | None = None,

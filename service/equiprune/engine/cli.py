@@ -110,11 +110,12 @@ def _spec_from_args(args, kind: str):
     from .budget import BudgetConfig
     from .diagnostics import DiagnosticsConfig
     from .jobs import DataConfig, JobSpec, TrainConfig
+    from .jobs.spec import json_object
     from .prune import PruningConfig
 
     if kind == "train":
         return JobSpec(kind="train", dataset=args.dataset, data=DataConfig(**_given(args, train_split="split")),
-                       train=TrainConfig(architecture=args.arch, architecture_kwargs=_json_object(args.arch_kwargs),
+                       train=TrainConfig(architecture=args.arch, architecture_kwargs=json_object(args.arch_kwargs, "train.architecture_kwargs"),
                                          **_given(args, epochs="epochs", lr="lr", seed="seed")))
     finetune = None if args.method == "none" else FinetuneConfig(**_given(
         args, method="method", epochs="epochs", lr="lr", dual_lr="dual_lr", seed="seed"))
@@ -239,18 +240,6 @@ def _pct(x) -> str:
 
 def _pts(x) -> str:
     return "-" if x is None else f"{100 * x:+.1f}"
-
-
-def _json_object(text: str) -> dict:
-    from .errors import InvalidConfigError
-
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InvalidConfigError("train.architecture_kwargs", f"not valid JSON: {err}") from None
-    if not isinstance(value, dict):
-        raise InvalidConfigError("train.architecture_kwargs", "must be a JSON object")
-    return value
 
 
 def _progress_printer():

@@ -1,6 +1,6 @@
 """Per-group metrics from counts: the one place their formulas live.
 
-Job reports (engine/report.py), the production monitor's windows (service/monitor/windows.py)
+Job reports (engine/report.py), the production monitor's windows (service/serving/monitor/windows.py)
 and the client tests' fake server all turn per-group tallies into the same numbers, so they
 all call `group_metrics` here. Like fairlearn's MetricFrame it goes counts → by group →
 overall → differences to a reference → intervals → a summary, but on counts rather than

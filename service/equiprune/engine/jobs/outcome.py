@@ -19,8 +19,18 @@ from ..report import GroupReport
 
 Source = Union[str, Path, BinaryIO]
 
-# The stages a job reports, in pipeline order (the proto's ReportStage names).
-STAGES = ("dense", "pruned_without_recalibration", "pruned", "finetuned")
+# The stages a job reports (the proto's ReportStage names), in the order JobResult.reports
+# has always listed them: the recalibrated pruned model before the one without.
+STAGES = ("dense", "pruned", "pruned_without_recalibration", "finetuned")
+
+
+def ends_epoch(step, total_steps, epochs) -> bool:
+    """Whether a progress event is the last step of an epoch (or not a step at all): such
+    events are never dropped by a throttle, so epoch boundaries always reach a watcher."""
+    if not isinstance(total_steps, int) or not total_steps or not isinstance(step, int):
+        return True
+    per_epoch = total_steps // max(epochs if isinstance(epochs, int) else 1, 1)
+    return bool(per_epoch) and step % per_epoch == 0
 
 
 @dataclass
@@ -77,11 +87,7 @@ class JobEvent:
 
     @property
     def ends_epoch(self) -> bool:
-        """The last step of an epoch (or not a step at all): never dropped by a throttle."""
-        if not self.total_steps or self.step is None:
-            return True
-        per_epoch = self.total_steps // max(self.epochs or 1, 1)
-        return bool(per_epoch) and self.step % per_epoch == 0
+        return ends_epoch(self.step, self.total_steps, self.epochs)
 
     def to_dict(self) -> dict:
         value = {"phase": self.phase}

@@ -40,7 +40,9 @@ def run_job(spec: JobSpec, inputs: JobInputs, on_event: OnEvent | None = None, *
     data-parallel group (fine-tuning jobs only; see `compress`)."""
     if data_parallel is not None and spec.kind not in ("finetune", "prune_and_finetune"):
         raise ValueError(f"a {spec.kind} job does not run data-parallel")
-    emit = on_event or (lambda event: None)
+    primary = data_parallel is None or data_parallel.is_primary
+    # One voice: in a data-parallel group only rank 0 speaks (the others compute the same).
+    emit = on_event if on_event is not None and primary else (lambda event: None)
     emit(JobEvent("load", "reading the model and dataset"))
     dataset = load_dataset(inputs.rewound(inputs.dataset), max_bytes=inputs.max_dataset_bytes)
     if spec.kind == "train":

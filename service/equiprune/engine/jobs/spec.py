@@ -80,7 +80,7 @@ class TrainConfig:
             raise InvalidConfigError("train.architecture_kwargs", "must be a JSON object")
         try:
             size = len(json.dumps(self.architecture_kwargs, allow_nan=False))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             raise InvalidConfigError("train.architecture_kwargs", "must be plain JSON (finite numbers)") from None
         if size > MAX_ARCHITECTURE_KWARGS_BYTES:
             raise InvalidConfigError("train.architecture_kwargs", f"at most {MAX_ARCHITECTURE_KWARGS_BYTES} bytes of JSON")
@@ -92,6 +92,32 @@ class TrainConfig:
     def loop(self) -> FinetuneConfig:
         """Training is the fine-tuning loop with plain cross-entropy and no masks."""
         return FinetuneConfig(method="naive", epochs=self.epochs, lr=self.lr, seed=self.seed)
+
+
+# The pipeline's own fields (`CompressionJob`, assembled from a spec) as the spec names them.
+_PIPELINE_FIELDS = {"job.device": "resources.gpus_per_worker", "job": "kind"}
+
+
+def spec_field(engine_field: str) -> str:
+    """The spec field an engine refusal is about: its sections already use the spec's names;
+    the pipeline's `job.*` fields are the data section's, its device the resources'."""
+    if engine_field in _PIPELINE_FIELDS:
+        return _PIPELINE_FIELDS[engine_field]
+    return "data." + engine_field[4:] if engine_field.startswith("job.") else engine_field
+
+
+def json_object(text: str, field: str) -> dict:
+    """A JSON object given as text (the CLI's --arch-kwargs, the wire's architecture_kwargs),
+    its size checked before it is parsed."""
+    if len(text.encode()) > MAX_ARCHITECTURE_KWARGS_BYTES:
+        raise InvalidConfigError(field, f"at most {MAX_ARCHITECTURE_KWARGS_BYTES} bytes of JSON")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise InvalidConfigError(field, f"not a JSON object ({err})") from None
+    if not isinstance(value, dict):
+        raise InvalidConfigError(field, 'must be a JSON object, e.g. {"num_classes": 10}')
+    return value
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ out (see `run_compression`). Rank 0 writes the outputs and hands them back as a 
 checkpoint, so they reach the driver even from another node; the driver copies them into the
 job's work folder.
 
-Progress: rank 0 puts (phase, JSON-able payload) on a `ray.util.queue.Queue` the driver
-made; the driver runs `fit()` in a thread and feeds the queue to `on_progress`.
-Cancellation: when `on_progress` raises, the driver shuts the queue's actor down. Rank 0's
+Progress: rank 0 (the job API lets only it speak) puts each event, as `JobEvent.to_dict()`,
+on a `ray.util.queue.Queue` the driver made; the driver runs `fit()` in a thread and feeds
+the queue to `on_event`. Cancellation: when `on_event` raises, the driver shuts the queue's actor down. Rank 0's
 next event then fails, which fails rank 0, and Ray Train tears the whole worker group down
 (the other workers, waiting in a collective, are killed). Events come at every training
 step, so this is prompt during fine-tuning and gradual pruning; a phase without events

@@ -29,6 +29,8 @@ from pathlib import Path
 import ray
 
 from equiprune.engine.errors import EngineError
+from equiprune.engine.jobs.outcome import ends_epoch
+from equiprune.engine.jobs.spec import spec_field
 
 from equiprune.service.artifacts import wire as artifacts_wire
 from equiprune.service.jobs import wire
@@ -99,7 +101,7 @@ def run_job(job_id: str, spec_json: dict, settings_json: dict, threads: int, emi
                 limits=config.engine_model_limits(), max_dataset_bytes=config.max_dataset_bytes),
                 storage_path=str(work_dir / "ray_train"), on_event=say)
     except EngineError as err:  # the engine names spec fields without the `spec.` of the request
-        raise type(err)(f"spec.{err.field}", err.problem) from None
+        raise type(err)(f"spec.{spec_field(err.field)}", err.problem) from None
     result = checked_result(result)
     result["outputs"] = store_outputs(result.pop("files"), work_dir, artifacts, job_id, settings.max_upload_bytes)
     try:  # what GetJob will do with it: a result that cannot be shown must not be stored
@@ -228,14 +230,9 @@ class Throttled:
         except Exception:  # noqa: BLE001 - a malformed event is dropped, the job goes on
             return
         now = time.monotonic()
-        stepping = progress.get("total_steps")
-        if isinstance(stepping, int) and stepping:
-            epochs = progress.get("epochs", 1)
-            per_epoch = stepping // max(epochs if isinstance(epochs, int) else 1, 1)
-            step = progress.get("step", 0)
-            epoch_end = per_epoch and isinstance(step, int) and step % per_epoch == 0
-            if not epoch_end and now - self._last < self._interval:
-                return
+        if not ends_epoch(progress.get("step", 0), progress.get("total_steps"), progress.get("epochs", 1)) \
+                and now - self._last < self._interval:
+            return
         self._last = now
         self._sent += 1
         self._emit(json_safe(progress))

@@ -17,8 +17,9 @@ from collections.abc import Callable
 
 from google.protobuf.descriptor import FieldDescriptor
 
-from equiprune.engine.errors import EngineError
+from equiprune.engine.errors import EngineError, InvalidConfigError
 from equiprune.engine.jobs import JobSpec
+from equiprune.engine.jobs.spec import json_object
 from equiprune.v1 import artifacts_pb2, jobs_pb2, reports_pb2
 
 from equiprune.service.errors import InvalidArgument
@@ -54,10 +55,9 @@ def enum_number(enum_descriptor, name: str) -> int:
 def spec_from_proto(pb: jobs_pb2.JobSpec, resolve: Resolve) -> JobSpec:
     """The engine JobSpec a request describes; `resolve(source, field)` gives an artifact id
     (importing a URI). Every refusal names the request's field (`spec.pruning.sparsity`)."""
-    _refuse_unknown_fields(pb, "spec")
     if pb.kind == 0:
         raise InvalidArgument("required; it was left unspecified", field="spec.kind")
-    values: dict = {"kind": _enum(pb.DESCRIPTOR.fields_by_name["kind"], pb.kind, "spec.kind")}
+    values: dict = {}
     for name in ("model", "dataset"):
         if pb.HasField(name):
             artifact_id = resolve(_source(getattr(pb, name)), f"spec.{name}")
@@ -66,34 +66,38 @@ def spec_from_proto(pb: jobs_pb2.JobSpec, resolve: Resolve) -> JobSpec:
     if "dataset" not in values:
         raise InvalidArgument("required: an artifact id or a URI", field="spec.dataset")
     try:
+        values["kind"] = _enum(pb.DESCRIPTOR.fields_by_name["kind"], pb.kind, "kind")
         for name in _SECTIONS:
             if pb.HasField(name) or name in ("data", "resources"):
-                values[name] = message_to_config(getattr(pb, name), _section_type(name), f"spec.{name}")
+                values[name] = message_to_config(getattr(pb, name), _section_type(name), name)
         return JobSpec(**values)
     except EngineError as err:
         raise InvalidArgument(err.problem, field=f"spec.{err.field}") from None
 
 
-def spec_to_proto(spec: JobSpec) -> jobs_pb2.JobSpec:
-    pb = jobs_pb2.JobSpec(kind=enum_number(jobs_pb2.JobKind.DESCRIPTOR, spec.kind))
-    pb.dataset.artifact_id = spec.dataset
-    if spec.model:
-        pb.model.artifact_id = spec.model
+def spec_to_proto(spec: JobSpec | dict) -> jobs_pb2.JobSpec:
+    """The proto of an engine JobSpec, or of a stored one (`JobSpec.to_dict()`), read as it was
+    stored: a job already accepted is shown even if a later version would refuse its spec."""
+    stored = spec if isinstance(spec, dict) else spec.to_dict()
+    pb = jobs_pb2.JobSpec(kind=enum_number(jobs_pb2.JobKind.DESCRIPTOR, stored["kind"]))
+    pb.dataset.artifact_id = stored["dataset"]
+    if stored.get("model"):
+        pb.model.artifact_id = stored["model"]
     for name in _SECTIONS:
-        config = getattr(spec, name)
-        if config is not None:
-            getattr(pb, name).CopyFrom(config_to_message(config, getattr(pb, name).__class__))
+        if stored.get(name) is not None:
+            getattr(pb, name).CopyFrom(config_to_message(stored[name], getattr(pb, name).__class__))
     return pb
 
 
 def message_to_config(message, config_type, path: str):
     """A proto options message as the engine config of the same field names; unset fields keep
-    the config's defaults, and the config validates the result."""
+    the config's defaults, and the config validates the result. Refusals (engine errors) name
+    `path.field`."""
     kwargs = {}
     for fd in message.DESCRIPTOR.fields:
         value = getattr(message, fd.name)
         field = f"{path}.{fd.name}"
-        if _repeated(fd):
+        if fd.is_repeated:
             if len(value):
                 kwargs[fd.name] = tuple(value)
         elif fd.enum_type is not None:
@@ -103,19 +107,19 @@ def message_to_config(message, config_type, path: str):
             if message.HasField(fd.name):
                 kwargs[fd.name] = value
         elif value:  # a proto3 zero is "not given"
-            kwargs[fd.name] = _json_object(value, field) if _is_json(fd) else value
+            kwargs[fd.name] = json_object(value, field) if _is_json(fd) else value
     return config_type(**kwargs)
 
 
-def config_to_message(config, message_type):
-    """The inverse: every proto field from the engine config's field of the same name (fields
-    only the engine has, such as `distill_temperature`, stay in the stored spec)."""
+def config_to_message(config: dict, message_type):
+    """The inverse, from a config's `to_dict` form: every proto field from the field of the same
+    name (fields only the engine has, such as `distill_temperature`, stay in the stored spec)."""
     message = message_type()
     for fd in message.DESCRIPTOR.fields:
-        value = getattr(config, fd.name)
+        value = config.get(fd.name)
         if value is None:
             continue
-        if _repeated(fd):
+        if fd.is_repeated:
             getattr(message, fd.name).extend(value)
         elif fd.enum_type is not None:
             setattr(message, fd.name, enum_number(fd.enum_type, value))
@@ -127,35 +131,10 @@ def config_to_message(config, message_type):
     return message
 
 
-def _refuse_unknown_fields(message, path: str) -> None:
-    """Nothing a client sent may be dropped silently: a field this server does not know (a
-    newer client's, or an old one's — `TrainOptions.architecture_kwargs` was a Struct in field
-    2 before it became JSON text in field 6) is refused, naming where it was."""
-    from google.protobuf.unknown_fields import UnknownFieldSet
-
-    unknown = sorted({f.field_number for f in UnknownFieldSet(message)})
-    if unknown:
-        from google.protobuf import descriptor_pb2
-
-        described = descriptor_pb2.DescriptorProto()
-        message.DESCRIPTOR.CopyToProto(described)
-        reserved = [n for n in unknown if any(r.start <= n < r.end for r in described.reserved_range)]
-        why = ("a field number this API no longer uses (reserved: its meaning moved, see the .proto)" if reserved
-               else "not part of this API version")
-        raise InvalidArgument(f"field number {unknown[0]} of {message.DESCRIPTOR.name} is {why}", field=path)
-    for fd, value in message.ListFields():
-        if fd.message_type is not None and not fd.is_repeated:
-            _refuse_unknown_fields(value, f"{path}.{fd.name}")
-
-
 def _section_type(name: str):
     """The engine config class of JobSpec's section `name` (`pruning` → PruningConfig)."""
     hint = typing.get_type_hints(JobSpec)[name]
     return next(a for a in typing.get_args(hint) or (hint,) if a is not type(None))
-
-
-def _repeated(fd: FieldDescriptor) -> bool:
-    return fd.is_repeated
 
 
 def _is_json(fd: FieldDescriptor) -> bool:
@@ -163,20 +142,10 @@ def _is_json(fd: FieldDescriptor) -> bool:
 
 
 def _enum(fd: FieldDescriptor, value: int, field: str) -> str:
-    names = enum_names(fd.enum_type)
-    if value not in names:
-        raise InvalidArgument(f"unknown value {value}", field=field)
-    return names[value]
-
-
-def _json_object(text: str, field: str) -> dict:
-    try:
-        value = json.loads(text)
-    except ValueError as err:
-        raise InvalidArgument(f"not a JSON object ({err})", field=field) from None
-    if not isinstance(value, dict):
-        raise InvalidArgument("must be a JSON object, e.g. {\"num_classes\": 10}", field=field)
-    return value
+    name = enum_names(fd.enum_type).get(value)
+    if name is None:
+        raise InvalidConfigError(field, f"unknown value {value}")
+    return name
 
 
 def _source(ref: artifacts_pb2.ArtifactRef) -> ArtifactSource:
@@ -246,7 +215,7 @@ def result_to_proto(result: dict, artifact: Callable[[str], artifacts_pb2.Artifa
 
 def job_to_proto(record, artifact: Callable[[str], artifacts_pb2.Artifact], *, with_result: bool = True) -> jobs_pb2.Job:
     pb = jobs_pb2.Job(
-        job_id=record.job_id, spec=spec_to_proto(JobSpec.from_dict(record.spec)),
+        job_id=record.job_id, spec=spec_to_proto(record.spec),
         state=enum_number(jobs_pb2.JobState.DESCRIPTOR, record.state), done=record.done,
         request_id=record.request_id or "", create_time=timestamp(record.create_time),
         start_time=timestamp(record.start_time), end_time=timestamp(record.end_time),
@@ -276,8 +245,8 @@ def timestamp(seconds: float | None):
 
 def enum_value(enum_descriptor, number: int, field: str) -> str:
     """A request's enum value as its short name; UNSPECIFIED or an unknown number is refused."""
-    names = enum_names(enum_descriptor)
-    if number not in names:
+    name = enum_names(enum_descriptor).get(number)
+    if name is None:
         raise InvalidArgument("required; it was left unspecified" if number == 0 else f"unknown value {number}",
                               field=field)
-    return names[number]
+    return name

@@ -14,6 +14,8 @@ import asyncio
 import functools
 from collections.abc import Callable
 
+from google.protobuf import descriptor_pb2
+from google.protobuf.unknown_fields import UnknownFieldSet
 from ray import serve
 from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
@@ -38,11 +40,38 @@ def _status(exc: BaseException, context) -> None:
 
 
 def _decoded(request):
-    """The request, unless Serve's proxy could not decode its bytes (rpc/servicers.py)."""
+    """The request, unless Serve's proxy could not decode its bytes (rpc/servicers.py) or it
+    carries a field this server does not know."""
     if isinstance(request, UndecodableRequest):
         raise InvalidArgument(f"the bytes received are not a valid {request.message_type} message "
                               f"({request.problem})", field="request")
+    refuse_unknown_fields(request)
     return request
+
+
+def refuse_unknown_fields(message, path: str = "") -> None:
+    """Nothing a client sends is dropped silently. protobuf keeps a field it does not know
+    aside and every reader ignores it: a newer client's field, or an old one's
+    (`TrainOptions.architecture_kwargs` was a Struct in field 2 before it became JSON text in
+    field 6) would be lost without a word. Refused instead, naming where it was. Costs about
+    1.4 ms on the largest Predict (1,024 instances of 3,072 values)."""
+    unknown = sorted({f.field_number for f in UnknownFieldSet(message)})
+    if unknown:
+        described = descriptor_pb2.DescriptorProto()
+        message.DESCRIPTOR.CopyToProto(described)
+        reserved = any(r.start <= unknown[0] < r.end for r in described.reserved_range)
+        why = ("a field number this API no longer uses (reserved: its meaning moved, see the .proto)" if reserved
+               else "not part of this API version")
+        raise InvalidArgument(f"field number {unknown[0]} of {message.DESCRIPTOR.name} is {why}",
+                              field=path or "request")
+    for fd, value in message.ListFields():
+        if fd.message_type is None or fd.message_type.GetOptions().map_entry:
+            continue
+        if fd.is_repeated:
+            for i, item in enumerate(value):
+                refuse_unknown_fields(item, f"{path}.{fd.name}[{i}]".lstrip("."))
+        else:
+            refuse_unknown_fields(value, f"{path}.{fd.name}".lstrip("."))
 
 
 def unary(response_type) -> Callable:
@@ -190,11 +219,12 @@ class Ingress(HealthMixin):
         states = tuple(jobs_wire.enum_value(jobs_pb2.JobState.DESCRIPTOR, s, "states") for s in request.states)
         kind = jobs_wire.enum_value(jobs_pb2.JobKind.DESCRIPTOR, request.kind, "kind") if request.kind else None
         records, token = await self.jobs.list(states, kind, request.page_size, request.page_token)
-        return jobs_pb2.ListJobsResponse(jobs=[self._job(r, with_result=False) for r in records], next_page_token=token)
+        jobs = await _in_thread(lambda: [self._job(r, with_result=False) for r in records])
+        return jobs_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     @unary(jobs_pb2.CancelJobResponse)
     async def CancelJob(self, request, grpc_context):
-        return jobs_pb2.CancelJobResponse(job=self._job(await self.jobs.cancel(request.job_id)))
+        return jobs_pb2.CancelJobResponse(job=await _in_thread(self._job, await self.jobs.cancel(request.job_id)))
 
     @unary(jobs_pb2.WaitJobResponse)
     async def WaitJob(self, request, grpc_context):

@@ -52,6 +52,7 @@ def _job(args: dict, files: dict, requests, replies) -> dict:
     """Run a job through the engine's job API; its events go out as frames as they come."""
     from equiprune.engine.errors import EngineError
     from equiprune.engine.jobs import JobInputs, JobSpec, run_job
+    from equiprune.engine.jobs.spec import spec_field
     from equiprune.service.artifacts.validation import describe_model
 
     spec = JobSpec.from_dict(args["spec"])
@@ -60,7 +61,7 @@ def _job(args: dict, files: dict, requests, replies) -> dict:
     try:
         outcome = run_job(spec, inputs, lambda event: write_frame(replies, {"event": event.to_dict()}))
     except EngineError as err:  # the engine names spec fields; the client wrote them under `spec.`
-        raise type(err)(f"spec.{err.field}", err.problem) from None
+        raise type(err)(f"spec.{spec_field(err.field)}", err.problem) from None
     result = outcome.to_dict()
     for entry in result["files"]:
         if entry["kind"] == "model":  # described here, so CreateJob can check fit for job outputs too

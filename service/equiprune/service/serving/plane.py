@@ -213,8 +213,7 @@ class ServingPlane:
         return predictions
 
     async def report_outcomes(self, outcomes: list[tuple[str, int]]) -> dict:
-        if not 1 <= len(outcomes) <= MAX_OUTCOMES:
-            raise InvalidArgument(f"send 1 to {MAX_OUTCOMES} outcomes, got {len(outcomes)}", field="outcomes")
+        check_count(len(outcomes), MAX_OUTCOMES, "outcomes")
         for i, (prediction_id, _label) in enumerate(outcomes):
             if not prediction_id or len(prediction_id) > MAX_PREDICTION_ID:
                 raise InvalidArgument(f"required, at most {MAX_PREDICTION_ID} characters",
@@ -224,8 +223,7 @@ class ServingPlane:
     async def record_evaluations(self, model: str, records: list[EvaluationRecord]) -> dict:
         if not model:
             raise InvalidArgument("required", field="model")
-        if not 1 <= len(records) <= MAX_OUTCOMES:
-            raise InvalidArgument(f"send 1 to {MAX_OUTCOMES} records, got {len(records)}", field="records")
+        check_count(len(records), MAX_OUTCOMES, "records")
         now = time.time()
         for i, r in enumerate(records):
             if r.confidence is not None and not 0 <= r.confidence <= 1:
@@ -239,9 +237,15 @@ class ServingPlane:
         return await self.monitor.metrics(model)
 
 
+def check_count(count: int, limit: int, field: str) -> None:
+    """A request's list size, checked before anything is built from it (the wire calls it
+    before converting, the plane again for callers that are not the wire)."""
+    if not 1 <= count <= limit:
+        raise InvalidArgument(f"send 1 to {limit} {field}, got {count}", field=field)
+
+
 def _checked_instances(instances: list[Instance], served: dict) -> tuple[list[list[float]], list[dict]]:
-    if not 1 <= len(instances) <= MAX_INSTANCES:
-        raise InvalidArgument(f"send 1 to {MAX_INSTANCES} instances, got {len(instances)}", field="instances")
+    check_count(len(instances), MAX_INSTANCES, "instances")
     size = math.prod(served["input_shape"])
     inputs, groups = [], []
     for i, instance in enumerate(instances):

@@ -7,7 +7,9 @@ from google.protobuf import json_format
 from equiprune.v1 import serving_pb2
 
 from equiprune.service.jobs.wire import timestamp, without_none
-from equiprune.service.serving.plane import DeployRequest, EvaluationRecord, Instance, Prediction
+from equiprune.service.errors import InvalidArgument
+from equiprune.service.serving.plane import (MAX_INSTANCES, MAX_OUTCOMES, DeployRequest, EvaluationRecord, Instance,
+                                             Prediction, check_count)
 
 
 def deploy_request(r: serving_pb2.DeployModelRequest) -> DeployRequest:
@@ -19,15 +21,23 @@ def deploy_request(r: serving_pb2.DeployModelRequest) -> DeployRequest:
         input_shape=tuple(r.input_shape))
 
 
+# Each list's size is checked before anything is built from it.
+
+
 def instances(r: serving_pb2.PredictRequest) -> list[Instance]:
+    check_count(len(r.instances), MAX_INSTANCES, "instances")
     return [Instance(i.values, dict(i.groups)) for i in r.instances]
 
 
 def outcomes(r: serving_pb2.ReportOutcomesRequest) -> list[tuple[str, int]]:
+    check_count(len(r.outcomes), MAX_OUTCOMES, "outcomes")
     return [(o.prediction_id, o.label) for o in r.outcomes]
 
 
 def evaluation_records(r: serving_pb2.RecordEvaluationsRequest) -> list[EvaluationRecord]:
+    if not r.model:  # the plane checks it too; first here, as before any record is built
+        raise InvalidArgument("required", field="model")
+    check_count(len(r.records), MAX_OUTCOMES, "records")
     return [EvaluationRecord(time=e.time.seconds + e.time.nanos / 1e9 if e.HasField("time") else None,
                              groups=dict(e.groups), label=e.label, predicted_class=e.predicted_class,
                              confidence=e.confidence if e.HasField("confidence") else None) for e in r.records]
