@@ -127,7 +127,7 @@ class SqliteJobStore(JobQueries):
         """queued -> running (a new attempt); a terminal job comes back unchanged.
 
         A job already running (its last attempt died with the service and nobody requeued it)
-        starts another attempt. The latest progress is cleared: the runner reports the first
+        starts another attempt. The latest progress is cleared: the job's task reports the first
         phase of the new attempt.
         """
         now = time.time()
