@@ -17,6 +17,9 @@ import grpc
 
 from equiprune.v1 import jobs_pb2, jobs_pb2_grpc
 
+# What the launcher prints once serve.run has returned: every deployment is running.
+READY_LINE = "equiprune is serving gRPC on"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -26,6 +29,8 @@ def free_port() -> int:
 
 class ServerProcess:
     """Start/stop `python -m equiprune.service.launcher` with its own data dir and Ray."""
+
+    _log_start = 0
 
     def __init__(self, data_dir: Path, *, allow_import: list[Path] = (), num_cpus: int = 2) -> None:
         self.data_dir = data_dir
@@ -41,7 +46,24 @@ class ServerProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 120.0) -> "ServerProcess":
+    def start(self, timeout: float = 120.0, attempts: int = 3) -> "ServerProcess":
+        """Start the server and wait until its whole application is deployed. Ports come from
+        `free_port`, which cannot reserve them: Ray picks random ports of its own, and one may
+        take ours between choice and bind (seen once in CI: the monitor's metrics port). A start
+        that fails that way is tried again on fresh ports, saying so in the log."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_once(timeout)
+                return self
+            except _StartFailed as failure:
+                if attempt == attempts:
+                    raise RuntimeError(str(failure)) from None
+                with open(self.log_path, "a") as log:
+                    log.write(f"\n[harness] start {attempt} failed; trying again on fresh ports\n")
+                self.port, self.metrics_port = free_port(), free_port()
+        return self
+
+    def _start_once(self, timeout: float) -> None:
         # Ray's unix sockets need a short path; one folder per run, removed by stop().
         self.ray_tmp = tempfile.mkdtemp(prefix="ep", dir="/tmp")
         env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": self.ray_tmp,
@@ -51,25 +73,39 @@ class ServerProcess:
                "--data-dir", str(self.data_dir), "--num-cpus", str(self.num_cpus)]
         for root in self.allow_import:
             cmd += ["--allow-import", str(root)]
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self._wait_until_serving(timeout)
-        return self
 
     def _wait_until_serving(self, timeout: float) -> None:
+        """Until the launcher says the application is deployed (every deployment, not only the
+        ingress) and a call answers."""
         deadline = time.monotonic() + timeout
         with grpc.insecure_channel(self.target) as channel:
             stub = jobs_pb2_grpc.JobServiceStub(channel)
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log()}")
+                    failure = f"the server exited with {self.process.returncode}:\n{self.log()}"
+                    self.stop()
+                    raise _StartFailed(failure)
                 try:
-                    stub.ListJobs(jobs_pb2.ListJobsRequest(page_size=1), timeout=5)
-                    return
+                    if READY_LINE in self._this_run_log():
+                        stub.ListJobs(jobs_pb2.ListJobsRequest(page_size=1), timeout=5)
+                        return
                 except grpc.RpcError:
-                    time.sleep(0.5)
+                    pass
+                time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"the server did not answer within {timeout} s:\n{self.log()}")
+
+    def _this_run_log(self) -> str:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_start)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def stop(self, timeout: float = 60.0) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -88,3 +124,7 @@ class ServerProcess:
             return self.log_path.read_text(errors="replace")[-6000:]
         except OSError:
             return ""
+
+
+class _StartFailed(Exception):
+    """The server process ended while starting."""
