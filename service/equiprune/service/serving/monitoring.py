@@ -2,9 +2,15 @@
 
 One replica owns all of it, so predictions, outcomes and scrapes see one consistent state
 (the platform notes measured that a per-replica exporter collides on its port, and that a
-dedicated owner of the registry is the simplest correct shape). State is written to the data
-directory every `monitor_persist_interval_s` and when the replica stops; a restart reads it
-back, pending predictions included, so outcomes that arrive after a restart still join.
+dedicated owner of the registry is the simplest correct shape).
+
+Durability: every recording call is applied, then appended to the write-ahead journal and
+fsynced, and only then acknowledged (monitor/journal.py). The state is snapshotted every
+`monitor_persist_interval_s` and when the replica stops, with the journal sequence it holds;
+a start loads the snapshot and replays the journal after it, pending predictions included, so
+nothing acknowledged is lost to a crash and outcomes that arrive after a restart still join.
+The snapshot is taken on the event loop, between two calls, so it holds exactly the entries
+up to its sequence; only writing it to disk runs in a thread.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from ray import serve
 
 from equiprune.service.errors import FailedPrecondition, NotFound
 from equiprune.service.serving.monitor.exporter import MonitorExporter, serve_metrics
+from equiprune.service.serving.monitor.journal import Journal
 from equiprune.service.serving.monitor.state import ModelReference, Monitor, MonitorConfig
 from equiprune.service.factory import settings_from
 
@@ -41,6 +48,8 @@ class MonitorService:
         self.monitor = Monitor.load(self.state_path, config=config) if self.state_path.exists() else Monitor(config)
         for served in self.models.values():
             self.monitor.register_model(_reference(served))
+        self.journal = Journal(self.settings.data_dir / "monitor_journal")
+        self._replay(_read_json(self.state_path) or {})
         self.prometheus = CollectorRegistry()
         MonitorExporter(self.monitor, self.prometheus)
         self._http = serve_metrics(self.prometheus, self.settings.host, self.settings.metrics_port)
@@ -80,18 +89,51 @@ class MonitorService:
 
     # ------------------------------------------------------------------ traffic
 
+    # Each call is applied (the monitor refuses what it must), then journalled and fsynced;
+    # the reply — the acknowledgement — comes after both. Synchronous on purpose: no other
+    # call runs between the two, so a snapshot never holds half of one.
+
     async def record_predictions(self, model: str, items: list[tuple]) -> None:
         self._ensure_persisting()
-        self.monitor.record_predictions(model, items)
+        self._recorded("predictions", [model, items], lambda: self.monitor.record_predictions(model, items))
 
     async def record_outcomes(self, items: list[tuple[str, int]]) -> dict:
         self._ensure_persisting()
-        return dict(self.monitor.record_outcomes(items))
+        return dict(self._recorded("outcomes", [items], lambda: self.monitor.record_outcomes(items)))
 
     async def record_evaluations(self, model: str, records: list[tuple]) -> dict:
         self._ensure_persisting()
         self._get(model)
-        return dict(self.monitor.record_evaluations(model, records))
+        return dict(self._recorded("evaluations", [model, records],
+                                   lambda: self.monitor.record_evaluations(model, records)))
+
+    def _recorded(self, kind: str, payload: list, apply):
+        when = self.monitor.now()
+        answer = apply()
+        self.journal.append(kind, when, payload)
+        return answer
+
+    def _replay(self, snapshot: dict) -> None:
+        """Apply the journal's entries after the snapshot's, each at the time it first came."""
+        after = snapshot.get("journal_sequence", 0) if isinstance(snapshot.get("journal_sequence"), int) else 0
+        clock, replayed = self.monitor._clock, 0
+        try:
+            for sequence, kind, when, payload in self.journal.entries_after(after):
+                self.monitor._clock = lambda when=when: when
+                try:
+                    if kind == "predictions":
+                        self.monitor.record_predictions(*payload)
+                    elif kind == "outcomes":
+                        self.monitor.record_outcomes(*payload)
+                    elif kind == "evaluations":
+                        self.monitor.record_evaluations(*payload)
+                    replayed += 1
+                except Exception:  # noqa: BLE001 - one entry the monitor now refuses must not stop the rest
+                    log.exception("monitor journal: entry %d (%s) could not be replayed", sequence, kind)
+        finally:
+            self.monitor._clock = clock
+        if replayed:
+            log.info("monitor journal: replayed %d acknowledged entries after the snapshot", replayed)
 
     async def metrics(self, name: str) -> dict:
         served = self.models.get(name)
@@ -109,23 +151,44 @@ class MonitorService:
     async def _persist_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.monitor_persist_interval_s)
-            await asyncio.to_thread(self.persist)
+            await self.flush()
 
     async def flush(self) -> None:
-        """Write the state now (the launcher calls this before it stops Serve)."""
-        await asyncio.to_thread(self.persist)
+        """Write the state now (the launcher calls this before it stops Serve, and the loop
+        every `monitor_persist_interval_s`): taken on the loop, written in a thread."""
+        sequence, snapshot = self._snapshot()
+        if snapshot is not None:
+            await asyncio.to_thread(self._write, sequence, snapshot)
 
     def persist(self) -> None:
-        # Two steps, each failing on its own: a broken tick must not stop the save. The save
-        # itself isolates models (Monitor.save): one model's bad state is repaired or left out
-        # of this round and every other model and the ledger are still written.
+        """`flush` without an event loop (the replica is stopping)."""
+        sequence, snapshot = self._snapshot()
+        if snapshot is not None:
+            self._write(sequence, snapshot)
+
+    def _snapshot(self) -> tuple[int, dict | None]:
+        # Two steps, each failing on its own: a broken tick must not stop the save.
         try:
             self.monitor.maintain()  # forget expired predictions; the heartbeat the lag alert reads
         except Exception:  # noqa: BLE001 - keep serving and still save; the next round tries again
             log.exception("the monitor's periodic tick failed")
         try:
-            self.monitor.save(self.state_path)
-        except Exception:  # noqa: BLE001 - keep serving; the next round tries again
+            sequence = self.journal.rotate()  # entries up to here are in the snapshot, none after
+            snapshot = self.monitor.snapshot()
+            snapshot["journal_sequence"] = sequence
+            return sequence, snapshot
+        except Exception:  # noqa: BLE001 - keep serving; the journal still holds everything
+            log.exception("could not take the monitor snapshot")
+            return 0, None
+
+    def _write(self, sequence: int, snapshot: dict) -> None:
+        # The save isolates models (Monitor.save): one model's bad state is repaired or left
+        # out of this round and every other model and the ledger are still written. The
+        # journal files it covers go only once it is on disk.
+        try:
+            self.monitor.save(self.state_path, snapshot)
+            self.journal.discard_through(sequence)
+        except Exception:  # noqa: BLE001 - keep serving; the journal still holds everything
             log.exception("could not persist the monitor state")
 
     async def check_health(self) -> None:

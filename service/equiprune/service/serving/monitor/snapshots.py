@@ -99,12 +99,13 @@ class MonitorSnapshots:
         monitor._last_persist_time = taken_at if is_finite_real(taken_at) else None
         return monitor
 
-    def save(self, path: str | Path) -> None:
-        """Write the snapshot atomically (persistence.write_atomically). Serialising happens
-        outside the lock, so traffic waits only for the copy. Each model is encoded on its
-        own: one that cannot be (a bug let a NaN in) is repaired or, failing that, left out of
-        this round, and the other models and the ledger are saved all the same."""
-        snapshot = self.snapshot()
+    def save(self, path: str | Path, snapshot: dict | None = None) -> None:
+        """Write the snapshot (taken now, or the one given) atomically (write_atomically).
+        Serialising happens outside the lock, so traffic waits only for the copy. Each model is
+        encoded on its own: one that cannot be (a bug let a NaN in) is repaired or, failing
+        that, left out of this round, and the other models and the ledger are saved all the
+        same."""
+        snapshot = snapshot if snapshot is not None else self.snapshot()
         write_atomically(path, encode_snapshot(snapshot, self._repaired_section))
         with self._lock:
             self._last_persist_time = snapshot["taken_at"]
