@@ -113,7 +113,7 @@ def table(r: dict) -> list[str]:
         "before the Predict phases; that background is included in the per-request figures). "
         "Cores busy: (server + client CPU) / wall time, out of 2, the rest taken by other work on the machine. "
         f"Raw figures with the server's conversions added (list of "
-        f"floats → tensor, probabilities → list, as `_forward` in serving.py does): batch 1 "
+        f"floats → tensor, probabilities → list, as the model server does (serving/model_server.py)): batch 1 "
         f"{raw1['with_conversion_instances_per_s']:,.0f}/s, batch 64 {raw64['with_conversion_instances_per_s']:,.0f}/s.",
         "",
         f"Batch effect: 16 concurrent single-instance callers get {b['instances_per_s'] / a['instances_per_s']:.2f}× "
@@ -127,7 +127,7 @@ def table(r: dict) -> list[str]:
         f"{2 / (b['server_cpu_s'] / b['requests']):,.0f} single-instance requests/s. @serve.batch merges only the "
         "ModelServer's forward passes; each Predict still makes its own gRPC proxy → Ingress hop and three "
         "replica calls from the Ingress (MonitorService.served, ModelServer.predict, "
-        "MonitorService.record_predictions; read from ingress.py, not timed one by one), so merging saves "
+        "MonitorService.record_predictions; read from serving/plane.py, not timed one by one), so merging saves "
         "little of that cost.",
         "",
         "## 2. Outcome ingestion: ReportOutcomes",
