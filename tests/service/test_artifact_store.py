@@ -4,6 +4,7 @@ import hashlib
 import os
 import re
 import threading
+import time
 import uuid
 
 import fsspec
@@ -533,3 +534,34 @@ def test_finishing_again_returns_the_same_artifact_even_after_a_restart(store, o
     assert store.finish_upload(upload.upload_id).artifact_id == first.artifact_id
     assert open_store().finish_upload(upload.upload_id).artifact_id == first.artifact_id
     assert len(store.list()[0]) == 1
+
+
+def test_damaged_content_is_never_handed_out_and_the_scrub_finds_it(tmp_path, caplog):
+    """Integrity on read: a flipped byte after the artifact was stored (and even after it was
+    read once) is DATA_LOSS for a job, a deploy, the model server and a download alike."""
+    from equiprune.service.artifacts import scrub
+    from equiprune.service.errors import client_status
+
+    store = ArtifactStore(str(tmp_path / "store"), cache_dir=str(tmp_path / "cache"))
+    source = tmp_path / "weights.bin"
+    source.write_bytes(bytes(range(256)) * 64)
+    good = store.put_file(str(source), "model", "good.bin", source="test").artifact_id
+    other = tmp_path / "data.bin"
+    other.write_bytes(bytes(range(255, -1, -1)) * 64)
+    bad = store.put_file(str(other), "dataset", "bad.bin", source="test")
+    path = store.local_path(bad.artifact_id)  # read once intact: remembered as verified
+    content = bytearray(open(path, "rb").read())
+    content[100] ^= 0xFF
+    time.sleep(0.01)
+    open(path, "wb").write(bytes(content))
+
+    for read in (lambda: store.local_path(bad.artifact_id), lambda: store.read_chunks(bad.artifact_id)):
+        with pytest.raises(CorruptArtifact) as caught:
+            read()
+        status = client_status(caught.value)
+        assert status.code == "DATA_LOSS" and bad.artifact_id in status.message and status.field == "artifact_id"
+    assert "DATA LOSS" in caplog.text and bad.sha256 in caplog.text  # the operator's log names the recorded hash
+    assert store.local_path(good) and b"".join(store.read_chunks(good))  # the intact one is still served
+
+    checked, damaged = scrub.scrub(store)
+    assert (checked, damaged) == (2, [bad.artifact_id])

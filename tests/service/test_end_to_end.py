@@ -359,3 +359,32 @@ def test_budget_search_returns_a_sweep_with_per_group_reports(client, uploaded):
         assert abs(job.result.best_sparsity - max(met)) < 0.01
     else:
         assert not job.result.HasField("best_sparsity")
+
+
+def test_a_corrupted_artifact_is_data_loss_and_never_used(client, server, digits_files, tmp_path):
+    """256 flipped bytes in a stored model: an evaluate job fails with DATA_LOSS (no job runs on
+    it, no artifact is built from it), a deploy is refused, a download streams nothing."""
+    from equiprune.client.errors import EquipruneError
+
+    model_path, dataset_path = digits_files
+    model = client.upload_file(model_path, "model", chunk_bytes=64 * 1024)  # this test's own copy
+    dataset = client.upload_file(dataset_path, "dataset", chunk_bytes=256 * 1024).artifact_id
+    stored = next(server.data_dir.glob(f"**/{model.artifact_id}/content"))
+    content = bytearray(stored.read_bytes())
+    for i in range(1000, 1256):
+        content[i] ^= 0xFF
+    stored.write_bytes(bytes(content))
+
+    before = {a.artifact_id for a in client.list_artifacts()}
+    job = client.wait_job(client.create_job(specs.evaluate_spec(model=model.artifact_id, dataset=dataset,
+                                                                 group_by="cohort")).job_id, timeout=300)
+    assert job.state == jobs_pb2.JOB_STATE_FAILED and job.error.code == "DATA_LOSS", job.error
+    assert model.artifact_id in job.error.message
+    assert {a.artifact_id for a in client.list_artifacts()} == before  # nothing built on it
+    with pytest.raises(EquipruneError) as caught:
+        client.download(model.artifact_id, tmp_path / "m.safetensors")
+    assert caught.value.code == grpc.StatusCode.DATA_LOSS and not (tmp_path / "m.safetensors").exists()
+    with pytest.raises(EquipruneError) as caught:
+        client.deploy_model("corrupt", model.artifact_id, group_by=["cohort"], reference_accuracy={"a": 0.9},
+                            input_shape=[1, 8, 8])
+    assert caught.value.code == grpc.StatusCode.DATA_LOSS

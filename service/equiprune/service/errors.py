@@ -61,6 +61,12 @@ class Unavailable(ServiceError):
     code = "UNAVAILABLE"
 
 
+class DataLoss(ServiceError):
+    """Stored data is damaged: never used, logged for the operator."""
+
+    code = "DATA_LOSS"
+
+
 @contextmanager
 def naming(field: str):
     """Re-raise a refusal from a store or another replica as being about the caller's request

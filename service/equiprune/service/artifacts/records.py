@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from equiprune.service.errors import InvalidArgument
+from equiprune.service.errors import DataLoss, InvalidArgument
 
 KINDS = ("model", "dataset", "report")
 MAX_DISPLAY_NAME = 256
@@ -67,8 +67,17 @@ class UploadRecord:
     create_time: float
 
 
-class CorruptArtifact(OSError):
-    """Stored content no longer matches its recorded sha256 (a storage fault, not a client error)."""
+class CorruptArtifact(DataLoss):
+    """Stored content no longer matches its recorded sha256 (a storage fault, not a client
+    error): DATA_LOSS to the client, who learns which artifact and nothing of its content."""
+
+    def __init__(self, artifact_id: str, field: str | None = "artifact_id") -> None:
+        super().__init__(f"artifact {artifact_id} is damaged in the store (its content no longer matches its "
+                         "sha256); it is not used — tell the operator", field=field)
+        self.artifact_id = artifact_id
+
+    def __reduce__(self):
+        return (type(self), (self.artifact_id, self.field))
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ sessions, placement.py the copying in and placing, records.py the records and ar
 from __future__ import annotations
 
 import json
+import logging
 import os
 import posixpath
 import threading
@@ -44,6 +45,8 @@ from equiprune.service.artifacts.uploads import UploadSessions
 from equiprune.service.jobs.paging import check_page_size, decode_page_token, encode_page_token, filter_digest
 
 # The records and sha256_of_file are imported from here by plane.py, wire.py and the tests.
+log = logging.getLogger("equiprune.service.artifacts")
+
 __all__ = ["ArtifactRecord", "ArtifactStore", "CorruptArtifact", "UploadRecord", "sha256_of_file"]
 
 
@@ -70,6 +73,7 @@ class ArtifactStore(UploadSessions, ContentPlacement):
                                      size_limit=self._check_size_limit)
         self._cache_dir = cache_dir
         self._records: dict[str, ArtifactRecord] = {}
+        self._verified: dict[str, tuple[int, int, int]] = {}  # path → (size, mtime, inode) found intact
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._fs.makedirs(self._path("artifacts"), exist_ok=True)
@@ -168,7 +172,8 @@ class ArtifactStore(UploadSessions, ContentPlacement):
         return page, encode_page_token(page[-1].create_time, page[-1].artifact_id, filters)
 
     def read_chunks(self, artifact_id: str, offset: int = 0, chunk_bytes: int = 1024**2) -> Iterator[bytes]:
-        """The content from `offset` on, in chunks of at most `chunk_bytes`."""
+        """The content from `offset` on, in chunks of at most `chunk_bytes`, from a file
+        checked against its sha256 first (`local_path`): damaged content is never sent."""
         record = self.get(artifact_id)  # checked now, not at the first next()
         if not 0 <= offset <= record.size_bytes:
             raise InvalidArgument(
@@ -176,25 +181,55 @@ class ArtifactStore(UploadSessions, ContentPlacement):
             )
         if chunk_bytes < 1:
             raise InvalidArgument(f"chunk_bytes must be at least 1, not {chunk_bytes}", field="chunk_bytes")
-        return self._iter_chunks(self._content_path(artifact_id), offset, record.size_bytes, chunk_bytes)
+        path = self.local_path(artifact_id)
+        return self._iter_local_chunks(path, offset, chunk_bytes)
 
     def local_path(self, artifact_id: str) -> str:
-        """A local file with the content: the stored file itself, or a verified cached copy."""
+        """A local file with the content — the stored file itself, or a cached copy — checked
+        against the recorded sha256 before it is handed out (to a job, a deploy, the model
+        server, a download). A mismatch is logged for the operator and raised as
+        `CorruptArtifact` (DATA_LOSS); the content is never used. The check streams the file
+        once and is remembered per file for as long as its size, mtime and inode stay the same."""
         record = self.get(artifact_id)
         if self._is_local:
-            return self._content_path(artifact_id)
-        cached = self._cached_path(artifact_id)
-        with self._lock_for(artifact_id):
-            if not os.path.exists(cached):
-                copy = self._local_view(self._content_path(artifact_id))
-                if copy.sha256 != record.sha256:
-                    _remove_local(copy.path)
-                    raise CorruptArtifact(
-                        f"artifact {artifact_id} has sha256 {copy.sha256} in the store, "
-                        f"not the recorded {record.sha256}"
-                    )
-                self._adopt_into_cache(artifact_id, copy.path)
-        return cached
+            path = self._content_path(artifact_id)
+        else:
+            path = self._cached_path(artifact_id)
+            with self._lock_for(artifact_id):
+                if not os.path.exists(path):
+                    copy = self._local_view(self._content_path(artifact_id))
+                    if copy.sha256 != record.sha256:
+                        _remove_local(copy.path)
+                        raise self._damaged(record, copy.sha256)
+                    self._adopt_into_cache(artifact_id, copy.path)
+        self._verify(record, path)
+        return path
+
+    def verify(self, artifact_id: str) -> None:
+        """Check one artifact's stored content now, whatever was remembered (the scrub)."""
+        self._verified.pop(self._content_path(artifact_id) if self._is_local else self._cached_path(artifact_id), None)
+        self.local_path(artifact_id)
+
+    def _verify(self, record: ArtifactRecord, path: str) -> None:
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            raise self._damaged(record, "missing") from None
+        seen = (info.st_size, info.st_mtime_ns, info.st_ino)
+        if self._verified.get(path) == seen:
+            return
+        actual = sha256_of_file(path)
+        if actual != record.sha256:
+            self._verified.pop(path, None)
+            raise self._damaged(record, actual)
+        self._verified[path] = seen
+
+    @staticmethod
+    def _damaged(record: ArtifactRecord, actual: str) -> CorruptArtifact:
+        log.error("DATA LOSS: artifact %s (%s, %r) has content sha256 %s, recorded %s; it is not used. "
+                  "Restore it from a backup or delete it (python -m equiprune.service.artifacts.scrub)",
+                  record.artifact_id, record.kind, record.display_name, actual, record.sha256)
+        return CorruptArtifact(record.artifact_id)
 
     # --- reading plumbing ------------------------------------------------------------------
 
@@ -224,15 +259,9 @@ class ArtifactStore(UploadSessions, ContentPlacement):
         self._records[artifact_id] = record
         return record
 
-    def _iter_chunks(self, path: str, offset: int, size: int, chunk_bytes: int) -> Iterator[bytes]:
-        if self._is_local:
-            with open(path, "rb") as source:
-                source.seek(offset)
-                while chunk := source.read(chunk_bytes):
-                    yield chunk
-            return
-        # Ranged reads: no file object shared between concurrent downloads.
-        while offset < size:
-            end = min(offset + chunk_bytes, size)
-            yield self._fs.cat_file(path, start=offset, end=end)
-            offset = end
+    @staticmethod
+    def _iter_local_chunks(path: str, offset: int, chunk_bytes: int) -> Iterator[bytes]:
+        with open(path, "rb") as source:
+            source.seek(offset)
+            while chunk := source.read(chunk_bytes):
+                yield chunk
