@@ -117,3 +117,79 @@ def test_discarding_keeps_every_entry_after_the_snapshot(tmp_path):
     journal.rotate()
     journal.discard_through(2)
     assert journal.files() == [] and journal.sequence == 2
+
+
+def _replica(settings: dict):
+    from equiprune.service.serving.monitoring import MonitorService
+
+    return MonitorService.func_or_class({**settings, "metrics_port": free_port()})
+
+
+def _close(service) -> None:
+    service._http[0].shutdown()
+    service.persist = lambda: None  # as a SIGKILL: nothing more is written
+
+
+def _outcomes(service, n: int) -> None:
+    from equiprune.service.serving.monitor.state import make_prediction_id
+
+    async def traffic():
+        ids = [make_prediction_id("faces") for _ in range(n)]
+        import time as clock
+
+        await service.record_predictions("faces", [(pid, clock.time(), {"race": "a"}, 0, [1.0, 0.0, 0.0], None)
+                                                   for pid in ids])
+        await service.record_outcomes([(pid, 0) for pid in ids])
+    asyncio.run(traffic())
+
+
+def _joined(service) -> int:
+    return asyncio.run(service.metrics("faces"))["metrics"]["totals"]["outcomes_joined"]
+
+
+def test_numbering_goes_on_after_a_clean_stop_so_later_entries_replay(tmp_path):
+    settings = _settings(tmp_path)
+    first = _replica(settings)
+    asyncio.run(first.deploy(SERVED))
+    _outcomes(first, 5)
+    first.persist()  # a clean stop: snapshot at sequence 2, every journal file removed
+    _close(first)
+    second = _replica(settings)
+    _outcomes(second, 7)  # acknowledged after the restart, then a crash before any snapshot
+    _close(second)
+    third = _replica(settings)
+    try:
+        assert _joined(third) == 12
+    finally:
+        _close(third)
+
+
+def test_an_entry_written_after_a_torn_one_is_not_lost(tmp_path):
+    journal = Journal(tmp_path)
+    journal.append("outcomes", 1.0, [["p1", 1]])
+    journal.rotate()  # a snapshot round: entry 2 starts a new file...
+    (tmp_path / "journal-000000000002.log").write_bytes(b"1234abcd [2,\"outco")  # ...and the crash came mid-append
+    again = Journal(tmp_path)
+    again.append("outcomes", 2.0, [["p2", 2]])  # acknowledged after the restart
+    again.close()
+    assert [(e[0], e[3]) for e in Journal(tmp_path).entries_after(0)] == [(1, [["p1", 1]]), (2, [["p2", 2]])]
+
+
+def test_a_call_whose_entry_cannot_be_written_changes_nothing_and_is_unavailable(tmp_path):
+    import pytest
+
+    from equiprune.service.errors import Unavailable
+
+    service = _replica(_settings(tmp_path))
+    try:
+        asyncio.run(service.deploy(SERVED))
+        _outcomes(service, 3)
+
+        def broken(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+        service.journal.append = broken
+        with pytest.raises(Unavailable):
+            _outcomes(service, 4)
+        assert _joined(service) == 3  # nothing of the refused call was applied
+    finally:
+        _close(service)

@@ -28,6 +28,9 @@ def scrub(store) -> tuple[int, list[str]]:
                 store.verify(record.artifact_id)
             except CorruptArtifact:
                 damaged.append(record.artifact_id)
+            except Exception as exc:  # noqa: BLE001 - unreadable counts as damaged; the scrub goes on
+                print(f"UNREADABLE {record.artifact_id}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                damaged.append(record.artifact_id)
         if not token:
             return checked, damaged
 

@@ -73,7 +73,7 @@ class ArtifactStore(UploadSessions, ContentPlacement):
                                      size_limit=self._check_size_limit)
         self._cache_dir = cache_dir
         self._records: dict[str, ArtifactRecord] = {}
-        self._verified: dict[str, tuple[int, int, int]] = {}  # path → (size, mtime, inode) found intact
+        self._verified: dict[str, tuple[int, ...]] = {}  # path → (size, mtime, ctime, inode) found intact
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._fs.makedirs(self._path("artifacts"), exist_ok=True)
@@ -189,7 +189,8 @@ class ArtifactStore(UploadSessions, ContentPlacement):
         against the recorded sha256 before it is handed out (to a job, a deploy, the model
         server, a download). A mismatch is logged for the operator and raised as
         `CorruptArtifact` (DATA_LOSS); the content is never used. The check streams the file
-        once and is remembered per file for as long as its size, mtime and inode stay the same."""
+        once and is remembered per file for as long as its size, mtime, ctime and inode stay the
+        same (silent media corruption is the scrub's to find: it checks afresh)."""
         record = self.get(artifact_id)
         if self._is_local:
             path = self._content_path(artifact_id)
@@ -215,7 +216,8 @@ class ArtifactStore(UploadSessions, ContentPlacement):
             info = os.stat(path)
         except FileNotFoundError:
             raise self._damaged(record, "missing") from None
-        seen = (info.st_size, info.st_mtime_ns, info.st_ino)
+        # ctime too: a copy that restores mtime (cp -p, rsync -t, touch -r) still changes it.
+        seen = (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
         if self._verified.get(path) == seen:
             return
         actual = sha256_of_file(path)

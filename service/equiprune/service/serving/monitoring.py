@@ -4,8 +4,8 @@ One replica owns all of it, so predictions, outcomes and scrapes see one consist
 (the platform notes measured that a per-replica exporter collides on its port, and that a
 dedicated owner of the registry is the simplest correct shape).
 
-Durability: every recording call is applied, then appended to the write-ahead journal and
-fsynced, and only then acknowledged (monitor/journal.py). The state is snapshotted every
+Durability: every recording call is appended to the write-ahead journal and fsynced, then
+applied, and only then acknowledged (monitor/journal.py). The state is snapshotted every
 `monitor_persist_interval_s` and when the replica stops, with the journal sequence it holds;
 a start loads the snapshot and replays the journal after it, pending predictions included, so
 nothing acknowledged is lost to a crash and outcomes that arrive after a restart still join.
@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,7 +27,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from ray import serve
 
-from equiprune.service.errors import FailedPrecondition, NotFound
+from equiprune.service.errors import FailedPrecondition, NotFound, Unavailable
 from equiprune.service.serving.monitor.exporter import MonitorExporter, serve_metrics
 from equiprune.service.serving.monitor.journal import Journal
 from equiprune.service.serving.monitor.state import ModelReference, Monitor, MonitorConfig
@@ -48,8 +49,15 @@ class MonitorService:
         self.monitor = Monitor.load(self.state_path, config=config) if self.state_path.exists() else Monitor(config)
         for served in self.models.values():
             self.monitor.register_model(_reference(served))
-        self.journal = Journal(self.settings.data_dir / "monitor_journal")
-        self._replay(_read_json(self.state_path) or {})
+        snapshot = _read_json(self.state_path) or {}
+        held = snapshot.get("journal_sequence") if isinstance(snapshot.get("journal_sequence"), int) else 0
+        self.journal = Journal(self.settings.data_dir / "monitor_journal", after=held)
+        self._replay(held)
+        # One call's journal entry and its effect, or one snapshot, at a time: a snapshot
+        # (on the loop, or from __del__ off it) never holds half of a call.
+        self._record_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._written_sequence = held
         self.prometheus = CollectorRegistry()
         MonitorExporter(self.monitor, self.prometheus)
         self._http = serve_metrics(self.prometheus, self.settings.host, self.settings.metrics_port)
@@ -89,9 +97,8 @@ class MonitorService:
 
     # ------------------------------------------------------------------ traffic
 
-    # Each call is applied (the monitor refuses what it must), then journalled and fsynced;
-    # the reply — the acknowledgement — comes after both. Synchronous on purpose: no other
-    # call runs between the two, so a snapshot never holds half of one.
+    # Each call is journalled and fsynced, then applied (the monitor refuses what it must); the
+    # reply — the acknowledgement — comes after both.
 
     async def record_predictions(self, model: str, items: list[tuple]) -> None:
         self._ensure_persisting()
@@ -108,14 +115,19 @@ class MonitorService:
                                    lambda: self.monitor.record_evaluations(model, records)))
 
     def _recorded(self, kind: str, payload: list, apply):
-        when = self.monitor.now()
-        answer = apply()
-        self.journal.append(kind, when, payload)
-        return answer
+        """Journal first, then apply: a call whose entry could not be made durable changes
+        nothing (UNAVAILABLE, the client retries); a call the monitor refuses is refused the
+        same way when its entry is replayed."""
+        with self._record_lock:
+            try:
+                self.journal.append(kind, self.monitor.now(), payload)
+            except Exception:  # noqa: BLE001 - a disk fault: nothing was applied, nothing is acknowledged
+                log.exception("monitor journal: could not write a %s entry", kind)
+                raise Unavailable("the monitor could not make the record durable; nothing was recorded — retry")
+            return apply()
 
-    def _replay(self, snapshot: dict) -> None:
+    def _replay(self, after: int) -> None:
         """Apply the journal's entries after the snapshot's, each at the time it first came."""
-        after = snapshot.get("journal_sequence", 0) if isinstance(snapshot.get("journal_sequence"), int) else 0
         clock, replayed = self.monitor._clock, 0
         try:
             for sequence, kind, when, payload in self.journal.entries_after(after):
@@ -173,8 +185,9 @@ class MonitorService:
         except Exception:  # noqa: BLE001 - keep serving and still save; the next round tries again
             log.exception("the monitor's periodic tick failed")
         try:
-            sequence = self.journal.rotate()  # entries up to here are in the snapshot, none after
-            snapshot = self.monitor.snapshot()
+            with self._record_lock:
+                sequence = self.journal.rotate()  # entries up to here are in the snapshot, none after
+                snapshot = self.monitor.snapshot()
             snapshot["journal_sequence"] = sequence
             return sequence, snapshot
         except Exception:  # noqa: BLE001 - keep serving; the journal still holds everything
@@ -185,11 +198,15 @@ class MonitorService:
         # The save isolates models (Monitor.save): one model's bad state is repaired or left
         # out of this round and every other model and the ledger are still written. The
         # journal files it covers go only once it is on disk.
-        try:
-            self.monitor.save(self.state_path, snapshot)
-            self.journal.discard_through(sequence)
-        except Exception:  # noqa: BLE001 - keep serving; the journal still holds everything
-            log.exception("could not persist the monitor state")
+        with self._write_lock:
+            if sequence < self._written_sequence:
+                return  # a newer snapshot is already on disk (an older one must not replace it)
+            try:
+                self.monitor.save(self.state_path, snapshot)
+                self.journal.discard_through(sequence)
+                self._written_sequence = sequence
+            except Exception:  # noqa: BLE001 - keep serving; the journal still holds everything
+                log.exception("could not persist the monitor state")
 
     async def check_health(self) -> None:
         # Serve calls this every few seconds: it keeps the heartbeat fresh while idle, so the

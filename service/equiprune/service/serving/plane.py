@@ -163,8 +163,9 @@ class ServingPlane:
                                                    {"model": self.artifacts.local_path(served[key])},
                                                    purpose="serving", timeout_s=self.probe_timeout_s).get("outputs")
                 except ServiceError as refusal:
-                    # A shape the model cannot take names input_shape; a model that will not load, the model.
-                    if refusal.field == "input_shape" or refusal.code == "INTERNAL":
+                    # A shape the model cannot take names input_shape; a model that will not load, the
+                    # model. A damaged stored model (DATA_LOSS) already says which artifact it is.
+                    if refusal.field == "input_shape" or refusal.code in ("INTERNAL", "DATA_LOSS"):
                         raise
                     raise type(refusal)(refusal.message, field=key) from None
         for key, value in widths.items():

@@ -32,13 +32,20 @@ PREFIX, SUFFIX = "journal-", ".log"
 
 
 class Journal:
-    def __init__(self, folder: str | Path, *, fsync: bool = True) -> None:
+    def __init__(self, folder: str | Path, *, fsync: bool = True, after: int = 0) -> None:
+        """`after`: the sequence a loaded snapshot holds. Numbering goes on from the higher of
+        it and the newest entry here: a clean stop may have left no file at all, and a
+        sequence must never be used twice (replay skips what the snapshot holds by number)."""
         self.folder = Path(folder)
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._fsync = fsync
         files = self.files()
-        self.sequence = max((seq for seq, *_ in self._read(files[-1], last=True)), default=_first(files[-1]) - 1) \
-            if files else 0
+        newest = after
+        if files:
+            _cut_torn_tail(files[-1])  # a crash mid-append: never acknowledged; the next line must not join it
+            newest = max(newest, max((seq for seq, *_ in self._read(files[-1], last=True)),
+                                     default=_first(files[-1]) - 1))
+        self.sequence = newest
         self._file = None
 
     def files(self) -> list[Path]:
@@ -47,16 +54,35 @@ class Journal:
 
     def append(self, kind: str, when: float, payload) -> int:
         """Write one entry and make it durable; its sequence number. Raises (nothing to
-        acknowledge) when the entry cannot be written."""
+        acknowledge, nothing left behind: the file is cut back to where it was) when the entry
+        cannot be written."""
+        body = json.dumps([self.sequence + 1, kind, when, payload], separators=(",", ":"), allow_nan=False)
         if self._file is None:
             self._open(self.sequence + 1)
-        body = json.dumps([self.sequence + 1, kind, when, payload], separators=(",", ":"), allow_nan=False)
-        self._file.write(f"{zlib.crc32(body.encode()):08x} {body}\n".encode())
-        self._file.flush()
-        if self._fsync:
-            os.fsync(self._file.fileno())
+        start = self._file.tell()
+        try:
+            self._file.write(f"{zlib.crc32(body.encode()):08x} {body}\n".encode())
+            self._file.flush()
+            if self._fsync:
+                os.fsync(self._file.fileno())
+        except BaseException:
+            self._abandon(start)
+            raise
         self.sequence += 1
         return self.sequence
+
+    def _abandon(self, start: int) -> None:
+        """After a failed append: drop the buffered bytes and cut the file back; the next
+        append opens a fresh file."""
+        file, self._file = self._file, None
+        try:
+            file.truncate(start)
+        except OSError:
+            pass
+        try:
+            file.close()
+        except OSError:
+            pass
 
     def rotate(self) -> int:
         """Close the current file; later entries go to a new one. The sequence a snapshot
@@ -88,7 +114,7 @@ class Journal:
 
     def _open(self, first: int) -> None:
         path = self.folder / f"{PREFIX}{first:012d}{SUFFIX}"
-        self._file = open(path, "ab")
+        self._file = open(path, "ab", buffering=0)  # unbuffered: a failed write leaves nothing pending
         if self._fsync:  # the new file's name is durable too
             directory = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
             try:
@@ -123,6 +149,18 @@ def _parse(line: bytes):
         return int(sequence), str(kind), float(when), payload
     except (ValueError, TypeError):
         return None
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Cut a file back to its last complete line (a torn write never ends in a newline)."""
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        log.warning("monitor journal %s: its last entry was cut off (never acknowledged); removed", path.name)
+        with open(path, "r+b") as f:
+            f.truncate(end)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def _first(path: Path) -> int:
