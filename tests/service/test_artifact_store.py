@@ -565,3 +565,43 @@ def test_damaged_content_is_never_handed_out_and_the_scrub_finds_it(tmp_path, ca
 
     checked, damaged = scrub.scrub(store)
     assert (checked, damaged) == (2, [bad.artifact_id])
+
+
+def test_upload_sessions_expire_and_their_bytes_go(tmp_path, monkeypatch):
+    from equiprune.service.artifacts import uploads
+    from equiprune.service.errors import NotFound
+
+    store = ArtifactStore(str(tmp_path / "store"), cache_dir=str(tmp_path / "cache"), upload_ttl_s=3600)
+    data = b"x" * 1000
+    old = store.start_upload("dataset", "old.npz", len(data), hashlib.sha256(data).hexdigest())
+    store.put_chunk(old.upload_id, 0, data[:400])
+    now = time.time()
+    monkeypatch.setattr(uploads.time, "time", lambda: now + 3601)  # an hour and a second later
+    fresh = store.start_upload("dataset", "new.npz", len(data), hashlib.sha256(data).hexdigest())  # sweeps
+    assert not (tmp_path / "store" / "uploads" / old.upload_id).exists()  # its staged bytes are gone
+    with pytest.raises(NotFound) as caught:
+        store.put_chunk(old.upload_id, 400, data[400:])
+    assert caught.value.field == "upload_id"
+    assert [u.upload_id for u in store.expire_uploads()] == [fresh.upload_id]
+    monkeypatch.setattr(uploads.time, "time", lambda: now + 7300)
+    with pytest.raises(NotFound) as caught:  # found expired on any call, not only at the next start
+        store.get_upload(fresh.upload_id)
+    assert "expired" in caught.value.message and not (tmp_path / "store" / "uploads" / fresh.upload_id).exists()
+
+
+def test_announced_sizes_must_fit_on_the_disk(tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from equiprune.service.artifacts import uploads
+    from equiprune.service.errors import ResourceExhausted
+
+    usage = namedtuple("usage", "total used free")  # a disk with 13,000 bytes free, 10,000 kept in reserve
+    monkeypatch.setattr(uploads.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 13_000, 13_000))
+    store = ArtifactStore(str(tmp_path / "store"), cache_dir=str(tmp_path / "cache"), max_upload_bytes=2**50,
+                          free_disk_reserve_bytes=10_000)  # leaves 3,000 bytes to give
+    digest = "0" * 64
+    store.start_upload("dataset", "a.npz", 2000, digest)
+    with pytest.raises(ResourceExhausted) as caught:  # 2,000 still announced + 2,000 > what is left
+        store.start_upload("dataset", "b.npz", 2000, digest)
+    assert caught.value.field == "size_bytes" and "1 open upload" in caught.value.message
+    store.start_upload("dataset", "c.npz", 500, digest)  # what does fit is still taken

@@ -21,7 +21,8 @@ def artifact_store(settings):
     return ArtifactStore(s.artifacts, max_upload_bytes=s.max_upload_bytes, max_chunk_bytes=s.max_chunk_bytes,
                          import_roots=[str(p) for p in s.import_roots], import_protocols=s.import_protocols,
                          import_allow_private_addresses=s.import_allow_private_addresses,
-                         cache_dir=str(s.data_dir / "cache"))
+                         cache_dir=str(s.data_dir / "cache"), upload_ttl_s=s.upload_ttl_s,
+                         free_disk_reserve_bytes=s.free_disk_reserve_bytes)
 
 
 def planes(settings, *, manager, monitor, models):

@@ -44,6 +44,10 @@ class ServerSettings(BaseModel):
                                                  "private, link-local and other non-global addresses")
     max_upload_bytes: int = Field(2 * 1024 * MiB, ge=1)
     max_chunk_bytes: int = Field(2 * MiB, ge=1024, le=3 * MiB)  # below gRPC's 4 MiB message limit
+    upload_ttl_s: float = Field(86400.0, gt=0, description="an upload session not finished within this is "
+                                                           "removed, its bytes with it")
+    free_disk_reserve_bytes: int = Field(GiB, ge=0, description="disk kept free: the sizes open uploads "
+                                                                "announced must fit in what is left")
     max_unfinished_jobs: int = Field(100, ge=1, description="queued + running jobs; more are refused (RESOURCE_EXHAUSTED)")
     max_attempts: int = Field(3, ge=1, description="runs of one job across service restarts before it is failed")
     progress_interval_s: float = Field(0.5, gt=0, description="least time between two step events of a job")

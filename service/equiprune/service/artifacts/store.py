@@ -63,8 +63,12 @@ class ArtifactStore(UploadSessions, ContentPlacement):
         import_protocols: Sequence[str] = (),
         import_allow_private_addresses: bool = False,
         cache_dir: str | None = None,
+        upload_ttl_s: float = 86400.0,
+        free_disk_reserve_bytes: int = 1024**3,
     ) -> None:
         self._fs, base = fsspec.core.url_to_fs(str(root))
+        self.upload_ttl_s = upload_ttl_s
+        self.free_disk_reserve_bytes = free_disk_reserve_bytes
         self._base = base.rstrip("/")
         self._is_local = isinstance(self._fs, LocalFileSystem)
         self.max_upload_bytes = max_upload_bytes
