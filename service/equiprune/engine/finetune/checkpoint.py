@@ -56,9 +56,11 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
                     objective: Objective, fingerprint: str) -> int:
     """Restore everything in place; return the global step to resume from."""
     try:
-        # Code-running loader, restricted (weights_only). The bytes are the engine's own: in the
-        # service only a sandboxed job worker writes and reads this file (the service copies it
-        # between runs without reading it); a data-parallel job's rank 0 writes it itself.
+        # Code-running loader, restricted (weights_only: no pickled code, only tensors and plain
+        # data). Only trusted bytes, or inside the sandbox: a single-worker job writes and reads
+        # this file in its sandboxed worker (the service copies it between runs without reading
+        # it); a data-parallel job, which never runs sandboxed, reads only what its own rank 0
+        # wrote; the engine CLI, the user's own files.
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which, never a traceback
         raise InvalidConfigError("finetune.checkpoint", f"{path} is not a readable checkpoint ({err})") from None

@@ -207,6 +207,7 @@ class ArtifactStore(UploadSessions, ContentPlacement):
                         _remove_local(copy.path)
                         raise self._damaged(record, copy.sha256)
                     self._adopt_into_cache(artifact_id, copy.path)
+                    self._remember_intact(path)  # just hashed while copying: not again below
         self._verify(record, path)
         return path
 
@@ -217,11 +218,9 @@ class ArtifactStore(UploadSessions, ContentPlacement):
 
     def _verify(self, record: ArtifactRecord, path: str) -> None:
         try:
-            info = os.stat(path)
+            seen = _identity(path)
         except FileNotFoundError:
             raise self._damaged(record, "missing") from None
-        # ctime too: a copy that restores mtime (cp -p, rsync -t, touch -r) still changes it.
-        seen = (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
         if self._verified.get(path) == seen:
             return
         actual = sha256_of_file(path)
@@ -229,6 +228,9 @@ class ArtifactStore(UploadSessions, ContentPlacement):
             self._verified.pop(path, None)
             raise self._damaged(record, actual)
         self._verified[path] = seen
+
+    def _remember_intact(self, path: str) -> None:
+        self._verified[path] = _identity(path)
 
     @staticmethod
     def _damaged(record: ArtifactRecord, actual: str) -> CorruptArtifact:
@@ -271,3 +273,10 @@ class ArtifactStore(UploadSessions, ContentPlacement):
             source.seek(offset)
             while chunk := source.read(chunk_bytes):
                 yield chunk
+
+
+def _identity(path: str) -> tuple[int, ...]:
+    """What must stay the same for a check to be remembered. ctime too: a copy that restores
+    mtime (cp -p, rsync -t, touch -r) still changes it."""
+    info = os.stat(path)
+    return info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino
