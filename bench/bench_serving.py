@@ -239,7 +239,7 @@ def main(argv=None):
         server = ServerProcess(folder / "data").start(timeout=180)
         server_start_s = time.monotonic() - started
         try:
-            with EquipruneClient(server.target, timeout=60) as client, grpc.insecure_channel(server.target) as channel:
+            with EquipruneClient(server.target, timeout=60) as client, server.channel() as channel:
                 results = run(serving_pb2_grpc.ServingServiceStub(channel), client, args, folder, server)
         except Exception:
             print(server.log())

@@ -66,8 +66,9 @@ class ServerProcess:
     def _start_once(self, timeout: float) -> None:
         # Ray's unix sockets need a short path; one folder per run, removed by stop().
         self.ray_tmp = tempfile.mkdtemp(prefix="ep", dir="/tmp")
-        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": self.ray_tmp,
-               "PYTHONUNBUFFERED": "1"}
+        # Ray's ports require the token the launcher keeps in <data dir>/ray.token.
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": self.ray_tmp, "PYTHONUNBUFFERED": "1"}
+        env.pop("RAY_AUTH_MODE", None)
         cmd = [sys.executable, "-m", "equiprune.service.launcher", "--port", str(self.port),
                "--http-port", str(free_port()), "--metrics-port", str(self.metrics_port),
                "--data-dir", str(self.data_dir), "--num-cpus", str(self.num_cpus)]
@@ -82,7 +83,11 @@ class ServerProcess:
         """Until the launcher says the application is deployed (every deployment, not only the
         ingress) and a call answers."""
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.target) as channel:
+        while time.monotonic() < deadline and READY_LINE not in self._this_run_log():
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.5)
+        with self.channel() as channel:
             stub = jobs_pb2_grpc.JobServiceStub(channel)
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
@@ -98,6 +103,21 @@ class ServerProcess:
                 time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"the server did not answer within {timeout} s:\n{self.log()}")
+
+    @property
+    def admin_token(self) -> str:
+        """The admin token the launcher wrote on its first start (never printed)."""
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    @property
+    def ray_token(self) -> str:
+        return (self.data_dir / "ray.token").read_text().strip()
+
+    def channel(self, token: str | None = None) -> grpc.Channel:
+        """A plaintext channel to the server whose calls carry `token` (default: the admin's)."""
+        from equiprune.client.credentials import open_channel
+
+        return open_channel(self.target, [], token=token or self.admin_token)
 
     def _this_run_log(self) -> str:
         try:

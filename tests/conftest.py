@@ -18,13 +18,22 @@ from __future__ import annotations
 import ast
 import functools
 import inspect
+import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Servers the tests start write their admin token where the SDK and CLI find it
+# (client/equiprune/client/credentials.py): a folder of this run's, never the user's own
+# ~/.config. Subprocesses inherit it. An ambient EQUIPRUNE_TOKEN would override every file.
+os.environ["EQUIPRUNE_CONFIG_DIR"] = tempfile.mkdtemp(prefix="equiprune-config-")
+for _variable in ("EQUIPRUNE_TOKEN", "EQUIPRUNE_TOKEN_FILE", "EQUIPRUNE_TLS_CA"):
+    os.environ.pop(_variable, None)
 TIERS = ("unit", "e2e")
 
 # Fixtures that start a real server or Ray in a way the scan cannot see (through a helper,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import os
 import subprocess
 from pathlib import Path
 
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def channel(server):
-    with grpc.insecure_channel(server.target) as ch:
+    with server.channel() as ch:
         yield ch
 
 
@@ -143,7 +144,8 @@ def test_a_node_client_drives_a_whole_job(server, fallback_model):
     run = subprocess.run(["node", str(NODE_DIR / "drive_job.js"), "--target", server.target,
                           "--proto-root", str(ROOT / "proto"), "--google-protos", str(google_protos),
                           "--fallback-model", fallback_model],
-                         capture_output=True, text=True, timeout=900, check=False)
+                         capture_output=True, text=True, timeout=900, check=False,
+                         env={**os.environ, "EQUIPRUNE_TOKEN": server.admin_token})
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -154,6 +156,8 @@ def test_a_node_client_drives_a_whole_job(server, fallback_model):
     bad = summary["bad_request"]
     assert bad["code"] == "INVALID_ARGUMENT"
     assert bad["status"]["field_violations"][0]["field"] == "job_id", bad
+    unauthenticated = summary["no_token"]
+    assert unauthenticated["code"] == "UNAUTHENTICATED" and "Bearer" in unauthenticated["details"], unauthenticated
 
     # Training through Node, kwargs as JSON text, and an old client's object refused loudly.
     train = summary["train"]

@@ -44,7 +44,7 @@ def test_sigkill_after_report_outcomes_loses_no_acknowledged_outcome(own_server)
             timeout=300)
         model = train.result.outputs[0].artifact.artifact_id
 
-    with grpc.insecure_channel(own_server.target) as channel:
+    with own_server.channel() as channel:
         stub = serving_pb2_grpc.ServingServiceStub(channel)
         stub.DeployModel(serving_pb2.DeployModelRequest(
             name="durable", artifact_id=model, group_by=["cohort"], reference_accuracy={"a": 0.9, "b": 0.9},
@@ -58,7 +58,7 @@ def test_sigkill_after_report_outcomes_loses_no_acknowledged_outcome(own_server)
     _kill_everything(own_server)  # at once: no snapshot round (every 10 s) can have run since
 
     own_server.start()
-    with grpc.insecure_channel(own_server.target) as channel:
+    with own_server.channel() as channel:
         stub = serving_pb2_grpc.ServingServiceStub(channel)
         totals = stub.GetModelMetrics(serving_pb2.GetModelMetricsRequest(model="durable"), timeout=60).totals
     assert totals.predictions == N and totals.outcomes_joined == N, totals

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from equiprune.client import specs
+from equiprune.client.credentials import find_token, open_channel
 from equiprune.client.errors import EquipruneError
 from equiprune.client.sdk import EquipruneClient
 from equiprune.engine.dataset import save_dataset
@@ -137,7 +138,7 @@ def test_list_jobs_filters_and_pages(client, uploaded):
     for i in range(3):
         client.wait_job(client.create_job(specs.evaluate_spec(model=model_id, dataset=dataset_id,
                                                               group_by="cohort"), request_id=f"e2e-list-{i}").job_id)
-    stub = jobs_pb2_grpc.JobServiceStub(grpc.insecure_channel(client.target))
+    stub = jobs_pb2_grpc.JobServiceStub(open_channel(client.target, [], token=find_token(client.target)))
     first = stub.ListJobs(jobs_pb2.ListJobsRequest(kind=jobs_pb2.JOB_KIND_EVALUATE, page_size=2))
     assert len(first.jobs) == 2 and first.next_page_token
     rest = stub.ListJobs(jobs_pb2.ListJobsRequest(kind=jobs_pb2.JOB_KIND_EVALUATE, page_size=2,
@@ -154,7 +155,7 @@ def test_list_jobs_filters_and_pages(client, uploaded):
 
 @pytest.fixture(scope="module")
 def stubs(server):
-    channel = grpc.insecure_channel(server.target)
+    channel = server.channel()
     yield artifacts_pb2_grpc.ArtifactServiceStub(channel), jobs_pb2_grpc.JobServiceStub(channel)
     channel.close()
 

@@ -78,7 +78,7 @@ def seeded(server, tmp_path_factory):
         job = client.create_job(specs.evaluate_spec(model=model, dataset=dataset, group_by="cohort"))
         job = client.wait_job(job.job_id, timeout=300)
         assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED, job
-        stubs = _Stubs(server.target)
+        stubs = _Stubs(server)
         upload = stubs.artifacts.StartUpload(artifacts_pb2.StartUploadRequest(
             kind=artifacts_pb2.ARTIFACT_KIND_DATASET, size_bytes=1000, sha256="0" * 64, display_name="open"),
             timeout=CALL_TIMEOUT_S).upload_id
@@ -103,8 +103,8 @@ def _instance_request(model: str, values: list[float] | None = None) -> serving_
 
 
 class _Stubs:
-    def __init__(self, target: str) -> None:
-        self._channel = grpc.insecure_channel(target)
+    def __init__(self, server) -> None:
+        self._channel = server.channel()
         self.artifacts = artifacts_pb2_grpc.ArtifactServiceStub(self._channel)
         self.jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
         self.serving = serving_pb2_grpc.ServingServiceStub(self._channel)
@@ -219,12 +219,12 @@ def _cancel_created_jobs(channel) -> None:
 def _fuzz(server, seeded, service, method, descriptor, streaming, data) -> None:
     request = data.draw(_requests(method, descriptor, seeded), label="request")
     payload = request.SerializeToString()
-    with grpc.insecure_channel(server.target) as channel:
+    with server.channel() as channel:
         _check_and_clean_up(channel, service, method, _call(channel, service, method, streaming, payload), payload)
 
 
 def _fuzz_raw(server, service, method, streaming, payload: bytes) -> None:
-    with grpc.insecure_channel(server.target) as channel:
+    with server.channel() as channel:
         _check_and_clean_up(channel, service, method, _call(channel, service, method, streaming, payload), payload)
 
 
@@ -248,7 +248,7 @@ def test_fuzz_fast(server, seeded, service, method, descriptor, streaming, data)
 
 @pytest.mark.parametrize(("service", "method", "descriptor", "streaming"), RPCS, ids=_IDS)
 def test_undecodable_bytes_are_invalid_argument(server, seeded, service, method, descriptor, streaming) -> None:
-    with grpc.insecure_channel(server.target) as channel:
+    with server.channel() as channel:
         for payload in _UNDECODABLE:
             code = _call(channel, service, method, streaming, payload)
             COUNTS[(method, code.name)] += 1
@@ -273,7 +273,7 @@ def test_fuzz_raw_bytes_long(server, seeded, service, method, descriptor, stream
 
 def test_zz_the_server_is_healthy_and_nothing_seeded_changed(server, seeded) -> None:
     # Named to run last in this module (pytest keeps definition order; the prefix says why).
-    stubs = _Stubs(server.target)
+    stubs = _Stubs(server)
     try:
         assert _snapshot(stubs, seeded) == seeded["snapshot"]
         assert len(stubs.serving.Predict(_instance_request(SERVED), timeout=CALL_TIMEOUT_S).predictions) == 1

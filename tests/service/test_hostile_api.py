@@ -177,7 +177,7 @@ def test_jobs_refuse_a_planted_hostile_dataset(server, client, digits, markers, 
 
 def test_deploy_refuses_a_planted_hostile_model(server, client, digits, pt2, markers) -> None:
     model = _plant(server, payloads.torch_save_named_pt2(os.path.join(markers, "deploy")), "model", {})
-    serving = serving_pb2_grpc.ServingServiceStub(grpc.insecure_channel(server.target))
+    serving = serving_pb2_grpc.ServingServiceStub(server.channel())
     with pytest.raises(grpc.RpcError) as info:
         serving.DeployModel(serving_pb2.DeployModelRequest(
             name="hostile", artifact_id=model, group_by=["cohort"], reference_accuracy={"minority": 0.9},

@@ -396,6 +396,7 @@ def test_settings_and_flags_carry_the_policy(tmp_path):
 
 
 def test_the_artifact_plane_checks_the_policy_first_and_renames_fields_for_job_specs(tmp_path, server):
+    from equiprune.service.tenants.auth import Caller
     from equiprune.service.artifacts.plane import ArtifactsPlane
     from equiprune.service.jobs.wire import ArtifactSource
 
@@ -407,12 +408,12 @@ def test_the_artifact_plane_checks_the_policy_first_and_renames_fields_for_job_s
     source = ArtifactSource(uri=_url(server), sha256=_sha(SECRET))
 
     with pytest.raises(FailedPrecondition) as caught:  # known content, but a URI it may not read
-        plane.import_artifact("dataset", source, "", "source")
+        plane.import_artifact(Caller("admin"), "dataset", source, "", "source")
     assert caught.value.field == "source.uri"
     with pytest.raises(FailedPrecondition) as caught:
-        plane.import_artifact("dataset", source, "", "spec.dataset.uri")
+        plane.import_artifact(Caller("admin"), "dataset", source, "", "spec.dataset.uri")
     assert caught.value.field == "spec.dataset.uri.uri"
     with pytest.raises(InvalidArgument) as caught:
-        plane.import_artifact("dataset", ArtifactSource(uri="::"), "", "spec.dataset.uri")
+        plane.import_artifact(Caller("admin"), "dataset", ArtifactSource(uri="::"), "", "spec.dataset.uri")
     assert caught.value.field == "spec.dataset.uri.sha256"
     assert server.requests == []

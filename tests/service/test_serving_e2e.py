@@ -40,7 +40,7 @@ def served(tmp_path_factory):
             min_group_size=10)).job_id)
         assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED, job.error
         pruned = next(o.artifact.artifact_id for o in job.result.outputs if o.role == "model")
-    channel = grpc.insecure_channel(server.target)
+    channel = server.channel()
     stub = serving_pb2_grpc.ServingServiceStub(channel)
     stub.DeployModel(serving_pb2.DeployModelRequest(name="digits", artifact_id=pruned, shadow_artifact_id=dense,
                                                     group_by=["cohort"], reference_job_id=job.job_id))
@@ -114,7 +114,7 @@ def test_predict_outcomes_metrics_prometheus_and_restart(served, tmp_path):
 
     server.stop()
     server.start()
-    stub = serving_pb2_grpc.ServingServiceStub(grpc.insecure_channel(server.target))
+    stub = serving_pb2_grpc.ServingServiceStub(server.channel())
     after = stub.GetModelMetrics(serving_pb2.GetModelMetricsRequest(model="digits"))
     assert {g.group: g.n for g in after.windows[0].groups} == {g: expected["n"][g] for g in ("majority", "minority")}
     late = [(p.prediction_id, r["label"]) for p, r in zip(predictions, rows)][-held_back:]

@@ -12,6 +12,12 @@
     equiprune predict digits --instances requests.jsonl --out predictions.jsonl
     equiprune outcomes --from predictions.jsonl       # once the true labels are known
     equiprune metrics digits --window 1h              # per-group accuracy, ψ_g, confidence
+    equiprune whoami                                  # your tenant, quotas and usage
+    equiprune tenants create acme; equiprune tokens create acme --out acme.token   # admin
+
+Every call sends an API token: --token, --token-file, $EQUIPRUNE_TOKEN, or (on the machine
+that runs `equiprune serve`) the admin token it wrote on its first start, found by itself.
+--tls-ca PEM connects over TLS through the proxy of deploy/tls.
 
 --model and --dataset take an artifact id (art-…) or a URI the server imports (sample:digits,
 a path under the server's import roots, s3://…; give --model-sha256/--dataset-sha256 for
@@ -38,13 +44,13 @@ from .errors import EquipruneError, SpecError
 from .runner import EXIT_JOB_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, Output
 from .sdk import DEFAULT_TARGET, EquipruneClient
 from .submit_commands import spec_from_args
-from . import artifact_commands, job_commands, serving_commands, submit_commands
+from . import artifact_commands, job_commands, serving_commands, submit_commands, tenant_commands
 
 __all__ = ["SERVE_MISSING", "build_parser", "main", "spec_from_args"]
 
 SERVE_MISSING = "equiprune serve needs the server extra: pip install 'equiprune[server]'"
 # Global options that take a value, for finding the command word before argparse runs.
-_GLOBAL_WITH_VALUE = ("--server", "--timeout", "--retries")
+_GLOBAL_WITH_VALUE = ("--server", "--timeout", "--retries", "--token", "--token-file", "--tls-ca")
 _USAGE_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
                 grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE,
                 grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.PERMISSION_DENIED,
@@ -60,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Output(json=args.json)
     try:
-        with EquipruneClient(args.server, timeout=args.timeout, retries=args.retries) as client:
+        with EquipruneClient(args.server, timeout=args.timeout, retries=args.retries, token=args.token,
+                             token_file=args.token_file, tls_ca=args.tls_ca) as client:
             return args.handler(client, args, out)
     except SpecError as err:
         out.warn(f"error: {err.field}: {err.problem}")
@@ -147,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     job_commands.add_commands(command, sub, shared)
     submit_commands.add_commands(command)
     serving_commands.add_commands(command)
+    tenant_commands.add_commands(command, sub, shared)
     demo = command("demo", _demo, "the whole story against a running server: train, prune, fine-tune, compare")
     demo.add_argument("--dataset", help="local .npz to upload instead of the digits sample")
     demo.add_argument("--group-by", action="append", help="group attribute of --dataset (repeatable)")
@@ -172,6 +180,13 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         help="deadline of each call (default: 30)")
     parser.add_argument("--retries", type=int, default=default(5),
                         help="retries of a call when the server is unavailable (default: 5)")
+    parser.add_argument("--token", default=default(None), metavar="TOKEN",
+                        help="API token (default: $EQUIPRUNE_TOKEN, or the one `equiprune serve` wrote for "
+                             "this server on this machine; see `equiprune whoami`)")
+    parser.add_argument("--token-file", default=default(None), metavar="FILE",
+                        help="read the API token from FILE (default: $EQUIPRUNE_TOKEN_FILE)")
+    parser.add_argument("--tls-ca", default=default(os.environ.get("EQUIPRUNE_TLS_CA")), metavar="PEM",
+                        help="connect over TLS, trusting this CA (default: $EQUIPRUNE_TLS_CA; plaintext if unset)")
     parser.add_argument("--json", action="store_true", default=default(False),
                         help="print one JSON document on stdout instead of tables")
 

@@ -28,11 +28,13 @@ from typing import Iterable, Iterator
 
 import grpc
 
-from equiprune.v1 import artifacts_pb2, artifacts_pb2_grpc, jobs_pb2, jobs_pb2_grpc, serving_pb2_grpc
+from equiprune.v1 import artifacts_pb2, artifacts_pb2_grpc, jobs_pb2, jobs_pb2_grpc, serving_pb2_grpc, tenants_pb2_grpc
 
+from .credentials import find_token, open_channel
 from .errors import EquipruneError, SpecError
 from .retry import RETRY_ALWAYS, RETRY_READS, ResumeBudget, RetryPolicy, call_with_retry
 from .serving import ServingCalls
+from .tenants import TenantCalls
 from .specs import ARTIFACT_KINDS, JOB_KINDS, JOB_STATES
 from .transfers import ProgressCallback, download_file, upload_file
 
@@ -49,21 +51,27 @@ _CHANNEL_OPTIONS = [("grpc.max_receive_message_length", _MESSAGE_BYTES),
                     ("grpc.max_send_message_length", _MESSAGE_BYTES)]
 
 
-class EquipruneClient(ServingCalls):
+class EquipruneClient(ServingCalls, TenantCalls):
     """A connection to an equiprune server. Use as a context manager, or call close()."""
 
     def __init__(self, target: str = DEFAULT_TARGET, *, timeout: float = 30.0, retries: int = 5,
-                 backoff: float = 0.2, max_backoff: float = 5.0, channel: grpc.Channel | None = None) -> None:
+                 backoff: float = 0.2, max_backoff: float = 5.0, channel: grpc.Channel | None = None,
+                 token: str | None = None, token_file: str | os.PathLike | None = None,
+                 tls_ca: str | os.PathLike | None = None) -> None:
+        """`token`/`token_file`: who this client is (else found as credentials.py says);
+        `tls_ca`: connect over TLS, trusting this CA (PEM file)."""
         if timeout <= 0:
             raise SpecError("timeout", f"must be > 0 seconds, got {timeout}")
         self.target = target
         self.timeout = timeout
         self.policy = RetryPolicy(retries=retries, backoff=backoff, max_backoff=max_backoff)
         self._owns_channel = channel is None
-        self._channel = channel if channel is not None else grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self._channel = channel if channel is not None else open_channel(
+            target, _CHANNEL_OPTIONS, token=find_token(target, token, token_file), tls_ca=tls_ca)
         self._artifacts = artifacts_pb2_grpc.ArtifactServiceStub(self._channel)
         self._jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
         self._serving = serving_pb2_grpc.ServingServiceStub(self._channel)
+        self._tenants = tenants_pb2_grpc.TenantServiceStub(self._channel)
         self._sleep = time.sleep  # between retries; injectable so that tests need not wait
 
     # ------------------------------------------------------------ life cycle

@@ -15,12 +15,14 @@ from equiprune.service.rpc.ingress import Ingress
 from equiprune.service.jobs.manager import JobManager
 from equiprune.service.serving.monitoring import MonitorService
 from equiprune.service.serving.model_server import ModelServer
+from equiprune.service.factory import prepare_data_dir
 from equiprune.service.settings import ServerSettings
 
 GRPC_SERVICER_FUNCTIONS = [
     "equiprune.service.rpc.servicers.add_ArtifactServiceServicer_to_server",
     "equiprune.service.rpc.servicers.add_JobServiceServicer_to_server",
     "equiprune.service.rpc.servicers.add_ServingServiceServicer_to_server",
+    "equiprune.service.rpc.servicers.add_TenantServiceServicer_to_server",
     "equiprune.service.rpc.servicers.add_HealthServicer_to_server",
     # Last: reflection lists what is registered, and it guards against Serve's own.
     "equiprune.service.rpc.servicers.add_ServerReflectionServicer_to_server",
@@ -31,13 +33,6 @@ def build_app(settings: ServerSettings) -> Application:
     prepare_data_dir(settings)
     as_json = settings.model_dump(mode="json")
     return Ingress.bind(JobManager.bind(as_json), as_json, ModelServer.bind(as_json), MonitorService.bind(as_json))
-
-
-def prepare_data_dir(settings: ServerSettings) -> None:
-    """The data folder is the service's alone: sandboxed workers run as other users and must not
-    read the job database, other tenants' artifacts or other jobs' folders (docs/security.md)."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    settings.data_dir.chmod(0o700)
 
 
 def app_builder(args: dict) -> Application:

@@ -61,6 +61,18 @@ class Unavailable(ServiceError):
     code = "UNAVAILABLE"
 
 
+class Unauthenticated(ServiceError):
+    """No valid API token (tenants/auth.py)."""
+
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ServiceError):
+    """A valid token whose role may not do this (tenant administration)."""
+
+    code = "PERMISSION_DENIED"
+
+
 class DataLoss(ServiceError):
     """Stored data is damaged: never used, logged for the operator."""
 

@@ -24,7 +24,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=9000, help="gRPC port (default 9000)")
     p.add_argument("--http-port", type=int, default=8000, help="Serve's HTTP proxy port (default 8000)")
     p.add_argument("--metrics-port", type=int, default=9464, help="the monitor's Prometheus exporter port (default 9464)")
-    p.add_argument("--host", default="127.0.0.1", help="address clients are told to use and the HTTP proxy binds")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address the gRPC API, Serve's HTTP proxy and the metrics exporter listen on (default "
+                        "127.0.0.1: this machine only; to serve other machines, put the TLS proxy of deploy/tls "
+                        "in front rather than exposing the plaintext port)")
     p.add_argument("--data-dir", default=os.environ.get("EQUIPRUNE_DATA_DIR", "equiprune-data"),
                    help="job database, artifacts and job folders (default ./equiprune-data)")
     p.add_argument("--artifact-root", default=None, help="local folder or fsspec URL for artifacts (default <data-dir>/artifacts)")
@@ -67,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         first = err.errors()[0]
         print(f"error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
         return 2
+    # Before anything imports Ray: Ray reads RAY_AUTH_MODE when it is imported.
+    from equiprune.service.tenants.bootstrap import embedded_ray_auth, prepare_admin_token
+
+    print(prepare_admin_token(settings), flush=True)
+    if args.address is None:
+        embedded_ray_auth(settings)
     from equiprune.service.sandbox.startup import SandboxUnsafe, check_sandbox
 
     try:
@@ -103,15 +112,18 @@ def start(settings, *, address: str | None = None, num_cpus: int | None = None, 
     from ray.serve.config import gRPCOptions
 
     from equiprune.service.app import GRPC_SERVICER_FUNCTIONS, build_app
+    from equiprune.service.rpc import bind
 
+    # Serve's gRPC proxy would listen on every interface: rpc/bind.py makes it use settings.host.
+    os.environ[bind.HOST_VARIABLE] = settings.host
+    runtime_env = {"worker_process_setup_hook": bind.HOOK}
     if address is None:
-        # One machine, loopback clients: Ray's token auth would only get in the way of the
-        # embedded default (a cluster keeps whatever its operator configured).
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # main() made Ray's own ports require a token (tenants/bootstrap.py); a caller of
+        # start() without main() decides in the environment.
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, namespace="equiprune",
-                 log_to_driver=False)
+                 log_to_driver=False, runtime_env=runtime_env)
     else:
-        ray.init(address=address, namespace="equiprune", log_to_driver=False)
+        ray.init(address=address, namespace="equiprune", log_to_driver=False, runtime_env=runtime_env)
     serve.start(http_options={"host": settings.host, "port": settings.http_port},
                 grpc_options=gRPCOptions(port=settings.grpc_port, grpc_servicer_functions=GRPC_SERVICER_FUNCTIONS))
     serve.run(build_app(settings), name=settings.application_name, blocking=False)

@@ -108,6 +108,21 @@ class ServerSettings(BaseModel):
         return self.database_path or self.data_dir / "jobs.sqlite"
 
     @property
+    def tenants_database(self) -> Path:
+        """Tenants and hashed API tokens (tenants/store.py)."""
+        return self.data_dir / "tenants.sqlite"
+
+    @property
+    def admin_token_path(self) -> Path:
+        """The first admin token, written (0600) by `equiprune serve` on its first start."""
+        return self.data_dir / "admin.token"
+
+    @property
+    def ray_token_path(self) -> Path:
+        """The token the embedded Ray requires on its own ports (RAY_AUTH_MODE=token)."""
+        return self.data_dir / "ray.token"
+
+    @property
     def jobs_dir(self) -> Path:
         """Per-job working folders (checkpoints, outputs before they enter the store)."""
         return self.data_dir / "jobs"

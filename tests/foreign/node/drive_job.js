@@ -41,9 +41,13 @@ const artifacts = new services.equiprune.v1.ArtifactService(opts.target, creds);
 const jobs = new services.equiprune.v1.JobService(opts.target, creds);
 const health = new services.grpc.health.v1.Health(opts.target, creds);
 
-function call(client, method, request, timeoutS = 120) {
+// Every API call carries `authorization: Bearer <token>` (the token comes in EQUIPRUNE_TOKEN).
+function call(client, method, request, timeoutS = 120, token = process.env.EQUIPRUNE_TOKEN) {
+  const metadata = new grpc.Metadata();
+  if (token) metadata.add('authorization', `Bearer ${token}`);
   return new Promise((resolve, reject) => {
-    client[method](request, { deadline: Date.now() + timeoutS * 1000 }, (err, res) => (err ? reject(err) : resolve(res)));
+    client[method](request, metadata, { deadline: Date.now() + timeoutS * 1000 },
+      (err, res) => (err ? reject(err) : resolve(res)));
   });
 }
 
@@ -142,6 +146,13 @@ async function main() {
     summary.object_kwargs = { unexpectedly_ok: true };
   } catch (err) {
     summary.object_kwargs = failure(err);
+  }
+  // No token: UNAUTHENTICATED, with its google.rpc.Status.
+  try {
+    await call(jobs, 'ListJobs', {}, 30, '');
+    summary.no_token = { unexpectedly_ok: true };
+  } catch (err) {
+    summary.no_token = failure(err);
   }
   process.stdout.write(JSON.stringify(summary) + '\n');
 }

@@ -32,6 +32,7 @@ class ContentPlacement:
         copy: _Copied,
         description: dict[str, str],
         place: Callable[[str], None],
+        tenant: str,
     ) -> ArtifactRecord:
         """Puts verified content in place, then writes the record last."""
         record = ArtifactRecord(
@@ -43,6 +44,7 @@ class ContentPlacement:
             create_time=time.time(),
             source=source,
             description=dict(description),
+            tenant=tenant,
         )
         directory = self._artifact_dir(record.artifact_id)
         self._fs.makedirs(directory, exist_ok=True)

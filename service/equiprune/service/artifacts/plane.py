@@ -11,7 +11,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from equiprune.service.errors import InvalidArgument, ServiceError, naming
+from equiprune.service.errors import InvalidArgument, ResourceExhausted, ServiceError, naming
 from equiprune.service.jobs.wire import ArtifactSource
 from equiprune.service.artifacts.samples import is_sample, write_sample
 from equiprune.service.artifacts.store import ArtifactRecord, ArtifactStore, UploadRecord, sha256_of_file
@@ -36,79 +36,104 @@ class ArtifactsPlane:
         self.samples_dir = Path(samples_dir)
         self.samples_dir.mkdir(parents=True, exist_ok=True)
 
+    # Every method acts for a `caller` (tenants/auth.py Caller): what it creates is the
+    # caller's tenant's, and it sees nothing of another tenant's (NOT_FOUND, as if absent).
+
     # ------------------------------------------------------------------ uploads
 
-    def start_upload(self, kind: str, display_name: str, size_bytes: int, sha256: str) -> UploadRecord:
-        return self.store.start_upload(kind, display_name, size_bytes, sha256)
+    def start_upload(self, caller, kind: str, display_name: str, size_bytes: int, sha256: str) -> UploadRecord:
+        return self.store.start_upload(kind, display_name, size_bytes, sha256, tenant=caller.tenant,
+                                       quotas=caller.quotas)
 
-    def put_chunk(self, upload_id: str, offset: int, data: bytes) -> int:
-        return self.store.put_chunk(upload_id, offset, data)
+    def put_chunk(self, caller, upload_id: str, offset: int, data: bytes) -> int:
+        return self.store.put_chunk(upload_id, offset, data, tenant=caller.tenant)
 
-    def get_upload(self, upload_id: str) -> UploadRecord:
-        return self.store.get_upload(upload_id)
+    def get_upload(self, caller, upload_id: str) -> UploadRecord:
+        return self.store.get_upload(upload_id, tenant=caller.tenant)
 
-    def finish_upload(self, upload_id: str) -> ArtifactRecord:
-        return self.store.finish_upload(upload_id, self.validate)
+    def finish_upload(self, caller, upload_id: str) -> ArtifactRecord:
+        return self.store.finish_upload(upload_id, self.validate, tenant=caller.tenant)
 
     # ------------------------------------------------------------------ imports
 
-    def import_artifact(self, kind: str, source: ArtifactSource, display_name: str = "", field: str = "source") -> ArtifactRecord:
-        """Import a URI (or write a built-in sample), reusing an identical stored artifact so a
-        retried request resolves to the same id. Refusals name `field` (`source` for
-        ImportArtifact, `spec.dataset.uri` inside a job spec)."""
+    def import_artifact(self, caller, kind: str, source: ArtifactSource, display_name: str = "",
+                        field: str = "source") -> ArtifactRecord:
+        """Import a URI (or write a built-in sample), reusing an identical artifact of the
+        caller's so a retried request resolves to the same id. Refusals name `field` (`source`
+        for ImportArtifact, `spec.dataset.uri` inside a job spec)."""
         if not source.uri:
             raise InvalidArgument("required: the URI to import", field=f"{field}.uri")
         if is_sample(source.uri):
-            return self._sample(kind, source.uri, display_name, field)
+            return self._sample(caller, kind, source.uri, display_name, field)
         try:
             if not source.sha256:
                 raise InvalidArgument("required for imports: the content's sha256", field="source.sha256")
             # The policy first: a URI the server may not read is refused even when the content
             # is already stored.
             self.store.imports.check(source.uri)
-            existing = self.store.find(kind, source.sha256.lower())
+            existing = self.store.find(kind, source.sha256.lower(), caller.tenant)
             if existing is not None:
                 return existing
-            return self.store.import_uri(kind, source.uri, source.sha256, display_name, validate=self.validate)
+            return self.store.import_uri(kind, source.uri, source.sha256, display_name, validate=self.validate,
+                                         tenant=caller.tenant, quota=self._quota(caller))
         except ServiceError as err:
             # The store names `source.*`; in a job spec the same fields are `spec.dataset.uri.*`.
             if field != "source" and err.field and err.field.startswith("source."):
                 raise type(err)(err.message, field=field + err.field[len("source"):]) from None
             raise
 
-    def _sample(self, kind: str, uri: str, display_name: str, field: str) -> ArtifactRecord:
+    def _quota(self, caller):
+        """A check that `size` more bytes fit in the caller's max_stored_bytes."""
+        def check(size: int) -> None:
+            held = self.store.stored_bytes(caller.tenant) + sum(u.size_bytes for u in self.store.open_uploads(caller.tenant))
+            if held + size > caller.quotas.max_stored_bytes:
+                raise ResourceExhausted(
+                    f"tenant {caller.tenant} holds {held} bytes; {size} more would pass its quota max_stored_bytes "
+                    f"of {caller.quotas.max_stored_bytes}", field="quotas.max_stored_bytes")
+        return check
+
+    def _sample(self, caller, kind: str, uri: str, display_name: str, field: str) -> ArtifactRecord:
         if kind != "dataset":
             raise InvalidArgument("sample: URIs name datasets; use kind DATASET", field=f"{field}.uri")
         path = write_sample(uri, str(self.samples_dir))
         try:
-            existing = self.store.find(kind, sha256_of_file(str(path)))
-            return existing or self.store.put_file(str(path), kind, display_name or path.name, source=uri,
-                                                   description=self.validate(str(path), kind))
+            existing = self.store.find(kind, sha256_of_file(str(path)), caller.tenant)
+            if existing is not None:
+                return existing
+            self._quota(caller)(path.stat().st_size)
+            return self.store.put_file(str(path), kind, display_name or path.name, source=uri,
+                                       description=self.validate(str(path), kind), tenant=caller.tenant)
         finally:
             shutil.rmtree(path.parent, ignore_errors=True)
 
-    def resolve(self, source: ArtifactSource, field: str) -> str | None:
-        """The artifact id a job spec's reference names (`field` is `spec.model` or
-        `spec.dataset`), importing a URI; None for an empty reference."""
+    def resolve(self, caller, source: ArtifactSource, field: str) -> str | None:
+        """The id of the caller's artifact a job spec's reference names (`field` is
+        `spec.model` or `spec.dataset`), importing a URI; None for an empty reference."""
         if source.artifact_id:
             with naming(f"{field}.artifact_id"):
-                return self.store.get(source.artifact_id).artifact_id
+                return self.store.get(source.artifact_id, caller.tenant).artifact_id
         if not source.uri:
             return None
         kind = "model" if field == "spec.model" else "dataset"
-        return self.import_artifact(kind, source, "", f"{field}.uri").artifact_id
+        return self.import_artifact(caller, kind, source, "", f"{field}.uri").artifact_id
 
     # ------------------------------------------------------------------ reads
 
-    def get(self, artifact_id: str) -> ArtifactRecord:
-        return self.store.get(artifact_id)
+    def get(self, caller, artifact_id: str) -> ArtifactRecord:
+        return self.store.get(artifact_id, caller.tenant)
 
-    def list(self, kind: str | None, size: int, token: str) -> tuple[list[ArtifactRecord], str]:
-        return self.store.list(kind, page_size(size, 100), token)
+    def list(self, caller, kind: str | None, size: int, token: str) -> tuple[list[ArtifactRecord], str]:
+        return self.store.list(kind, page_size(size, 100), token, tenant=caller.tenant)
 
-    def download(self, artifact_id: str, offset: int, chunk_bytes: int) -> tuple[ArtifactRecord, Iterator[bytes]]:
+    def download(self, caller, artifact_id: str, offset: int,
+                 chunk_bytes: int) -> tuple[ArtifactRecord, Iterator[bytes]]:
         if chunk_bytes != 0 and not MIN_DOWNLOAD_CHUNK <= chunk_bytes <= MAX_DOWNLOAD_CHUNK:
             raise InvalidArgument(f"must be 0 (1 MiB) or in [{MIN_DOWNLOAD_CHUNK}, {MAX_DOWNLOAD_CHUNK}]",
                                   field="chunk_bytes")
-        record = self.store.get(artifact_id)
+        record = self.store.get(artifact_id, caller.tenant)
         return record, self.store.read_chunks(record.artifact_id, offset, chunk_bytes or DEFAULT_CHUNK)
+
+    def usage(self, caller) -> dict:
+        uploads = self.store.open_uploads(caller.tenant)
+        return {"stored_bytes": self.store.stored_bytes(caller.tenant), "open_upload_sessions": len(uploads),
+                "announced_upload_bytes": sum(u.size_bytes for u in uploads)}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from equiprune.service.errors import DataLoss, InvalidArgument
 
 KINDS = ("model", "dataset", "report")
+OWNER_BEFORE_TENANTS = "admin"  # tenants/store.py BOOTSTRAP_TENANT
 MAX_DISPLAY_NAME = 256
 COPY_BLOCK_BYTES = 1024**2
 
@@ -36,6 +37,9 @@ class ArtifactRecord:
     create_time: float
     source: str
     description: dict[str, str]
+    # The tenant that owns it: no other tenant can see it (records written before tenants
+    # existed belong to the first admin tenant).
+    tenant: str = OWNER_BEFORE_TENANTS
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -51,6 +55,7 @@ class ArtifactRecord:
             create_time=float(data["create_time"]),
             source=str(data["source"]),
             description={str(k): str(v) for k, v in dict(data.get("description") or {}).items()},
+            tenant=str(data.get("tenant") or OWNER_BEFORE_TENANTS),
         )
 
 
@@ -65,6 +70,7 @@ class UploadRecord:
     sha256: str
     committed_bytes: int
     create_time: float
+    tenant: str = OWNER_BEFORE_TENANTS
 
 
 class CorruptArtifact(DataLoss):

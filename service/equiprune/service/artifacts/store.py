@@ -28,7 +28,7 @@ import logging
 import os
 import posixpath
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
 import fsspec
@@ -38,7 +38,8 @@ from equiprune.service.errors import FailedPrecondition, InvalidArgument, NotFou
 from equiprune.service.artifacts.import_sources import ImportSources
 from equiprune.service.artifacts.placement import ContentPlacement
 from equiprune.service.artifacts.records import (
-    _ARTIFACT_ID, ArtifactRecord, CorruptArtifact, UploadRecord, Validator, _check_display_name, _check_id,
+    _ARTIFACT_ID, OWNER_BEFORE_TENANTS, ArtifactRecord, CorruptArtifact, UploadRecord, Validator, _check_display_name,
+    _check_id,
     _check_kind, _normalise_sha256, _remove_local, _run_validator, sha256_of_file,
 )
 from equiprune.service.artifacts.uploads import UploadSessions
@@ -91,7 +92,8 @@ class ArtifactStore(UploadSessions, ContentPlacement):
     # --- other ways in ---------------------------------------------------------------------
 
     def import_uri(
-        self, kind: str, uri: str, sha256: str, display_name: str = "", validate: Validator | None = None
+        self, kind: str, uri: str, sha256: str, display_name: str = "", validate: Validator | None = None, *,
+        tenant: str = OWNER_BEFORE_TENANTS, quota: Callable[[int], None] | None = None,
     ) -> ArtifactRecord:
         """Copies content from a local path (under `import_roots`), an http(s) URL or another
         fsspec URL whose protocol is in `import_protocols`.
@@ -115,21 +117,25 @@ class ArtifactStore(UploadSessions, ContentPlacement):
                 raise InvalidArgument(
                     f"the content of {uri} does not match the expected sha256 {expected}", field="source.sha256"
                 )
+            if quota is not None:
+                quota(copy.size_bytes)  # the real size, before it is kept
             description = _run_validator(validate, copy.path, kind)
-            return self._store(kind, name, uri, copy, description, place=self._placer(copy))
+            return self._store(kind, name, uri, copy, description, place=self._placer(copy), tenant=tenant)
         except BaseException:
             _remove_local(copy.path)
             raise
 
     def put_file(
-        self, path: str, kind: str, display_name: str, source: str, description: dict[str, str] | None = None
+        self, path: str, kind: str, display_name: str, source: str, description: dict[str, str] | None = None, *,
+        tenant: str = OWNER_BEFORE_TENANTS,
     ) -> ArtifactRecord:
         """Copies in a local file the service wrote (a built-in sample)."""
         with open(path, "rb") as stream:
-            return self.put_stream(stream, kind, display_name, source, description)
+            return self.put_stream(stream, kind, display_name, source, description, tenant=tenant)
 
     def put_stream(
-        self, stream: BinaryIO, kind: str, display_name: str, source: str, description: dict[str, str] | None = None
+        self, stream: BinaryIO, kind: str, display_name: str, source: str, description: dict[str, str] | None = None,
+        *, tenant: str = OWNER_BEFORE_TENANTS,
     ) -> ArtifactRecord:
         """Copies in an open file (a job's output, opened by the caller without following links)."""
         _check_kind(kind, "kind")
@@ -137,35 +143,40 @@ class ArtifactStore(UploadSessions, ContentPlacement):
         copy = self._copy_in(stream, limit_field=None)
         try:
             described = {str(k): str(v) for k, v in (description or {}).items()}
-            return self._store(kind, display_name, source, copy, described, place=self._placer(copy))
+            return self._store(kind, display_name, source, copy, described, place=self._placer(copy), tenant=tenant)
         except BaseException:
             _remove_local(copy.path)
             raise
 
     # --- reading ---------------------------------------------------------------------------
 
-    def get(self, artifact_id: str) -> ArtifactRecord:
+    def get(self, artifact_id: str, tenant: str | None = None) -> ArtifactRecord:
+        """The artifact; with `tenant`, only one that tenant owns — another tenant's is NOT_FOUND
+        in the same words as one that does not exist (None: the service's own reads)."""
         _check_id(artifact_id, _ARTIFACT_ID, "artifact_id")
         record = self._records.get(artifact_id) or self._read_record(artifact_id)
-        if record is None:
+        if record is None or (tenant is not None and record.tenant != tenant):
             raise NotFound(f"no artifact with id {artifact_id!r}", field="artifact_id")
         return record
 
-    def find(self, kind: str, sha256: str) -> ArtifactRecord | None:
-        """The oldest stored artifact of `kind` with this content, if any: imports reuse it, so
-        a retried request that names the same content resolves to the same artifact id."""
-        matches = [r for r in self._all_records() if r.kind == kind and r.sha256 == sha256.lower()]
+    def find(self, kind: str, sha256: str, tenant: str = OWNER_BEFORE_TENANTS) -> ArtifactRecord | None:
+        """The oldest artifact of `kind` with this content that `tenant` owns, if any: imports
+        reuse it, so a retried request that names the same content resolves to the same
+        artifact id. Never another tenant's: that would tell who holds what."""
+        matches = [r for r in self._all_records()
+                   if r.kind == kind and r.sha256 == sha256.lower() and r.tenant == tenant]
         return min(matches, key=lambda r: (r.create_time, r.artifact_id)) if matches else None
 
     def list(
-        self, kind: str | None = None, page_size: int = 100, page_token: str = ""
+        self, kind: str | None = None, page_size: int = 100, page_token: str = "", *, tenant: str | None = None
     ) -> tuple[list[ArtifactRecord], str]:
         """One page of artifacts, newest first, and the token of the next page ("" on the last)."""
         if kind is not None:
             _check_kind(kind, "kind")
         check_page_size(page_size)
-        filters = filter_digest("artifacts", kind)
-        records = [r for r in self._all_records() if kind is None or r.kind == kind]
+        filters = filter_digest("artifacts", kind, tenant)
+        records = [r for r in self._all_records()
+                   if (kind is None or r.kind == kind) and (tenant is None or r.tenant == tenant)]
         records.sort(key=lambda r: (r.create_time, r.artifact_id), reverse=True)
         if page_token:
             after = decode_page_token(page_token, filters)
@@ -174,6 +185,10 @@ class ArtifactStore(UploadSessions, ContentPlacement):
         if len(records) <= page_size:
             return page, ""
         return page, encode_page_token(page[-1].create_time, page[-1].artifact_id, filters)
+
+    def stored_bytes(self, tenant: str) -> int:
+        """What `tenant`'s artifacts take in the store."""
+        return sum(r.size_bytes for r in self._all_records() if r.tenant == tenant)
 
     def read_chunks(self, artifact_id: str, offset: int = 0, chunk_bytes: int = 1024**2) -> Iterator[bytes]:
         """The content from `offset` on, in chunks of at most `chunk_bytes`, from a file

@@ -24,7 +24,8 @@ import uuid
 
 from equiprune.service.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from equiprune.service.artifacts.records import (
-    _UPLOAD_ID, ArtifactRecord, UploadRecord, Validator, _check_display_name, _check_id, _check_kind,
+    _UPLOAD_ID, OWNER_BEFORE_TENANTS, ArtifactRecord, UploadRecord, Validator, _check_display_name, _check_id,
+    _check_kind,
     _normalise_sha256, _run_validator,
 )
 
@@ -32,13 +33,19 @@ from equiprune.service.artifacts.records import (
 class UploadSessions:
     """The upload half of `ArtifactStore`."""
 
-    def start_upload(self, kind: str, display_name: str, size_bytes: int, sha256: str) -> UploadRecord:
+    def start_upload(self, kind: str, display_name: str, size_bytes: int, sha256: str, *,
+                     tenant: str = OWNER_BEFORE_TENANTS,
+                     quotas=None) -> UploadRecord:
+        """A new session of `tenant`. `quotas` (tenants.Quotas) bound its open sessions and its
+        stored plus announced bytes."""
         _check_kind(kind, "kind")
         _check_display_name(display_name)
         if size_bytes < 1:
             raise InvalidArgument(f"size_bytes must be at least 1, not {size_bytes}", field="size_bytes")
         self._check_size_limit(size_bytes, "size_bytes")
         open_sessions = self.expire_uploads()
+        if quotas is not None:
+            self._check_quotas(tenant, size_bytes, [u for u in open_sessions if u.tenant == tenant], quotas)
         self._check_free_disk(size_bytes, open_sessions)
         upload = UploadRecord(
             upload_id="upl-" + uuid.uuid4().hex[:16],
@@ -48,6 +55,7 @@ class UploadSessions:
             sha256=_normalise_sha256(sha256, "sha256"),
             committed_bytes=0,
             create_time=time.time(),
+            tenant=tenant,
         )
         directory = self._upload_dir(upload.upload_id)
         self._fs.makedirs(directory, exist_ok=True)
@@ -55,11 +63,11 @@ class UploadSessions:
         self._write_json_atomically(f"{directory}/meta.json", _upload_meta(upload))
         return upload
 
-    def put_chunk(self, upload_id: str, offset: int, data: bytes) -> int:
+    def put_chunk(self, upload_id: str, offset: int, data: bytes, *, tenant: str | None = None) -> int:
         """Commits `data` at `offset`; returns the bytes committed so far."""
         _check_id(upload_id, _UPLOAD_ID, "upload_id")
         with self._lock_for(upload_id):
-            upload = self._read_upload(upload_id)
+            upload = self._read_upload(upload_id, tenant)
             if not data:
                 raise InvalidArgument("data is empty; send at least one byte per chunk", field="data")
             if len(data) > self.max_chunk_bytes:
@@ -104,6 +112,20 @@ class UploadSessions:
                 continue  # expired (and removed) or finished meanwhile
         return still_open
 
+    def _check_quotas(self, tenant: str, size_bytes: int, open_sessions: list[UploadRecord], quotas) -> None:
+        if len(open_sessions) >= quotas.max_upload_sessions:
+            raise ResourceExhausted(
+                f"tenant {tenant} has {len(open_sessions)} open upload sessions, its quota max_upload_sessions; "
+                "finish or let some expire first", field="quotas.max_upload_sessions")
+        held = self.stored_bytes(tenant) + sum(u.size_bytes for u in open_sessions)
+        if held + size_bytes > quotas.max_stored_bytes:
+            raise ResourceExhausted(
+                f"tenant {tenant} holds {held} bytes (stored and announced by open uploads); {size_bytes} more "
+                f"would pass its quota max_stored_bytes of {quotas.max_stored_bytes}", field="quotas.max_stored_bytes")
+
+    def open_uploads(self, tenant: str) -> list[UploadRecord]:
+        return [u for u in self.expire_uploads() if u.tenant == tenant]
+
     def _check_free_disk(self, size_bytes: int, open_sessions: list[UploadRecord]) -> None:
         if not self._is_local:
             return
@@ -116,11 +138,12 @@ class UploadSessions:
                 "(settings free_disk_reserve_bytes, upload_ttl_s); finish or let open uploads expire",
                 field="size_bytes")
 
-    def get_upload(self, upload_id: str) -> UploadRecord:
+    def get_upload(self, upload_id: str, *, tenant: str | None = None) -> UploadRecord:
         _check_id(upload_id, _UPLOAD_ID, "upload_id")
-        return self._read_upload(upload_id)
+        return self._read_upload(upload_id, tenant)
 
-    def finish_upload(self, upload_id: str, validate: Validator | None = None) -> ArtifactRecord:
+    def finish_upload(self, upload_id: str, validate: Validator | None = None, *,
+                      tenant: str | None = None) -> ArtifactRecord:
         """Checks the digest, validates, and stores the upload as an artifact.
 
         A digest mismatch or a validator refusal deletes the session: its bytes are not what
@@ -129,11 +152,11 @@ class UploadSessions:
         """
         _check_id(upload_id, _UPLOAD_ID, "upload_id")
         with self._lock_for(upload_id):
-            finished = self._finished_upload(upload_id)
+            finished = self._finished_upload(upload_id, tenant)
             if finished is not None:
                 # A retry after a lost reply: the same artifact, not NOT_FOUND.
                 return finished
-            upload = self._read_upload(upload_id)
+            upload = self._read_upload(upload_id, tenant)
             if upload.committed_bytes < upload.size_bytes:
                 raise FailedPrecondition(
                     f"only {upload.committed_bytes} of {upload.size_bytes} bytes have been committed; "
@@ -157,6 +180,7 @@ class UploadSessions:
                     copy,
                     description,
                     place=lambda destination: self._fs.mv(part, destination),
+                    tenant=upload.tenant,
                 )
             except BaseException:
                 self._discard_local_copy(copy, part)
@@ -168,25 +192,30 @@ class UploadSessions:
                                         {"artifact_id": record.artifact_id})
         return record
 
-    def _finished_upload(self, upload_id: str) -> ArtifactRecord | None:
+    def _finished_upload(self, upload_id: str, tenant: str | None) -> ArtifactRecord | None:
         try:
             marker = json.loads(self._fs.cat_file(self._path("finished-uploads", f"{upload_id}.json")))
         except FileNotFoundError:
             return None
-        return self.get(marker["artifact_id"])
+        try:
+            return self.get(marker["artifact_id"], tenant)
+        except NotFound:
+            raise _no_upload(upload_id) from None
 
     # --- plumbing --------------------------------------------------------------------------
 
-    def _read_upload(self, upload_id: str) -> UploadRecord:
+    def _read_upload(self, upload_id: str, tenant: str | None = None) -> UploadRecord:
+        """The open session; with `tenant`, only that tenant's (another's is NOT_FOUND in the
+        same words as one that does not exist)."""
         directory = self._upload_dir(upload_id)
         try:
             meta = json.loads(self._fs.cat_file(f"{directory}/meta.json"))
             committed = self._fs.size(f"{directory}/part")
         except FileNotFoundError:
-            raise NotFound(
-                f"no open upload with id {upload_id!r} (it may have been finished or discarded)", field="upload_id"
-            ) from None
+            raise _no_upload(upload_id) from None
         upload = UploadRecord(committed_bytes=int(committed), **meta)
+        if tenant is not None and upload.tenant != tenant:
+            raise _no_upload(upload_id)
         if time.time() - upload.create_time > self.upload_ttl_s:
             self._delete_upload(upload_id)
             raise NotFound(f"upload {upload_id} expired: it was not finished within {self.upload_ttl_s:g} s of its "
@@ -211,6 +240,11 @@ class UploadSessions:
 
     def _upload_dir(self, upload_id: str) -> str:
         return self._path("uploads", upload_id)
+
+
+def _no_upload(upload_id: str) -> NotFound:
+    return NotFound(f"no open upload with id {upload_id!r} (it may have been finished or discarded)",
+                    field="upload_id")
 
 
 def _upload_meta(upload: UploadRecord) -> dict:

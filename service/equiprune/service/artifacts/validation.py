@@ -133,10 +133,11 @@ def _check_train_fit(train, samples: tuple[int, ...], classes: int | None, model
                               field=field)
 
 
-def artifact_of_kind(artifacts, artifact_id: str, kind: str, field: str):
-    """The stored artifact `artifact_id`, which must be a `kind`; refusals name `field`."""
+def artifact_of_kind(artifacts, artifact_id: str, kind: str, field: str, tenant: str | None):
+    """The stored artifact `artifact_id` of `tenant` (None: anyone's), which must be a `kind`;
+    refusals name `field`."""
     with naming(field):
-        record = artifacts.get(artifact_id)
+        record = artifacts.get(artifact_id, tenant)
     if record.kind != kind:
         raise FailedPrecondition(f"artifact {artifact_id} is a {record.kind}, not a {kind}", field=field)
     return record

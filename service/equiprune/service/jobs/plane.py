@@ -19,6 +19,7 @@ from equiprune.engine.errors import EngineError
 from equiprune.engine.jobs import JobSpec, check_splits
 
 from equiprune.service.errors import InvalidArgument, naming
+from equiprune.service.jobs.records import _not_found as not_found
 from equiprune.service.artifacts.validation import artifact_of_kind, check_job_fit, described_list
 
 JOB_ID = re.compile(r"^job-[0-9a-f]{16}$")
@@ -39,10 +40,15 @@ class JobsPlane:
         self.manager = manager
         self.model_limits = model_limits
 
-    def check(self, spec: JobSpec) -> JobSpec:
-        """Refuse a spec that does not fit its artifacts (blocking: reads the artifact store)."""
-        dataset = artifact_of_kind(self.artifacts, spec.dataset, "dataset", "spec.dataset")
-        model = artifact_of_kind(self.artifacts, spec.model, "model", "spec.model") if spec.model is not None else None
+    # Every method acts for a `caller` (tenants/auth.py): a job is its creator's tenant's, and
+    # another tenant's job is NOT_FOUND in the same words as one that does not exist.
+
+    def check(self, caller, spec: JobSpec) -> JobSpec:
+        """Refuse a spec that does not fit its artifacts, all the caller's (blocking: reads the
+        artifact store)."""
+        dataset = artifact_of_kind(self.artifacts, spec.dataset, "dataset", "spec.dataset", caller.tenant)
+        model = (artifact_of_kind(self.artifacts, spec.model, "model", "spec.model", caller.tenant)
+                 if spec.model is not None else None)
         attributes = described_list(dataset.description, "attributes")
         for name in spec.data.group_by:
             if name not in attributes:
@@ -55,37 +61,43 @@ class JobsPlane:
         check_job_fit(spec, model.description if model is not None else None, dataset.description, self.model_limits)
         return spec
 
-    async def create(self, spec: JobSpec | Callable[[], JobSpec], request_id: str = ""):
+    async def create(self, caller, spec: JobSpec | Callable[[], JobSpec], request_id: str = ""):
         """Record and launch a job. `spec` may be a function building it (from a request, which
         may import artifacts): it runs after the request id is checked, in a thread."""
         if request_id and not REQUEST_ID.match(request_id):
             raise InvalidArgument("at most 128 characters of A-Z a-z 0-9 . _ : -", field="request_id")
-        spec = await asyncio.to_thread(lambda: self.check(spec() if callable(spec) else spec))
-        return await self.manager.create(spec.kind, spec.to_dict(), request_id or None)
+        spec = await asyncio.to_thread(lambda: self.check(caller, spec() if callable(spec) else spec))
+        return await self.manager.create(spec.kind, spec.to_dict(), request_id or None, caller.tenant,
+                                         caller.quotas.max_concurrent_jobs)
 
-    async def get(self, job_id: str, field: str = "job_id"):
-        """The job; refusals name `field` (a deploy's `reference_job_id` names a job too)."""
+    async def get(self, caller, job_id: str, field: str = "job_id"):
+        """The caller's job; refusals name `field` (a deploy's `reference_job_id` names a job too)."""
         with naming(field) if field != "job_id" else contextlib.nullcontext():
-            return await self.manager.get(job_id_in(job_id, field))
+            record = await self.manager.get(job_id_in(job_id, field))
+            if record.tenant != caller.tenant:
+                raise not_found(job_id)  # the store's own words for a job that does not exist
+            return record
 
-    async def list(self, states: tuple[str, ...], kind: str | None, page_size: int, page_token: str):
+    async def list(self, caller, states: tuple[str, ...], kind: str | None, page_size: int, page_token: str):
         from equiprune.service.artifacts.plane import page_size as checked
 
-        return await self.manager.list(states, kind, checked(page_size, 50), page_token)
+        return await self.manager.list(states, kind, checked(page_size, 50), page_token, caller.tenant)
 
-    async def cancel(self, job_id: str):
-        return await self.manager.cancel(job_id_in(job_id))
+    async def cancel(self, caller, job_id: str):
+        await self.get(caller, job_id)
+        return await self.manager.cancel(job_id)
 
-    async def wait(self, job_id: str, timeout_s: float | None):
+    async def wait(self, caller, job_id: str, timeout_s: float | None):
         """The job once done, or as it is after `timeout_s` (None: DEFAULT_WAIT_S)."""
         timeout = DEFAULT_WAIT_S if not timeout_s else timeout_s
         if timeout < 0 or timeout > MAX_WAIT_S:
             raise InvalidArgument(f"must be between 0 and {MAX_WAIT_S:.0f} s", field="timeout")
-        return await self.manager.wait(job_id_in(job_id), timeout)
+        await self.get(caller, job_id)
+        return await self.manager.wait(job_id, timeout)
 
-    async def watch(self, job_id: str, after_sequence: int) -> AsyncIterator[tuple[object, bool]]:
+    async def watch(self, caller, job_id: str, after_sequence: int) -> AsyncIterator[tuple[object, bool]]:
         """(event, is_last) for every event after `after_sequence`, until the job's last one."""
-        job_id_in(job_id)
+        await self.get(caller, job_id)
         if after_sequence < 0:
             raise InvalidArgument("must not be negative", field="after_sequence")
         after = after_sequence
@@ -97,3 +109,5 @@ class JobsPlane:
             if done:
                 return
 
+    async def unfinished(self, caller) -> int:
+        return await self.manager.count_unfinished(caller.tenant)

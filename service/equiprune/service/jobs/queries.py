@@ -29,12 +29,17 @@ class JobQueries:
         kind: str | None = None,
         page_size: int = 50,
         page_token: str = "",
+        tenant: str | None = None,
     ) -> tuple[list[JobRecord], str]:
-        """One page of jobs, newest first, and the token of the next page ("" on the last)."""
+        """One page of jobs (of `tenant`'s only, when given), newest first, and the token of
+        the next page ("" on the last)."""
         wanted = _check_states(states)
         check_page_size(page_size)
-        filters = filter_digest(wanted, kind)
+        filters = filter_digest(wanted, kind, tenant)
         where, params = [], []
+        if tenant is not None:
+            where.append("tenant = ?")
+            params.append(tenant)
         if wanted:
             where.append(f"state IN ({', '.join('?' * len(wanted))})")
             params.extend(wanted)
@@ -90,15 +95,16 @@ class JobQueries:
             ).fetchall()
         return [_job_from_row(row) for row in rows]
 
-    def count_in_states(self, states: Collection[str]) -> int:
-        """How many jobs are in any of `states` (an empty collection counts nothing)."""
+    def count_in_states(self, states: Collection[str], tenant: str | None = None) -> int:
+        """How many jobs (of `tenant`'s, when given) are in any of `states` (an empty
+        collection counts nothing)."""
         wanted = _check_states(states)
         if not wanted:
             return 0
+        where = f"state IN ({', '.join('?' * len(wanted))})" + (" AND tenant = ?" if tenant is not None else "")
         with self._locked() as conn:
-            row = conn.execute(
-                f"SELECT COUNT(*) FROM jobs WHERE state IN ({', '.join('?' * len(wanted))})", wanted
-            ).fetchone()
+            row = conn.execute(f"SELECT COUNT(*) FROM jobs WHERE {where}",
+                               (*wanted, *([tenant] if tenant is not None else []))).fetchone()
         return row[0]
 
     @contextmanager

@@ -30,6 +30,8 @@ class JobRecord:
     progress: dict | None
     error: dict | None
     result: dict | None
+    # The tenant that created it: the only one that can see it.
+    tenant: str = "admin"
 
     @property
     def done(self) -> bool:
@@ -64,7 +66,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     result        TEXT,
     last_sequence INTEGER NOT NULL DEFAULT 0
 );
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs (request_id) WHERE request_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_newest ON jobs (create_time DESC, job_id DESC);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS job_events (
@@ -77,9 +78,20 @@ CREATE TABLE IF NOT EXISTS job_events (
 ) WITHOUT ROWID;
 """
 
+# Added after the first release: applied to older files at open (store.py `_migrate`). A job
+# from before tenants belongs to the first admin tenant; request ids are unique per tenant.
+_MIGRATIONS = (
+    ("tenant", "ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT 'admin'"),
+)
+_INDEXES = """
+DROP INDEX IF EXISTS jobs_request_id;
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_tenant_request_id ON jobs (tenant, request_id) WHERE request_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_tenant_newest ON jobs (tenant, create_time DESC, job_id DESC);
+"""
+
 _JOB_COLUMNS = (
     "job_id, kind, spec, spec_digest, state, request_id, create_time, start_time, end_time, "
-    "attempt, progress, error, result"
+    "attempt, progress, error, result, tenant"
 )
 
 
@@ -117,6 +129,7 @@ def _job_from_row(row: sqlite3.Row) -> JobRecord:
         progress=_from_json(row["progress"]),
         error=_from_json(row["error"]),
         result=_from_json(row["result"]),
+        tenant=row["tenant"],
     )
 
 

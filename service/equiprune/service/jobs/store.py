@@ -31,14 +31,15 @@ from typing import Protocol
 from equiprune.service.errors import AlreadyExists
 from equiprune.service.jobs.queries import JobQueries
 from equiprune.service.jobs.records import (
-    _JOB_COLUMNS, _SCHEMA, TERMINAL, JobEventRecord, JobRecord, _require_job, _select_job, _to_json,
+    _INDEXES, _JOB_COLUMNS, _MIGRATIONS, _SCHEMA, TERMINAL, JobEventRecord, JobRecord, _require_job, _select_job, _to_json,
 )
 
 
 class JobStore(Protocol):
     """What the job manager needs from a job store."""
 
-    def create(self, kind: str, spec: dict, request_id: str | None = None) -> tuple[JobRecord, bool]: ...
+    def create(self, kind: str, spec: dict, request_id: str | None = None,
+               tenant: str = "admin") -> tuple[JobRecord, bool]: ...
 
     def get(self, job_id: str) -> JobRecord: ...
 
@@ -48,9 +49,10 @@ class JobStore(Protocol):
         kind: str | None = None,
         page_size: int = 50,
         page_token: str = "",
+        tenant: str | None = None,
     ) -> tuple[list[JobRecord], str]: ...
 
-    def find_request(self, request_id: str) -> JobRecord | None: ...
+    def find_request(self, request_id: str, tenant: str = "admin") -> JobRecord | None: ...
 
     def mark_running(self, job_id: str) -> JobRecord: ...
 
@@ -68,7 +70,7 @@ class JobStore(Protocol):
 
     def unfinished(self) -> list[JobRecord]: ...
 
-    def count_in_states(self, states: Collection[str]) -> int: ...
+    def count_in_states(self, states: Collection[str], tenant: str | None = None) -> int: ...
 
     def close(self) -> None: ...
 
@@ -99,8 +101,17 @@ class SqliteJobStore(JobQueries):
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._conn.executescript(_SCHEMA)
+            self._migrate()
 
-    def create(self, kind: str, spec: dict, request_id: str | None = None) -> tuple[JobRecord, bool]:
+    def _migrate(self) -> None:
+        columns = {row["name"] for row in self._conn.execute("PRAGMA table_info(jobs)")}
+        for column, statement in _MIGRATIONS:
+            if column not in columns:
+                self._conn.execute(statement)
+        self._conn.executescript(_INDEXES)
+
+    def create(self, kind: str, spec: dict, request_id: str | None = None,
+               tenant: str = "admin") -> tuple[JobRecord, bool]:
         digest = spec_digest(spec)
         spec_json = _to_json(spec)
         job_id = new_job_id()
@@ -108,20 +119,20 @@ class SqliteJobStore(JobQueries):
         queued = {"phase": "queued"}
         with self._transaction() as conn:
             if request_id is not None:
-                existing = _select_job(conn, "request_id = ?", (request_id,))
+                existing = _select_job(conn, "tenant = ? AND request_id = ?", (tenant, request_id))
                 if existing is not None:
                     return _same_request(existing, digest, request_id), False
             conn.execute(
-                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, 'queued', ?, ?, NULL, NULL, 0, ?, NULL, NULL)",
-                (job_id, kind, spec_json, digest, request_id, now, _to_json(queued)),
+                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, 'queued', ?, ?, NULL, NULL, 0, ?, NULL, NULL, ?)",
+                (job_id, kind, spec_json, digest, request_id, now, _to_json(queued), tenant),
             )
             _append_event(conn, job_id, now, "queued", queued)
             return _select_job(conn, "job_id = ?", (job_id,)), True
 
-    def find_request(self, request_id: str) -> JobRecord | None:
-        """The job created with this idempotency key, if any."""
+    def find_request(self, request_id: str, tenant: str = "admin") -> JobRecord | None:
+        """The job `tenant` created with this idempotency key, if any."""
         with self._lock:
-            return _select_job(self._conn, "request_id = ?", (request_id,))
+            return _select_job(self._conn, "tenant = ? AND request_id = ?", (tenant, request_id))
 
     def mark_running(self, job_id: str) -> JobRecord:
         """queued -> running (a new attempt); a terminal job comes back unchanged.

@@ -23,7 +23,8 @@ from equiprune.service.errors import ClientStatus, InvalidArgument, client_statu
 from equiprune.service.rpc.servicers import UndecodableRequest
 from equiprune.service.rpc import status
 
-SERVICES = ("", "equiprune.v1.ArtifactService", "equiprune.v1.JobService", "equiprune.v1.ServingService")
+SERVICES = ("", "equiprune.v1.ArtifactService", "equiprune.v1.JobService", "equiprune.v1.ServingService",
+            "equiprune.v1.TenantService")
 # A Watch stream stays open (the protocol's contract); it re-checks this often and sends a
 # message only when the status changes.
 WATCH_RECHECK_S = 30.0

@@ -38,7 +38,8 @@ log = logging.getLogger("equiprune.service")
 
 V1ALPHA = "grpc.reflection.v1alpha.ServerReflection"
 V1 = "grpc.reflection.v1.ServerReflection"
-OUR_SERVICES = ("equiprune.v1.ArtifactService", "equiprune.v1.JobService", "equiprune.v1.ServingService")
+OUR_SERVICES = ("equiprune.v1.ArtifactService", "equiprune.v1.JobService", "equiprune.v1.ServingService",
+                "equiprune.v1.TenantService")
 HEALTH = "grpc.health.v1.Health"
 _GUARDED = "_equiprune_owned_services"
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from equiprune.v1 import artifacts_pb2_grpc, jobs_pb2_grpc, serving_pb2_grpc
+from equiprune.v1 import artifacts_pb2_grpc, jobs_pb2_grpc, serving_pb2_grpc, tenants_pb2_grpc
 
 
 class UndecodableRequest:
@@ -85,6 +85,10 @@ def add_JobServiceServicer_to_server(servicer, server) -> None:  # noqa: N802
 
 def add_ServingServiceServicer_to_server(servicer, server) -> None:  # noqa: N802
     serving_pb2_grpc.add_ServingServiceServicer_to_server(servicer, _prepared(server))
+
+
+def add_TenantServiceServicer_to_server(servicer, server) -> None:  # noqa: N802
+    tenants_pb2_grpc.add_TenantServiceServicer_to_server(servicer, _prepared(server))
 
 
 def add_HealthServicer_to_server(servicer, server) -> None:  # noqa: N802

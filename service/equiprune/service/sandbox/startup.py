@@ -22,7 +22,7 @@ class SandboxUnsafe(Exception):
 def check_sandbox(settings) -> str:
     """A one-line summary of the isolation achieved; SandboxUnsafe when a check failed."""
     from equiprune.service.sandbox import sandbox_from_settings
-    from equiprune.service.app import prepare_data_dir
+    from equiprune.service.factory import prepare_data_dir
 
     prepare_data_dir(settings)
     sandbox = sandbox_from_settings(settings)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from equiprune.service.errors import FailedPrecondition, InvalidArgument, ServiceError
 from equiprune.service.jobs.plane import job_id_in
-from equiprune.service.serving.monitor.state import make_prediction_id
+from equiprune.service.serving.monitor.config import OUTCOME_RESULTS, make_prediction_id
+from equiprune.service.serving.monitor.refusals import is_class_index
 from equiprune.service.artifacts.validation import artifact_of_kind
 
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -74,12 +75,16 @@ class ServingPlane:
         self.monitor, self.models, self.probe_timeout_s = monitor, models, probe_timeout_s
         self._served_cache: dict[str, tuple[float, dict]] = {}
 
+    # Served models are per tenant: the name a client uses is its own, and the monitor keeps
+    # each under "<tenant>/<name>" (`_key`), so two tenants may both serve "digits" and neither
+    # can see, call, report on or learn of the other's. Prediction ids carry the key.
+
     # ------------------------------------------------------------------ registry
 
-    async def deploy(self, request: DeployRequest) -> dict:
-        served = await asyncio.to_thread(self._checked, request)
+    async def deploy(self, caller, request: DeployRequest) -> dict:
+        served = await asyncio.to_thread(self._checked, caller, request)
         if request.reference_job_id:
-            job = await self.jobs.get(request.reference_job_id, field="reference_job_id")
+            job = await self.jobs.get(caller, request.reference_job_id, field="reference_job_id")
             served = await asyncio.to_thread(self._with_job_reference, served, job)
         if not served["reference_accuracy"]:
             raise InvalidArgument("give reference_job_id (a job with a dense report) or reference_accuracy",
@@ -87,22 +92,27 @@ class ServingPlane:
         if not served["input_shape"]:
             raise InvalidArgument("required without a reference job: the shape of one instance", field="input_shape")
         served = await asyncio.to_thread(self._probed, served)
-        self._served_cache.pop(served["name"], None)
-        return await self.monitor.deploy(served)
+        key = _key(caller, request.name)
+        self._served_cache.pop(key, None)
+        async with _named(request.name):
+            return _public(await self.monitor.deploy({**served, "name": key}))
 
-    async def undeploy(self, name: str) -> None:
-        await self.monitor.undeploy(name)
-        self._served_cache.pop(name, None)
+    async def undeploy(self, caller, name: str) -> None:
+        key = _key(caller, name, "name")
+        async with _named(name, "name"):
+            await self.monitor.undeploy(key)
+        self._served_cache.pop(key, None)
 
-    async def list_served(self) -> list[dict]:
-        return await self.monitor.list_served()
+    async def list_served(self, caller) -> list[dict]:
+        prefix = caller.tenant + "/"
+        return [_public(m) for m in await self.monitor.list_served() if m["name"].startswith(prefix)]
 
-    def _checked(self, r: DeployRequest) -> dict:
+    def _checked(self, caller, r: DeployRequest) -> dict:
         if not NAME.match(r.name):
             raise InvalidArgument("1-63 characters of a-z, 0-9 and -, starting with a letter", field="name")
-        artifact_of_kind(self.artifacts, r.artifact_id, "model", "artifact_id")
+        artifact_of_kind(self.artifacts, r.artifact_id, "model", "artifact_id", caller.tenant)
         if r.shadow_artifact_id:
-            artifact_of_kind(self.artifacts, r.shadow_artifact_id, "model", "shadow_artifact_id")
+            artifact_of_kind(self.artifacts, r.shadow_artifact_id, "model", "shadow_artifact_id", caller.tenant)
         if not r.group_by:
             raise InvalidArgument("name at least one group attribute", field="group_by")
         tolerance = DEFAULT_TOLERANCE if r.tolerance is None else r.tolerance
@@ -183,45 +193,57 @@ class ServingPlane:
 
     # ------------------------------------------------------------------ traffic
 
-    async def served(self, name: str) -> dict:
-        """The served model, cached for SERVED_CACHE_S: a Predict then costs two hops, not three.
-        A deploy or undeploy through another replica shows here within that time."""
+    async def served(self, key: str) -> dict:
+        """The served model under `key`, cached for SERVED_CACHE_S: a Predict then costs two hops,
+        not three. A deploy or undeploy through another replica shows here within that time."""
         now = time.monotonic()
-        cached = self._served_cache.get(name)
+        cached = self._served_cache.get(key)
         if cached is not None and cached[0] > now:
             return cached[1]
-        served = await self.monitor.served(name)
-        self._served_cache[name] = (now + SERVED_CACHE_S, served)
+        served = await self.monitor.served(key)
+        self._served_cache[key] = (now + SERVED_CACHE_S, served)
         return served
 
-    async def predict(self, model: str, instances: list[Instance]) -> list[Prediction]:
+    async def predict(self, caller, model: str, instances: list[Instance]) -> list[Prediction]:
         """Run the model (and its shadow, on the same inputs) and record every prediction with
         its groups, so outcomes reported later can be judged per group."""
-        served = await self.served(model)
+        key = _key(caller, model)
+        async with _named(model):
+            served = await self.served(key)
         inputs, groups = _checked_instances(instances, served)
         calls = [self.models.predict(served["artifact_id"], inputs, served["input_shape"])]
         if served.get("shadow_artifact_id"):
             calls.append(self.models.predict(served["shadow_artifact_id"], inputs, served["input_shape"]))
         outputs = await asyncio.gather(*calls)
         shadow = outputs[1] if len(outputs) > 1 else None
-        predictions = [Prediction(make_prediction_id(model), _argmax(probs), probs,
+        predictions = [Prediction(make_prediction_id(key), _argmax(probs), probs,
                                   _argmax(shadow[i]) if shadow is not None else None)
                        for i, probs in enumerate(outputs[0])]
         now = time.time()
-        await self.monitor.record_predictions(model, [
+        await self.monitor.record_predictions(key, [
             (p.prediction_id, now, g, p.predicted_class, p.probabilities, p.shadow_class)
             for p, g in zip(predictions, groups)])
         return predictions
 
-    async def report_outcomes(self, outcomes: list[tuple[str, int]]) -> dict:
+    async def report_outcomes(self, caller, outcomes: list[tuple[str, int]]) -> dict:
+        """Join labels to the caller's predictions. An id of another tenant's prediction is
+        counted as unknown (or invalid, for a label that is not a class index) exactly as an
+        id nobody issued, and never reaches the monitor: it cannot touch their counts."""
         check_count(len(outcomes), MAX_OUTCOMES, "outcomes")
-        for i, (prediction_id, _label) in enumerate(outcomes):
+        prefix = caller.tenant + "/"
+        own, foreign = [], dict.fromkeys(OUTCOME_RESULTS, 0)
+        for i, (prediction_id, label) in enumerate(outcomes):
             if not prediction_id or len(prediction_id) > MAX_PREDICTION_ID:
                 raise InvalidArgument(f"required, at most {MAX_PREDICTION_ID} characters",
                                       field=f"outcomes[{i}].prediction_id")
-        return await self.monitor.record_outcomes(outcomes)
+            if prediction_id.startswith(prefix):
+                own.append((prediction_id, label))
+            else:
+                foreign["unknown" if is_class_index(label) else "invalid"] += 1
+        counts = await self.monitor.record_outcomes(own) if own else dict.fromkeys(OUTCOME_RESULTS, 0)
+        return {k: counts.get(k, 0) + foreign[k] for k in OUTCOME_RESULTS}
 
-    async def record_evaluations(self, model: str, records: list[EvaluationRecord]) -> dict:
+    async def record_evaluations(self, caller, model: str, records: list[EvaluationRecord]) -> dict:
         if not model:
             raise InvalidArgument("required", field="model")
         check_count(len(records), MAX_OUTCOMES, "records")
@@ -229,13 +251,48 @@ class ServingPlane:
         for i, r in enumerate(records):
             if r.confidence is not None and not 0 <= r.confidence <= 1:
                 raise InvalidArgument(f"must be in [0, 1], got {r.confidence}", field=f"records[{i}].confidence")
-        return await self.monitor.record_evaluations(model, [
-            (r.time if r.time is not None else now, r.groups, r.label, r.predicted_class, r.confidence) for r in records])
+        async with _named(model):
+            return await self.monitor.record_evaluations(_key(caller, model), [
+                (r.time if r.time is not None else now, r.groups, r.label, r.predicted_class, r.confidence)
+                for r in records])
 
-    async def metrics(self, model: str) -> dict:
+    async def metrics(self, caller, model: str) -> dict:
         if not model:
             raise InvalidArgument("required", field="model")
-        return await self.monitor.metrics(model)
+        async with _named(model):
+            answer = await self.monitor.metrics(_key(caller, model))
+        return {**answer, "served": _public(answer["served"]) if answer.get("served") else answer.get("served")}
+
+
+def _key(caller, name: str, field: str = "model") -> str:
+    """The monitor's key of the caller's served model `name`."""
+    if not NAME.match(name or ""):
+        if not name:
+            raise InvalidArgument("required", field=field)
+        raise NotFound(f"no served model named {name!r}", field=field)
+    return f"{caller.tenant}/{name}"
+
+
+def _public(served: dict) -> dict:
+    """A served model as its tenant knows it: the name without the tenant's prefix."""
+    return {**served, "name": served["name"].partition("/")[2] or served["name"]}
+
+
+class _named:
+    """Re-word a monitor refusal about a key ("acme/digits") as about the client's name."""
+
+    def __init__(self, name: str, field: str | None = None) -> None:
+        self.name, self.field = name, field
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, kind, exc, tb):
+        refusal = exc if isinstance(exc, ServiceError) else getattr(exc, "cause", None)
+        if isinstance(refusal, ServiceError) and "/" in refusal.message:
+            message = re.sub(r"'[a-z][a-z0-9-]{0,31}/([a-z][a-z0-9-]{0,62})'", r"'\1'", refusal.message)
+            raise type(refusal)(message, field=self.field or refusal.field) from None
+        return False
 
 
 def check_count(count: int, limit: int, field: str) -> None:
