@@ -66,6 +66,7 @@ def world(server, model_file):
                                                       group_by="cohort"), request_id="alpha-eval").job_id, timeout=300)
     assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED, job.error
     a.deploy_model("digits", model.artifact_id, ["cohort"], reference_job_id=job.job_id)
+    a.deploy_model("alpha-only", model.artifact_id, ["cohort"], reference_job_id=job.job_id)
     prediction = a.predict("digits", [([0.0] * 64, {"cohort": "minority"})])[0]
     upload = a._unary(a._artifacts.StartUpload, artifacts_pb2.StartUploadRequest(
         kind=artifacts_pb2.ARTIFACT_KIND_MODEL, display_name="open.bin", size_bytes=10,
@@ -104,6 +105,8 @@ def _isolation_rows(w, own: str):
     spec_on = lambda dataset: specs.evaluate_spec(model=w["b_model"], dataset=dataset, group_by="cohort")  # noqa: E731
     deploy = lambda **kw: serving_pb2.DeployModelRequest(name="stolen", group_by=["cohort"], **kw)  # noqa: E731
     nf = grpc.StatusCode.NOT_FOUND
+    instance = serving_pb2.Instance(values=[0.0] * 64, groups={"cohort": "minority"})
+    record = serving_pb2.EvaluationRecord(label=1, predicted_class=1, groups={"cohort": "minority"})
     return {
         "StartUpload": None,  # creates beta's own session: covered by the quota test
         "PutUploadChunk": (artifacts_pb2.PutUploadChunkRequest(upload_id=upl, offset=0, data=b"01234"),
@@ -128,10 +131,13 @@ def _isolation_rows(w, own: str):
                         deploy(artifact_id=OTHER_ARTIFACT, reference_job_id=w["job"]), nf),
         "UndeployModel": (serving_pb2.UndeployModelRequest(name=own), serving_pb2.UndeployModelRequest(name="absent"), nf),
         "ListServedModels": None,
-        "Predict": None,  # beta's "digits" is beta's own model: checked below
+        "Predict": (serving_pb2.PredictRequest(model=own, instances=[instance]),
+                    serving_pb2.PredictRequest(model="absent", instances=[instance]), nf),
         "ReportOutcomes": None,  # checked below: alpha's prediction id is "unknown" to beta and stays pending
-        "RecordEvaluations": None,  # same name, beta's own model: checked below
-        "GetModelMetrics": None,  # same
+        "RecordEvaluations": (serving_pb2.RecordEvaluationsRequest(model=own, records=[record]),
+                              serving_pb2.RecordEvaluationsRequest(model="absent", records=[record]), nf),
+        "GetModelMetrics": (serving_pb2.GetModelMetricsRequest(model=own),
+                            serving_pb2.GetModelMetricsRequest(model="absent"), nf),
         **{name: "admin-only" for name in ("CreateTenant", "ListTenants", "UpdateTenantQuotas", "CreateToken",
                                            "RevokeToken", "ListTokens")},
         "WhoAmI": None,  # says beta
@@ -140,14 +146,14 @@ def _isolation_rows(w, own: str):
 
 def test_every_rpc_has_an_isolation_row(world):
     rpcs = {m.name for service in SERVICES for m in service.methods}
-    assert rpcs == set(_isolation_rows(world, "digits")), "a new RPC needs a row in _isolation_rows"
+    assert rpcs == set(_isolation_rows(world, "alpha-only")), "a new RPC needs a row in _isolation_rows"
 
 
 def test_another_tenant_gets_not_found_exactly_as_for_nothing(server, world):
     with server.channel(world["tokens"]["beta"]) as channel:
         stubs = _stubs(channel)  # in the order of SERVICES
         by_rpc = {m.name: stubs[i] for i, service in enumerate(SERVICES) for m in service.methods}
-        for rpc, row in _isolation_rows(world, "digits").items():
+        for rpc, row in _isolation_rows(world, "alpha-only").items():
             if row is None or row == "admin-only":
                 continue
             theirs, absent, expected = row
@@ -156,8 +162,9 @@ def test_another_tenant_gets_not_found_exactly_as_for_nothing(server, world):
             absent_code, absent_details = _code(lambda: method(absent, timeout=60))
             assert code == expected, (rpc, code, details)
             # No existence leak: the same words as for a resource nobody has, but for its id.
-            for own_id, other in ((world["model"], OTHER_ARTIFACT), (world["job"], OTHER_JOB),
-                                  (world["upload"], OTHER_UPLOAD), ("'digits'", "'absent'")):
+            for own_id, other in ((world["model"], OTHER_ARTIFACT), (world["dataset"], OTHER_ARTIFACT),
+                                  (world["job"], OTHER_JOB),
+                                  (world["upload"], OTHER_UPLOAD), ("'alpha-only'", "'absent'")):
                 details = details.replace(own_id, other)
             assert (code, details) == (absent_code, absent_details), rpc
         for rpc, row in _isolation_rows(world, "digits").items():
@@ -168,7 +175,7 @@ def test_another_tenant_gets_not_found_exactly_as_for_nothing(server, world):
     a, b = world["a"], world["b"]
     # Nothing of alpha's changed: its upload is still open, its job done, its model served.
     assert a.get_job(world["job"]).state == jobs_pb2.JOB_STATE_SUCCEEDED
-    assert [m.name for m in a.list_served_models()] == ["digits"]
+    assert sorted(m.name for m in a.list_served_models()) == ["alpha-only", "digits"]
     assert a._unary(a._artifacts.GetUpload, artifacts_pb2.GetUploadRequest(upload_id=world["upload"])).upload
 
 
@@ -193,10 +200,11 @@ def test_lists_imports_and_served_names_are_per_tenant(world):
     assert own.job_id != world["job"]
     # The same served name: each sees its own.
     assert [(m.name, m.artifact_id) for m in b.list_served_models()] == [("digits", world["b_model"])]
-    assert [(m.name, m.artifact_id) for m in a.list_served_models()] == [("digits", world["model"])]
+    assert {(m.name, m.artifact_id) for m in a.list_served_models()} == {("digits", world["model"]),
+                                                                          ("alpha-only", world["model"])}
     b.predict("digits", [([0.0] * 64, {"cohort": "minority"})])
     b.record_evaluations("digits", [{"label": 1, "predicted_class": 1, "groups": {"cohort": "minority"}}])
-    assert a.get_model_metrics("digits").served.artifact_id == world["model"]
+    assert a.get_model_metrics("digits").model.artifact_id == world["model"]
 
 
 def test_outcomes_for_another_tenants_prediction_change_nothing(world):

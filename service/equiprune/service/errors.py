@@ -87,10 +87,20 @@ def naming(field: str):
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - only refusals are renamed; the rest propagates as it was
-        refusal = exc if isinstance(exc, ServiceError) else getattr(exc, "cause", None)
-        if isinstance(refusal, ServiceError):
+        refusal = refusal_of(exc)
+        if refusal is not None:
             raise type(refusal)(refusal.message, field=field) from None
         raise
+
+
+def refusal_of(exc: BaseException) -> ServiceError | None:
+    """The refusal `exc` is or carries. Ray re-raises another replica's exception as a class
+    that derives from both RayTaskError and the refusal's class, whose constructor is not the
+    refusal's: the refusal itself is its `cause`."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, ServiceError):
+        return cause
+    return exc if isinstance(exc, ServiceError) else None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from equiprune.service.errors import FailedPrecondition, InvalidArgument, ServiceError
+from equiprune.service.errors import FailedPrecondition, InvalidArgument, ServiceError, refusal_of
 from equiprune.service.jobs.plane import job_id_in
 from equiprune.service.serving.monitor.config import OUTCOME_RESULTS, make_prediction_id
 from equiprune.service.serving.monitor.refusals import is_class_index
@@ -288,8 +288,8 @@ class _named:
         return self
 
     async def __aexit__(self, kind, exc, tb):
-        refusal = exc if isinstance(exc, ServiceError) else getattr(exc, "cause", None)
-        if isinstance(refusal, ServiceError) and "/" in refusal.message:
+        refusal = refusal_of(exc) if exc is not None else None
+        if refusal is not None and "/" in refusal.message:
             message = re.sub(r"'[a-z][a-z0-9-]{0,31}/([a-z][a-z0-9-]{0,62})'", r"'\1'", refusal.message)
             raise type(refusal)(message, field=self.field or refusal.field) from None
         return False
