@@ -5,15 +5,15 @@ asks for, writes the task's progress and result into the store, answers long-pol
 events, and cancels. Being the single writer keeps job state consistent whatever the number
 of ingress replicas. On start it resumes the jobs a previous run left unfinished: requeued
 (fine-tuning resumes from its checkpoint) until `max_attempts` runs, then failed with the
-reason — a job is never silently lost.
+reason — a job is never silently lost. A job whose task crashes while the service runs (its
+worker process killed, its node gone) is requeued and run again the same way, on any node: each
+run keeps its checkpoints in the artifact store (checkpoints.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import stat
 import time
 
 import ray
@@ -21,6 +21,7 @@ from ray import serve
 
 from equiprune.service.errors import FailedPrecondition, ResourceExhausted, client_status
 from equiprune.service.factory import settings_from
+from equiprune.service.jobs.checkpoints import CHECKPOINT, CheckpointStore, local_signature
 from equiprune.service.jobs.store import JobEventRecord, JobRecord, SqliteJobStore
 from equiprune.service.jobs.tasks import execute_job
 
@@ -29,12 +30,19 @@ log = logging.getLogger("equiprune.service.jobs.manager")
 UNFINISHED = ("queued", "running")
 
 
-def _is_plain_file(path) -> bool:
-    """A regular file, not followed through a link (a sandbox wrote that folder)."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
+RETRY_BACKOFF_S = 1.5  # between a crashed run and the next
+
+
+def _crash_reason(err: BaseException) -> str:
+    """What a Ray error that ended a job's task says happened, for the job's history."""
+    exceptions = ray.exceptions
+    if isinstance(err, (exceptions.NodeDiedError, exceptions.LocalRayletDiedError)):
+        return "the node running the job died"
+    if isinstance(err, (exceptions.ObjectLostError, exceptions.OwnerDiedError)):
+        return "the job's results were lost with the node or process holding them"
+    if isinstance(err, exceptions.TaskCancelledError):
+        return "the job's task was cancelled outside the service"
+    return "the process running the job stopped unexpectedly"
 
 
 @serve.deployment(name="JobManager", num_replicas=1, max_ongoing_requests=10_000,
@@ -49,6 +57,7 @@ class JobManager:
         self._changed: asyncio.Condition | None = None
         self._recovery: asyncio.Task | None = None
         self._stopping = False
+        self._checkpoints = CheckpointStore.from_settings(self.settings)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -65,11 +74,10 @@ class JobManager:
                 self.store.finish(record.job_id, "failed", error={
                     "code": "ABORTED", "field": "",
                     "message": f"the service stopped during each of the job's {record.attempt} runs; not retried again"})
+                await self._forget_checkpoints(record.job_id)
                 continue
             if record.state == "running":
-                checkpoint = self.settings.job_dir(record.job_id) / "work" / "checkpoint.pt"
-                how = ("resuming fine-tuning from its last checkpoint" if _is_plain_file(checkpoint)
-                       else "starting again (no checkpoint had been written yet)")
+                how = await self._resume_note(record.job_id)
                 self.store.requeue(record.job_id, f"the service restarted during run {record.attempt}; {how}")
             self._launch(record.job_id)
             resumed += 1
@@ -79,20 +87,27 @@ class JobManager:
 
     # ------------------------------------------------------------------ commands
 
-    async def create(self, kind: str, spec: dict, request_id: str | None) -> JobRecord:
+    async def create(self, kind: str, spec: dict, request_id: str | None, tenant: str,
+                     max_concurrent_jobs: int) -> JobRecord:
+        """Record and launch `tenant`'s job, within its quota and the server's limit (the
+        manager is the single writer, so the counts cannot race)."""
         await self.ready()
         self._check_resources(spec["resources"])
-        if request_id is None or not self._known_request(request_id):
+        if request_id is None or self.store.find_request(request_id, tenant) is None:
+            if self.store.count_in_states(UNFINISHED, tenant) >= max_concurrent_jobs:
+                raise ResourceExhausted(f"tenant {tenant} already has {max_concurrent_jobs} jobs queued or running, "
+                                        "its quota max_concurrent_jobs; wait for some to finish or cancel them",
+                                        field="quotas.max_concurrent_jobs")
             if self.store.count_in_states(UNFINISHED) >= self.settings.max_unfinished_jobs:
                 raise ResourceExhausted(f"{self.settings.max_unfinished_jobs} jobs are already queued or running; "
                                         "wait for some to finish or cancel them", field="spec")
-        record, created = self.store.create(kind, spec, request_id)
+        record, created = self.store.create(kind, spec, request_id, tenant)
         if created:
             self._launch(record.job_id)
         return record
 
-    def _known_request(self, request_id: str) -> bool:
-        return self.store.find_request(request_id) is not None
+    async def count_unfinished(self, tenant: str) -> int:
+        return self.store.count_in_states(UNFINISHED, tenant)
 
     async def stop_jobs(self) -> int:
         """The service is stopping: end every running task now, leaving its job RUNNING so the
@@ -127,9 +142,10 @@ class JobManager:
         await self.ready()
         return self.store.get(job_id)
 
-    async def list(self, states: tuple[str, ...], kind: str | None, page_size: int, page_token: str):
+    async def list(self, states: tuple[str, ...], kind: str | None, page_size: int, page_token: str,
+                   tenant: str | None = None):
         await self.ready()
-        return self.store.list(states=states, kind=kind, page_size=page_size, page_token=page_token)
+        return self.store.list(states=states, kind=kind, page_size=page_size, page_token=page_token, tenant=tenant)
 
     async def wait(self, job_id: str, timeout_s: float) -> JobRecord:
         await self.ready()
@@ -166,9 +182,66 @@ class JobManager:
         run.add_done_callback(self._runs.discard)
 
     async def _run(self, job_id: str) -> None:
+        """Run the job to its end: after a crash of its task (the worker process killed, its node
+        gone) it is requeued and launched again, resuming from its last stored checkpoint, until
+        `max_attempts` runs in all; then it fails saying why."""
+        crashes = 0
+        try:
+            while (crash := await self._run_once(job_id)) is not None:
+                crashes += 1
+                if not await self._retry_after(job_id, crash, crashes):
+                    break
+        finally:
+            record = self.store.get(job_id)
+            if record.done:
+                await self._forget_checkpoints(job_id)
+
+    async def _retry_after(self, job_id: str, crash: BaseException, crashes: int) -> bool:
+        """Requeue a job whose task crashed, then wait a moment; False when it is not run again
+        (the last attempt is spent, the service is stopping, or the job ended meanwhile)."""
         record = self.store.get(job_id)
-        if record.done:
-            return
+        runs, most = max(record.attempt, crashes), self.settings.max_attempts
+        why = _crash_reason(crash)
+        if runs >= most:
+            log.warning("job %s: its task ended abnormally in run %d of %d, not retried: %s", job_id, runs, most, crash)
+            self.store.finish(job_id, "failed", error={
+                "code": "ABORTED", "field": "",
+                "message": f"{why} ({type(crash).__name__}) in each of its {runs} runs (at most {most}); not "
+                           "retried again" + ("; it may have run out of memory"
+                                              if isinstance(crash, ray.exceptions.WorkerCrashedError) else "")})
+            return False
+        how = await self._resume_note(job_id)
+        log.warning("job %s: its task ended abnormally in run %d (%s); retrying, %s", job_id, runs, crash, how)
+        self.store.requeue(job_id, f"attempt {runs + 1} of {most}: {why} ({type(crash).__name__}); {how}")
+        await self._notify()
+        await asyncio.sleep(RETRY_BACKOFF_S)  # a cancel meanwhile marks the job done: checked next
+        return not self._stopping and not self.store.get(job_id).done
+
+    async def _resume_note(self, job_id: str) -> str:
+        """Where the next run will start: the stored checkpoint (any node), or this node's."""
+        try:
+            stored = await asyncio.to_thread(self._checkpoints.latest, job_id)
+        except Exception:  # noqa: BLE001 - a message only
+            stored = None
+        local = local_signature(self.settings.job_dir(job_id) / "work" / CHECKPOINT)
+        if stored is not None and (local is None or local[1] / 1e9 <= stored.written_at + 1e-3):
+            return f"resuming from {stored.describe()}"
+        if local is not None:  # written on this node after the last copy
+            later = f" ({stored.describe()} or later)" if stored is not None else ""
+            return f"resuming fine-tuning from its last checkpoint{later}"
+        return "starting again (no checkpoint had been written yet)"
+
+    async def _forget_checkpoints(self, job_id: str) -> None:
+        try:
+            await asyncio.to_thread(self._checkpoints.remove, job_id)
+        except Exception:  # noqa: BLE001 - left behind, harmless
+            log.warning("job %s: could not remove its stored checkpoints", job_id, exc_info=True)
+
+    async def _run_once(self, job_id: str) -> BaseException | None:
+        """One run of the job's task; the Ray error that ended it when it crashed, else None."""
+        record = self.store.get(job_id)
+        if record.done or self._stopping:
+            return None
         resources = record.spec["resources"]
         distributed = resources["workers"] > 1
         # A data-parallel job's own task only drives Ray Train; its workers hold the CPUs/GPUs.
@@ -176,20 +249,19 @@ class JobManager:
             num_cpus=0 if distributed else resources["cpus_per_worker"],
             num_gpus=0 if distributed else resources["gpus_per_worker"],
             name=f"equiprune-{job_id}",
-        ).remote(job_id, record.spec, self.settings.model_dump(mode="json"), resources["cpus_per_worker"])
+        ).remote(job_id, record.spec, self.settings.model_dump(mode="json"), resources["cpus_per_worker"],
+                 record.tenant)
         self._tasks[job_id] = task
         try:
             async for ref in task:
                 kind, payload = await ref
                 self._apply(job_id, kind, payload, task)
                 await self._notify()
-        except (ray.exceptions.TaskCancelledError, ray.exceptions.WorkerCrashedError, ray.exceptions.RayError) as err:
+        except ray.exceptions.RayError as err:
+            # Every cancellation the manager makes leaves the job done or the service stopping;
+            # anything else (the worker process killed, its node gone) is a crash.
             if not self._stopping and not self.store.get(job_id).done:
-                log.warning("job %s: its task ended abnormally: %s", job_id, err)
-                self.store.finish(job_id, "failed", error={
-                    "code": "ABORTED", "field": "",
-                    "message": f"the process running the job stopped unexpectedly ({type(err).__name__}); "
-                               "it may have run out of memory"})
+                return err
         except Exception as err:  # noqa: BLE001 - e.g. the job store failing: never strand the job
             log.exception("job %s: recording its progress failed", job_id)
             ray.cancel(task, force=True)
@@ -200,8 +272,10 @@ class JobManager:
             except Exception:  # noqa: BLE001 - the store itself is failing; the next start requeues it
                 log.exception("job %s: could not record its failure", job_id)
         finally:
-            self._tasks.pop(job_id, None)
+            if self._tasks.get(job_id) is task:
+                del self._tasks[job_id]
             await self._notify()
+        return None
 
     def _apply(self, job_id: str, kind: str, payload, task) -> None:
         if kind == "started":

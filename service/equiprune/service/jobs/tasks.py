@@ -34,6 +34,7 @@ from equiprune.engine.jobs.spec import spec_field
 
 from equiprune.service.artifacts import wire as artifacts_wire
 from equiprune.service.jobs import wire
+from equiprune.service.jobs.checkpoints import CheckpointKeeper, CheckpointStore
 from equiprune.service.errors import FailedPrecondition, ResourceExhausted, client_status
 from equiprune.engine.models.pt2_check import plain_relative_path
 
@@ -47,12 +48,13 @@ CHECKPOINT = "checkpoint.pt"
 
 
 @ray.remote(num_returns="streaming", max_retries=0)
-def execute_job(job_id: str, spec_json: dict, settings_json: dict, threads: int):
+def execute_job(job_id: str, spec_json: dict, settings_json: dict, threads: int, tenant: str = "admin"):
     events: queue.Queue = queue.Queue()
 
     def work() -> None:
         try:
-            result = run_job(job_id, spec_json, settings_json, threads, lambda progress: events.put(("progress", progress)))
+            result = run_job(job_id, spec_json, settings_json, threads, lambda progress: events.put(("progress", progress)),
+                             tenant)
             events.put(("result", result))
         except BaseException as exc:  # noqa: BLE001 - every failure must reach the job record
             events.put(("error", client_status(exc).to_dict()))
@@ -66,8 +68,9 @@ def execute_job(job_id: str, spec_json: dict, settings_json: dict, threads: int)
             return
 
 
-def run_job(job_id: str, spec_json: dict, settings_json: dict, threads: int, emit) -> dict:
-    """Compute the job (sandboxed unless data-parallel), store its files, return its result."""
+def run_job(job_id: str, spec_json: dict, settings_json: dict, threads: int, emit, tenant: str = "admin") -> dict:
+    """Compute the job (sandboxed unless data-parallel), store its files as `tenant`'s (the
+    job's owner), return its result."""
     import torch
 
     from equiprune.engine.jobs import JobSpec
@@ -80,6 +83,12 @@ def run_job(job_id: str, spec_json: dict, settings_json: dict, threads: int, emi
     artifacts = artifact_store(settings)
     work_dir = fresh_work_dir(settings.jobs_dir, job_id)
     say = Throttled(emit, settings.progress_interval_s)
+    # The checkpoint lives in the artifact store too, so the job resumes on any node.
+    keeper = CheckpointKeeper(CheckpointStore.from_settings(settings), job_id, work_dir, _open_inside, _node_id())
+    resumed = _restore_checkpoint(keeper)
+    if resumed:
+        say({"phase": "load", "message": resumed})
+    say = keeper.watching(say)
     inputs = {"dataset": artifacts.local_path(spec.dataset)}
     if spec.model is not None:
         inputs["model"] = artifacts.local_path(spec.model)
@@ -102,8 +111,11 @@ def run_job(job_id: str, spec_json: dict, settings_json: dict, threads: int, emi
                 storage_path=str(work_dir / "ray_train"), on_event=say)
     except EngineError as err:  # the engine names spec fields without the `spec.` of the request
         raise type(err)(f"spec.{spec_field(err.field)}", err.problem) from None
+    finally:
+        keeper.close()
     result = checked_result(result)
-    result["outputs"] = store_outputs(result.pop("files"), work_dir, artifacts, job_id, settings.max_upload_bytes)
+    result["outputs"] = store_outputs(result.pop("files"), work_dir, artifacts, job_id, settings.max_upload_bytes,
+                                      tenant)
     try:  # what GetJob will do with it: a result that cannot be shown must not be stored
         wire.result_to_proto(result, lambda artifact_id: artifacts_wire.artifact_to_proto(artifacts.get(artifact_id)))
     except Exception:  # noqa: BLE001 - any failure to convert is the result's fault
@@ -111,6 +123,26 @@ def run_job(job_id: str, spec_json: dict, settings_json: dict, threads: int, emi
     # The run is complete: its checkpoint and scratch files have nothing left to resume.
     shutil.rmtree(settings.job_dir(job_id), ignore_errors=True)
     return result
+
+
+def _node_id() -> str:
+    try:
+        return ray.get_runtime_context().get_node_id() or ""
+    except Exception:  # noqa: BLE001 - outside a Ray worker (tests)
+        return ""
+
+
+def _restore_checkpoint(keeper: CheckpointKeeper) -> str:
+    """Put the newest checkpoint (stored or this node's) in place; a line for the job's history
+    saying which, or "" when the run starts from the beginning."""
+    where, record = keeper.restore()
+    node = f" on node {keeper.node_id[:12]}" if keeper.node_id else ""
+    if where == "stored":
+        came_from = f" (written on node {record.node_id[:12]})" if record.node_id else ""
+        return f"run{node}: resuming from {record.describe()}, restored from the artifact store{came_from}"
+    if where == "local":
+        return f"run{node}: resuming from {record.describe() if record else 'its last checkpoint'}, kept on this node"
+    return ""
 
 
 def fresh_work_dir(jobs_dir: Path, job_id: str) -> Path:
@@ -129,6 +161,9 @@ def fresh_work_dir(jobs_dir: Path, job_id: str) -> Path:
         try:
             with _open_inside(previous, CHECKPOINT) as source, open(fresh / CHECKPOINT, "wb") as target:
                 shutil.copyfileobj(source, target)
+                written = os.fstat(source.fileno()).st_mtime_ns
+            # Its age is what tells it from a newer one in the artifact store (checkpoints.py).
+            os.utime(fresh / CHECKPOINT, ns=(written, written))
         except FailedPrecondition:
             pass  # no checkpoint (or none that is a plain file): the run starts from the beginning
     shutil.rmtree(previous, ignore_errors=True)
@@ -158,7 +193,8 @@ def checked_result(result) -> dict:
 _FILE_KEYS = {"role", "path", "kind", "name", "description"}
 
 
-def store_outputs(files: list[dict], work_dir: Path, artifacts, job_id: str, max_bytes: int) -> list[dict]:
+def store_outputs(files: list[dict], work_dir: Path, artifacts, job_id: str, max_bytes: int,
+                  tenant: str = "admin") -> list[dict]:
     """Store each file the job wrote. The sandbox owned the folder, so every path component is
     opened without following links, and only a regular file with one link is taken."""
     outputs = []
@@ -171,7 +207,8 @@ def store_outputs(files: list[dict], work_dir: Path, artifacts, job_id: str, max
             # At most the size measured now: nothing may still be appending (the worker is gone,
             # and so is every process of its user), but the copy does not rely on it.
             record = artifacts.put_stream(_Bounded(stream, size), entry["kind"], entry["name"], source=f"job:{job_id}",
-                                          description=checked_description(entry.get("description") or {}))
+                                          description=checked_description(entry.get("description") or {}),
+                                          tenant=tenant)
         outputs.append({"role": entry["role"], "artifact_id": record.artifact_id})
     return outputs
 
