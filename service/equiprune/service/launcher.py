@@ -129,25 +129,68 @@ def start(settings, *, address: str | None = None, num_cpus: int | None = None, 
     serve.run(build_app(settings), name=settings.application_name, blocking=False)
 
 
+# Each last-word call answers in well under a second; together they may take this long.
+LAST_WORDS_S = 4.0
+# How long a cluster's Serve gets to stop the application before the launcher leaves it to
+# finish there on its own (replicas holding open streams wait out their grace period).
+SERVE_SHUTDOWN_S = 3.0
+
+
 def shutdown(application_name: str | None = None) -> None:
+    """Stop within seconds (SIGTERM → exit in about 5 s): the jobs are stopped (left RUNNING, so
+    the next start resumes them from their checkpoints) and the monitor saved, then Ray goes.
+
+    Serve's own graceful stop is not waited for: a replica with an open stream (a Watch or Wait
+    long-poll) holds it for its whole grace period, 20 s, and the stop is ordered, so it took
+    30 s and more. The embedded Ray ends every process of its own with `ray.shutdown()`; joined
+    to a cluster, the application is deleted there, waiting at most SERVE_SHUTDOWN_S for it."""
     import logging
+    import time
 
     import ray
     from ray import serve
 
+    log = logging.getLogger("equiprune.service")
     try:
         if application_name is not None:
             # Replicas are not guaranteed a last word when Serve stops: stop the jobs (they
-            # resume at the next start) and save the monitor first.
+            # resume at the next start) and save the monitor first, both at once.
+            calls = []
             for deployment, method in (("JobManager", "stop_jobs"), ("MonitorService", "flush")):
                 try:
                     handle = serve.get_deployment_handle(deployment, application_name)
-                    getattr(handle, method).remote().result(timeout_s=60)
+                    calls.append((deployment, method, getattr(handle, method).remote()))
                 except Exception:  # noqa: BLE001 - stopping must go on
-                    logging.getLogger("equiprune.service").exception("%s.%s failed on shutdown", deployment, method)
-        serve.shutdown()
+                    log.exception("%s.%s failed on shutdown", deployment, method)
+            deadline = time.monotonic() + LAST_WORDS_S
+            for deployment, method, response in calls:
+                try:
+                    response.result(timeout_s=max(0.1, deadline - time.monotonic()))
+                except Exception:  # noqa: BLE001 - stopping must go on
+                    log.exception("%s.%s failed on shutdown", deployment, method)
+        if not _owns_ray():
+            _stop_serve(SERVE_SHUTDOWN_S)
     finally:
         ray.shutdown()
+
+
+def _owns_ray() -> bool:
+    """Whether this process started the Ray it is connected to (the embedded default)."""
+    from ray._private import worker
+
+    node = getattr(worker, "_global_node", None)
+    return bool(node is not None and node.is_head())
+
+
+def _stop_serve(timeout_s: float) -> None:
+    from ray import serve
+
+    try:
+        from ray.serve.context import _get_global_client
+
+        _get_global_client().shutdown(timeout_s=timeout_s)  # the controller goes on past it
+    except Exception:  # noqa: BLE001 - another Ray version: its own (30 s) bound
+        serve.shutdown()
 
 
 if __name__ == "__main__":
