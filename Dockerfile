@@ -14,6 +14,8 @@
 # (tests/deploy/test_deploy_files.py checks).
 #
 # Arguments after the image name go to `equiprune serve` (e.g. `--allow-import /imports`).
+# The first start writes the admin API token to /data/admin.token (docs/tenants.md):
+# `docker exec <container> cat /data/admin.token`, then `equiprune --token-file …`.
 # The same image runs on KubeRay (deploy/kuberay/rayservice.yaml), which replaces the
 # entrypoint with `ray start`.
 FROM python:3.11-slim

@@ -36,5 +36,11 @@ def build_app(settings: ServerSettings) -> Application:
 
 
 def app_builder(args: dict) -> Application:
-    """For Serve config files: `args` are ServerSettings fields (data_dir at least)."""
-    return build_app(ServerSettings.model_validate(args))
+    """For Serve config files: `args` are ServerSettings fields (data_dir at least). As with
+    `equiprune serve`, the first build creates the admin token, in `<data_dir>/admin.token`
+    (docs/tenants.md)."""
+    from equiprune.service.tenants.bootstrap import prepare_admin_token
+
+    settings = ServerSettings.model_validate(args)
+    prepare_admin_token(settings)
+    return build_app(settings)
