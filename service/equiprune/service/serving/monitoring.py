@@ -236,6 +236,16 @@ def _read_json(path: Path):
 
 
 def _write_json(path: Path, value) -> None:
+    """Atomically and durably: a deploy is acknowledged after this returns, so the bytes and
+    the rename are fsynced (a SIGKILL keeps the page cache; a power cut would not)."""
     temporary = path.with_suffix(f".tmp-{os.getpid()}-{time.monotonic_ns()}")
-    temporary.write_text(json.dumps(value, indent=1, allow_nan=False))
+    with open(temporary, "w") as out:
+        out.write(json.dumps(value, indent=1, allow_nan=False))
+        out.flush()
+        os.fsync(out.fileno())
     temporary.replace(path)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
