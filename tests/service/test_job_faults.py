@@ -272,3 +272,40 @@ def test_stored_checkpoints_go_when_the_job_ends(tmp_path, monkeypatch):
     assert asyncio.run(manager._resume_note(job_id)).startswith("resuming from a checkpoint written during epoch 1 of 5")
     asyncio.run(manager._run(job_id))
     assert store.latest(job_id) is None
+
+
+def test_a_data_parallel_worker_s_death_is_a_crash_and_retried(tmp_path, monkeypatch):
+    runs = [_Task([("started", None), ("crash", "Ray Train worker 1 of the job died (ActorDiedError)")]),
+            _Task([("started", None), ("result", {"outputs": []})])]
+    manager, fake, job_id = _manager(tmp_path, monkeypatch, runs)
+    asyncio.run(manager._run(job_id))
+    record = manager.store.get(job_id)
+    assert record.state == "succeeded" and record.attempt == 2
+    messages = [e.progress.get("message", "") for e in manager.store.events_since(job_id, 0) if e.progress]
+    assert any(m.startswith("attempt 2 of 3: Ray Train worker 1 of the job died (ActorDiedError); starting again")
+               for m in messages), messages
+
+
+def test_an_exception_of_the_task_s_own_code_is_not_retried(tmp_path, monkeypatch):
+    error = ray.exceptions.RayTaskError("execute_job", "Traceback ...", ValueError("bad"))
+    runs = [_Task([("started", None)], error), _Task([("started", None), ("result", {"outputs": []})])]
+    manager, fake, job_id = _manager(tmp_path, monkeypatch, runs)
+    asyncio.run(manager._run(job_id))
+    record = manager.store.get(job_id)
+    assert record.state == "failed" and fake.launched == 1 and record.error["code"] == "INTERNAL"
+
+
+def test_ray_train_reports_a_dead_worker_as_lost_and_an_engine_error_as_itself():
+    from ray.train import WorkerGroupError
+
+    from equiprune.engine.errors import InvalidConfigError
+    from equiprune.service.jobs.distributed import WorkerEngineError, WorkersLost, _unwrapped
+
+    lost = _unwrapped(WorkerGroupError("died", {0: RuntimeError("gloo: connection closed"),
+                                                1: ray.exceptions.ActorDiedError()}))
+    assert isinstance(lost, WorkersLost) and "worker 1" in str(lost) and "ActorDiedError" in str(lost)
+    engine = _unwrapped(WorkerGroupError("refused", {0: WorkerEngineError("InvalidConfigError", "finetune.lr", "no"),
+                                                     1: ray.exceptions.ActorDiedError()}))
+    assert isinstance(engine, InvalidConfigError)
+    other = WorkerGroupError("bug", {0: ValueError("a bug")})
+    assert _unwrapped(other) is other

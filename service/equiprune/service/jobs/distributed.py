@@ -18,7 +18,9 @@ step, so this is prompt during fine-tuning and gradual pruning; a phase without 
 raised. Killing the calling task also ends everything: the Ray Train controller and the
 queue are actors it owns.
 
-Errors: Ray Train reports a failed worker as `WorkerGroupError.worker_failures[rank]`.
+Errors: Ray Train reports a failed worker as `WorkerGroupError.worker_failures[rank]`. A worker
+whose process or node died (a dead actor, a failed health check) is raised as `WorkersLost`,
+which the job's task reports as a crash: the manager runs the job again from its checkpoint.
 An `EngineError` cannot cross a process boundary as itself (its two-argument constructor does
 not survive pickling), so workers raise `WorkerEngineError` carrying its class name, field
 and problem, and the driver raises the engine error again, with its field.
@@ -162,7 +164,8 @@ def _forward_rest(progress: Queue, on_progress) -> None:
 
 
 def _unwrapped(err: BaseException) -> BaseException:
-    """The engine error a worker raised, as itself; any other failure as Ray reported it."""
+    """The engine error a worker raised, as itself; `WorkersLost` when a worker's process (or
+    node) died; any other failure as Ray reported it."""
     failures = getattr(err, "worker_failures", None) or {}
     for rank in sorted(failures):
         if isinstance(failures[rank], WorkerEngineError):
@@ -172,7 +175,25 @@ def _unwrapped(err: BaseException) -> BaseException:
         if isinstance(cause, WorkerEngineError):
             return cause.engine_error()
         cause = cause.__cause__
+    for rank in sorted(failures):
+        if _is_lost(failures[rank]):
+            return WorkersLost(f"Ray Train worker {rank} of the job died ({type(failures[rank]).__name__})")
+    controller_failure = getattr(err, "controller_failure", None)
+    if controller_failure is not None and _is_lost(controller_failure):
+        return WorkersLost(f"the job's Ray Train controller died ({type(controller_failure).__name__})")
     return err
+
+
+class WorkersLost(Exception):
+    """A Ray Train worker (or the controller) of the job died with its process or node: the run
+    is lost, not wrong, and the job manager runs the job again from its last checkpoint."""
+
+
+def _is_lost(failure: BaseException) -> bool:
+    """Whether a worker's failure is its death (a dead actor, a failed health check)."""
+    if isinstance(failure, ray.exceptions.RayActorError):
+        return True
+    return type(failure).__name__ in ("WorkerHealthCheckFailedError", "WorkerHealthCheckTimeoutError")
 
 
 def _collect(checkpoint, work_dir: Path) -> dict:

@@ -33,16 +33,25 @@ UNFINISHED = ("queued", "running")
 RETRY_BACKOFF_S = 1.5  # between a crashed run and the next
 
 
+class TaskCrashed(Exception):
+    """The job's task reported that part of its run died (a data-parallel job's Ray Train
+    worker): a crash like the task's own."""
+
+
 def _crash_reason(err: BaseException) -> str:
-    """What a Ray error that ended a job's task says happened, for the job's history."""
+    """What ended a job's task abnormally, for the job's history: 'what happened (ErrorType)'."""
     exceptions = ray.exceptions
+    if isinstance(err, TaskCrashed):
+        return str(err)
     if isinstance(err, (exceptions.NodeDiedError, exceptions.LocalRayletDiedError)):
-        return "the node running the job died"
-    if isinstance(err, (exceptions.ObjectLostError, exceptions.OwnerDiedError)):
-        return "the job's results were lost with the node or process holding them"
-    if isinstance(err, exceptions.TaskCancelledError):
-        return "the job's task was cancelled outside the service"
-    return "the process running the job stopped unexpectedly"
+        why = "the node running the job died"
+    elif isinstance(err, (exceptions.ObjectLostError, exceptions.OwnerDiedError)):
+        why = "the job's results were lost with the node or process holding them"
+    elif isinstance(err, exceptions.TaskCancelledError):
+        why = "the job's task was cancelled outside the service"
+    else:
+        why = "the process running the job stopped unexpectedly"
+    return f"{why} ({type(err).__name__})"
 
 
 @serve.deployment(name="JobManager", num_replicas=1, max_ongoing_requests=10_000,
@@ -206,13 +215,13 @@ class JobManager:
             log.warning("job %s: its task ended abnormally in run %d of %d, not retried: %s", job_id, runs, most, crash)
             self.store.finish(job_id, "failed", error={
                 "code": "ABORTED", "field": "",
-                "message": f"{why} ({type(crash).__name__}) in each of its {runs} runs (at most {most}); not "
+                "message": f"{why} in each of its {runs} runs (at most {most}); not "
                            "retried again" + ("; it may have run out of memory"
                                               if isinstance(crash, ray.exceptions.WorkerCrashedError) else "")})
             return False
         how = await self._resume_note(job_id)
         log.warning("job %s: its task ended abnormally in run %d (%s); retrying, %s", job_id, runs, crash, how)
-        self.store.requeue(job_id, f"attempt {runs + 1} of {most}: {why} ({type(crash).__name__}); {how}")
+        self.store.requeue(job_id, f"attempt {runs + 1} of {most}: {why}; {how}")
         await self._notify()
         await asyncio.sleep(RETRY_BACKOFF_S)  # a cancel meanwhile marks the job done: checked next
         return not self._stopping and not self.store.get(job_id).done
@@ -257,11 +266,17 @@ class JobManager:
                 kind, payload = await ref
                 self._apply(job_id, kind, payload, task)
                 await self._notify()
-        except ray.exceptions.RayError as err:
+        except (ray.exceptions.RayError, TaskCrashed) as err:
             # Every cancellation the manager makes leaves the job done or the service stopping;
-            # anything else (the worker process killed, its node gone) is a crash.
+            # anything else (the worker process killed, its node gone) is a crash. An exception
+            # of the task's own code (RayTaskError; it reports its errors as data) is no crash.
             if not self._stopping and not self.store.get(job_id).done:
-                return err
+                if not isinstance(err, ray.exceptions.RayTaskError):
+                    return err
+                log.warning("job %s: its task raised: %s", job_id, err)
+                self.store.finish(job_id, "failed", error={
+                    "code": "INTERNAL", "field": "",
+                    "message": f"the job's task failed ({type(err).__name__}); the service log has the details"})
         except Exception as err:  # noqa: BLE001 - e.g. the job store failing: never strand the job
             log.exception("job %s: recording its progress failed", job_id)
             ray.cancel(task, force=True)
@@ -287,6 +302,8 @@ class JobManager:
             self.store.finish(job_id, "succeeded", result=payload)
         elif kind == "error":
             self.store.finish(job_id, "failed", error=payload)
+        elif kind == "crash":
+            raise TaskCrashed(str(payload)[:500])
 
     def _check_resources(self, resources: dict) -> None:
         """Refuse a job that this cluster could never schedule (it would wait forever): one

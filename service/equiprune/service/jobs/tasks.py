@@ -1,7 +1,9 @@
 """The Ray task that runs one job and streams its progress back to the job manager.
 
 A streaming generator task: it yields ("started", None) once it holds its resources, then
-("progress", dict) events, then one ("result", dict) or ("error", status dict). The work runs
+("progress", dict) events, then one ("result", dict) or ("error", status dict) — or ("crash",
+reason) when a data-parallel job's Ray Train worker died, which the manager treats like the
+death of this task itself (it runs the job again from its checkpoint). The work runs
 in a thread because progress arrives through a callback while the generator must yield from
 its own frame. Errors come back as data — already mapped to a client status here, whose log
 keeps any traceback — rather than as a wrapped Ray exception. Cancellation is
@@ -22,6 +24,7 @@ import os
 import queue
 import shutil
 import stat
+import sys
 import threading
 import time
 from pathlib import Path
@@ -57,15 +60,24 @@ def execute_job(job_id: str, spec_json: dict, settings_json: dict, threads: int,
                              tenant)
             events.put(("result", result))
         except BaseException as exc:  # noqa: BLE001 - every failure must reach the job record
-            events.put(("error", client_status(exc).to_dict()))
+            if _workers_lost(exc):  # a crash, as if this process had died: the manager retries
+                events.put(("crash", str(exc)))
+            else:
+                events.put(("error", client_status(exc).to_dict()))
 
     threading.Thread(target=work, name=f"job-{job_id}", daemon=True).start()
     yield ("started", None)
     while True:
         kind, payload = events.get()
         yield (kind, payload)
-        if kind in ("result", "error"):
+        if kind in ("result", "error", "crash"):
             return
+
+
+def _workers_lost(exc: BaseException) -> bool:
+    """A data-parallel job's Ray Train worker died (distributed.py is imported only for those)."""
+    distributed = sys.modules.get("equiprune.service.jobs.distributed")
+    return distributed is not None and isinstance(exc, distributed.WorkersLost)
 
 
 def run_job(job_id: str, spec_json: dict, settings_json: dict, threads: int, emit, tenant: str = "admin") -> dict:
