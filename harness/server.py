@@ -32,8 +32,10 @@ class ServerProcess:
 
     _log_start = 0
 
-    def __init__(self, data_dir: Path, *, allow_import: list[Path] = (), num_cpus: int = 2) -> None:
+    def __init__(self, data_dir: Path, *, allow_import: list[Path] = (), num_cpus: int = 2,
+                 extra_args: list[str] = ()) -> None:
         self.data_dir = data_dir
+        self.extra_args = list(extra_args)  # more launcher options, e.g. ["--address", head]
         self.allow_import = list(allow_import)
         self.num_cpus = num_cpus
         self.port = free_port()
@@ -74,6 +76,7 @@ class ServerProcess:
                "--data-dir", str(self.data_dir), "--num-cpus", str(self.num_cpus)]
         for root in self.allow_import:
             cmd += ["--allow-import", str(root)]
+        cmd += self.extra_args
         self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
