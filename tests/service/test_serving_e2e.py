@@ -140,7 +140,8 @@ def _check_prometheus(server, expected, tmp_path) -> None:
                                 f"--web.listen-address=127.0.0.1:{port}"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        query = 'equiprune_group_outcomes{model="digits",window="5m"}'
+        # The label is the monitor's key, <tenant>/<name> (docs/tenants.md): the server's admin.
+        query = 'equiprune_group_outcomes{model="admin/digits",window="5m"}'
         deadline, values = time.monotonic() + 60, {}
         while time.monotonic() < deadline:
             values = _query(port, query)
@@ -148,7 +149,7 @@ def _check_prometheus(server, expected, tmp_path) -> None:
                 break
             time.sleep(1)
         assert values == {g: float(expected["n"][g]) for g in ("majority", "minority")}
-        accuracy = _query(port, 'equiprune_group_accuracy_ratio{model="digits",window="5m"}')
+        accuracy = _query(port, 'equiprune_group_accuracy_ratio{model="admin/digits",window="5m"}')
         for g in ("majority", "minority"):
             assert accuracy[g] == pytest.approx(expected["correct"][g] / expected["n"][g])
     finally:
@@ -213,7 +214,7 @@ def test_evaluation_records_second_model_and_undeploy(served):
     assert minority.accuracy_drop == pytest.approx(0.97 - 0.75)
     predictions = stub.Predict(serving_pb2.PredictRequest(model="digits-labelled", instances=[
         serving_pb2.Instance(values=rows[0]["values"], groups=rows[0]["groups"])])).predictions
-    assert predictions[0].prediction_id.startswith("digits-labelled.") and not predictions[0].HasField("shadow_class")
+    assert predictions[0].prediction_id.startswith("admin/digits-labelled.") and not predictions[0].HasField("shadow_class")
 
     stub.UndeployModel(serving_pb2.UndeployModelRequest(name="digits-labelled"))
     with pytest.raises(grpc.RpcError) as info:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from equiprune.service.errors import FailedPrecondition, InvalidArgument, ServiceError, refusal_of
+from equiprune.service.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError, refusal_of
 from equiprune.service.jobs.plane import job_id_in
 from equiprune.service.serving.monitor.config import OUTCOME_RESULTS, make_prediction_id
 from equiprune.service.serving.monitor.refusals import is_class_index
