@@ -20,16 +20,14 @@ import hashlib
 import json
 import os
 import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Collection
 from typing import Protocol
 
 from equiprune.service.errors import AlreadyExists
 from equiprune.service.jobs.queries import JobQueries
+from equiprune.service.sqlite_file import SqliteFile
 from equiprune.service.jobs.records import (
     _INDEXES, _JOB_COLUMNS, _MIGRATIONS, _SCHEMA, TERMINAL, JobEventRecord, JobRecord, _require_job, _select_job, _to_json,
 )
@@ -85,22 +83,12 @@ def new_job_id() -> str:
     return "job-" + uuid.uuid4().hex[:16]
 
 
-class SqliteJobStore(JobQueries):
+class SqliteJobStore(SqliteFile, JobQueries):
     """A `JobStore` in one SQLite file (WAL mode), shared safely by threads and processes."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self._path = Path(path)
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        # One connection guarded by a lock: SQLite serialises writers anyway, and a single
-        # connection keeps reads consistent with this process's own writes.
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self._path, timeout=30.0, check_same_thread=False, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
+        SqliteFile.__init__(self, path, _SCHEMA)
         with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            self._conn.executescript(_SCHEMA)
             self._migrate()
 
     def _migrate(self) -> None:
@@ -199,25 +187,6 @@ class SqliteJobStore(JobQueries):
             )
             _append_event(conn, job_id, now, "queued", progress)
             return _require_job(conn, job_id)
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    # --- plumbing --------------------------------------------------------------------------
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        # IMMEDIATE takes the write lock up front, so a read-then-write (idempotency check,
-        # first-terminal-wins) cannot interleave with another process's write.
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
 
 
 # --- write helpers -------------------------------------------------------------------------

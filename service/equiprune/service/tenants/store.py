@@ -13,14 +13,13 @@ import hashlib
 import re
 import secrets
 import sqlite3
-import threading
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from equiprune.service.errors import AlreadyExists, InvalidArgument, NotFound
+from equiprune.service.sqlite_file import SqliteFile
 
 ROLES = ("tenant", "admin")
 TENANT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -95,18 +94,9 @@ def check_tenant_name(name: str, field: str = "name") -> str:
     return name
 
 
-class TenantStore:
+class TenantStore(SqliteFile):
     def __init__(self, path: str | Path) -> None:
-        self._path = Path(path)
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self._path, timeout=30.0, check_same_thread=False, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            self._conn.executescript(_SCHEMA)
+        super().__init__(path, _SCHEMA, synchronous="FULL")
         self._path.chmod(0o600)
 
     # ------------------------------------------------------------------ tenants
@@ -203,21 +193,6 @@ class TenantStore:
         except AlreadyExists:
             pass
         return self.issue_token(BOOTSTRAP_TENANT, "created by equiprune serve on first start")[1]
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    @contextmanager
-    def _transaction(self):
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
 
 
 def _tenant(row: sqlite3.Row) -> Tenant:
