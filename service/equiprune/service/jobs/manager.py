@@ -236,8 +236,10 @@ class JobManager:
         if stored is not None and (local is None or local[1] / 1e9 <= stored.written_at + 1e-3):
             return f"resuming from {stored.describe()}"
         if local is not None:  # written on this node after the last copy
-            later = f" ({stored.describe()} or later)" if stored is not None else ""
-            return f"resuming fine-tuning from its last checkpoint{later}"
+            later = ""
+            if stored is not None and stored.epochs_done:
+                later = f" after epoch {stored.epochs_done}{f' of {stored.epochs}' if stored.epochs else ''} or later"
+            return f"resuming from its last checkpoint, written on this node{later}"
         return "starting again (no checkpoint had been written yet)"
 
     async def _forget_checkpoints(self, job_id: str) -> None:
