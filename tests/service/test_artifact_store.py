@@ -605,3 +605,35 @@ def test_announced_sizes_must_fit_on_the_disk(tmp_path, monkeypatch):
         store.start_upload("dataset", "b.npz", 2000, digest)
     assert caught.value.field == "size_bytes" and "1 open upload" in caught.value.message
     store.start_upload("dataset", "c.npz", 500, digest)  # what does fit is still taken
+
+
+def test_tenant_quotas_hold_under_concurrent_starts_and_uploads_are_per_tenant(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from equiprune.service.tenants.store import Quotas
+
+    store = ArtifactStore(str(tmp_path / "store"), cache_dir=str(tmp_path / "cache"))
+    quotas = Quotas(max_upload_sessions=2, max_stored_bytes=10_000)
+    sha = hashlib.sha256(b"abcd").hexdigest()
+
+    def start(_):
+        try:
+            return store.start_upload("dataset", "x.bin", 4, sha, tenant="acme", quotas=quotas).upload_id
+        except ResourceExhausted as refusal:
+            return refusal.field
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(start, range(8)))
+    assert sum(r.startswith("upl-") for r in results) == 2
+    assert results.count("quotas.max_upload_sessions") == 6
+    upload = next(r for r in results if r.startswith("upl-"))
+    with pytest.raises(NotFound) as theirs:
+        store.put_chunk(upload, 0, b"abcd", tenant="other")
+    with pytest.raises(NotFound) as absent:
+        store.put_chunk("upl-0123456789abcdef", 0, b"abcd", tenant="other")
+    assert str(theirs.value).replace(upload, "upl-0123456789abcdef") == str(absent.value)
+    with pytest.raises(ResourceExhausted) as caught:
+        store.start_upload("dataset", "y.bin", 9_999, sha, tenant="acme", quotas=Quotas(max_stored_bytes=10_000))
+    assert caught.value.field == "quotas.max_stored_bytes"
+    # Another tenant is counted apart.
+    assert store.start_upload("dataset", "z.bin", 4, sha, tenant="other", quotas=quotas).tenant == "other"

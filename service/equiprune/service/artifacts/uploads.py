@@ -43,25 +43,28 @@ class UploadSessions:
         if size_bytes < 1:
             raise InvalidArgument(f"size_bytes must be at least 1, not {size_bytes}", field="size_bytes")
         self._check_size_limit(size_bytes, "size_bytes")
-        open_sessions = self.expire_uploads()
-        if quotas is not None:
-            self._check_quotas(tenant, size_bytes, [u for u in open_sessions if u.tenant == tenant], quotas)
-        self._check_free_disk(size_bytes, open_sessions)
-        upload = UploadRecord(
-            upload_id="upl-" + uuid.uuid4().hex[:16],
-            kind=kind,
-            display_name=display_name,
-            size_bytes=size_bytes,
-            sha256=_normalise_sha256(sha256, "sha256"),
-            committed_bytes=0,
-            create_time=time.time(),
-            tenant=tenant,
-        )
-        directory = self._upload_dir(upload.upload_id)
-        self._fs.makedirs(directory, exist_ok=True)
-        self._fs.pipe_file(f"{directory}/part", b"")
-        self._write_json_atomically(f"{directory}/meta.json", _upload_meta(upload))
-        return upload
+        # Checked and created under one lock: concurrent starts in this replica cannot both pass
+        # the quota or the free disk (the ingress runs one replica; several would need a lock file).
+        with self._lock_for("new-upload-sessions"):
+            open_sessions = self.expire_uploads()
+            if quotas is not None:
+                self._check_quotas(tenant, size_bytes, [u for u in open_sessions if u.tenant == tenant], quotas)
+            self._check_free_disk(size_bytes, open_sessions)
+            upload = UploadRecord(
+                upload_id="upl-" + uuid.uuid4().hex[:16],
+                kind=kind,
+                display_name=display_name,
+                size_bytes=size_bytes,
+                sha256=_normalise_sha256(sha256, "sha256"),
+                committed_bytes=0,
+                create_time=time.time(),
+                tenant=tenant,
+            )
+            directory = self._upload_dir(upload.upload_id)
+            self._fs.makedirs(directory, exist_ok=True)
+            self._fs.pipe_file(f"{directory}/part", b"")
+            self._write_json_atomically(f"{directory}/meta.json", _upload_meta(upload))
+            return upload
 
     def put_chunk(self, upload_id: str, offset: int, data: bytes, *, tenant: str | None = None) -> int:
         """Commits `data` at `offset`; returns the bytes committed so far."""
