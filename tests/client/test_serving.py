@@ -280,18 +280,18 @@ def test_undeploy_whose_reply_was_lost_succeeds_on_retry(client, server, deploye
 def _deploy_args(model_id: str, *extra: str) -> list[str]:
     return ["deploy", "digits", "--model", model_id, "--group-by", "cohort", "--reference", "majority=0.9",
             "--reference", "minority=85%", "--reference-overall", "0.89", "--input-shape", "1,8,8",
-            "--tolerance", "0.02", *extra]
+            "--tolerance", "2", *extra]
 
 
 def test_cli_deploy_models_undeploy(run, model_id, shadow_id):
     code, out, err = run(*_deploy_args(model_id, "--shadow", shadow_id))
     assert code == 0, err
-    assert out.strip() == (f"deployed digits: {model_id} (shadow {shadow_id}), monitored by cohort, tolerance ε 2.0 "
+    assert out.strip() == (f"deployed digits: {model_id} (shadow {shadow_id}), monitored by cohort, tolerance ε 2.00 "
                            "points, reference majority 90.0%, minority 85.0% (overall 89.0%), input 1×8×8")
     code, out, err = run("models")
     header, rule, row = out.splitlines()
     assert header.split()[:4] == ["model", "artifact", "shadow", "group"]
-    assert row.split()[:6] == ["digits", model_id, shadow_id, "cohort", "2.0", "1×8×8"]
+    assert row.split()[:6] == ["digits", model_id, shadow_id, "cohort", "2.00", "1×8×8"]
     code, out, err = run("models", "--json")
     model = json.loads(out)["models"][0]
     assert model["name"] == "digits" and model["reference_accuracy"] == REFERENCE and model["input_shape"] == [1, 8, 8]
@@ -427,14 +427,14 @@ def test_cli_metrics_table(run, client, server, deployed):
         assert column in header
     low, high = wilson_interval(18, 20)
     majority = next(line for line in lines if line.startswith("majority"))
-    # Δ = 0.9 − 0.9 = 0; overall Δ = 0.89 − 20/23; ψ = −overall Δ = −2.0 points.
+    # Δ = 0.9 − 0.9 = 0; overall Δ = 0.89 − 20/23; ψ = −overall Δ = −2.04 points.
     assert f"90.0% [{100 * low:.1f}%,{100 * high:.1f}%]" in majority
-    assert majority.split()[:3] == ["majority", "20", "20"] and " +0.0 " in majority and " -2.0 " in majority
+    assert majority.split()[:3] == ["majority", "20", "20"] and " +0.0 " in majority and " -2.04 " in majority
     assert "95.0% (20)" in majority and majority.endswith("ok")  # one shadow disagreement in 20
     minority = next(line for line in lines if line.startswith("minority"))
     assert minority.split()[:3] == ["minority", "3", "3"] and minority.endswith("insufficient")
     assert any(line.startswith("overall") and " 23 " in line for line in lines)
-    assert ("max ψ_g -2.0 points (majority); accuracy parity gap 0.0 points; tolerance ε 2.0 points: within"
+    assert ("max ψ_g -2.04 points (majority); accuracy parity gap 0.0 points; tolerance ε 2.00 points: within"
             in lines)
     assert "groups need at least 5 outcomes in a window to be judged" in out
     assert out.strip().endswith("totals: 23 predictions; outcomes 23 joined, 0 unknown, 0 duplicate, 0 late, "
@@ -450,7 +450,7 @@ def test_cli_metrics_flags_a_group_over_tolerance(run, client, server, deployed)
     code, out, err = run("metrics", "digits", "--window", "1h")
     minority = next(line for line in out.splitlines() if line.startswith("minority"))
     assert minority.endswith("over ε") and "50.0% [" in minority
-    assert "(minority); accuracy parity gap 50.0 points; tolerance ε 2.0 points: EXCEEDED" in out
+    assert "(minority); accuracy parity gap 50.0 points; tolerance ε 2.00 points: EXCEEDED" in out
 
 
 def test_cli_metrics_window_and_json(run, client, server, deployed):

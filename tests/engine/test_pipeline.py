@@ -180,7 +180,9 @@ def test_budget_search_bisects_to_the_last_safe_sparsity():
     assert [p.sparsity for p in result.frontier] == sorted(seen)
     assert all(p.met == (p.max_excess_accuracy_gap <= 0.05) for p in result.frontier)
     nothing = search_budget(lambda s: _report_with_gap(0.2), BudgetConfig(tolerance=0.05))
-    assert nothing.best_sparsity is None and len(nothing.frontier) == 1
+    # 0.1 broke it, and so did every halving down to 1 %: 0.05, 0.025, 0.0125.
+    assert nothing.best_sparsity is None and [p.sparsity for p in nothing.frontier] == [0.0125, 0.025, 0.05, 0.1]
+    assert nothing.shortfall.group == "minority" and nothing.shortfall.sparsity == 0.0125
     with pytest.raises(InvalidConfigError) as err:
         BudgetConfig(low=0.9, high=0.5)
     assert err.value.field == "budget.high"

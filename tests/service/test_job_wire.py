@@ -126,7 +126,7 @@ def test_reports_parse_into_proto_leaving_unknown_values_unset():
 def test_budget_search_needs_no_sparsity_of_its_own():
     pb = _spec(kind=jobs_pb2.JOB_KIND_BUDGET_SEARCH, finetune=None, pruning=jobs_pb2.PruningOptions())
     spec = wire.spec_from_proto(pb, _resolve)
-    assert spec.budget.low == 0.5 and spec.budget.high == 0.95 and spec.budget.tolerance == spec.data.tolerance
+    assert spec.budget.low == 0.1 and spec.budget.high == 0.95 and spec.budget.tolerance == spec.data.tolerance
 
 
 @pytest.mark.parametrize("train, field", [

@@ -4,7 +4,7 @@
     equiprune demo                                    # the whole story on scikit-learn's digits
     equiprune upload dense.safetensors --kind model
     equiprune prune-finetune --model art-1f2e --dataset sample:digits --group-by cohort \\
-        --sparsity 0.9 --epochs 3 --tolerance 0.02
+        --sparsity 0.9 --epochs 3 --tolerance 2           # ε in percentage points
     equiprune budget --model art-1f2e --dataset art-77aa --group-by race --plot sweep.png
     equiprune jobs --state running
     equiprune job watch job-3c9d

@@ -28,7 +28,8 @@ def group_curves(result: jobs_pb2.JobResult) -> dict[str, list[tuple[float, floa
 
 
 def plot_sweep(result: jobs_pb2.JobResult, path: str | os.PathLike, title: str = "") -> None:
-    """Write the PNG: one line per group, the best sparsity marked when there is one."""
+    """Write the PNG: one line per group through every probe, the probes that broke ε
+    crossed out, the best sparsity marked when there is one."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -43,12 +44,17 @@ def plot_sweep(result: jobs_pb2.JobResult, path: str | os.PathLike, title: str =
     for group, points in curves.items():
         xs, ys = zip(*points)
         axes.plot(xs, [100 * y for y in ys], marker="o", label=group)
+    beyond = [(p.sparsity, 100 * g.accuracy) for p in result.sweep if not p.tolerance_met
+              for g in p.report.groups if g.HasField("accuracy")]
+    if beyond:  # every probe is on its group's line; those that broke ε are crossed out
+        xs, ys = zip(*beyond)
+        axes.scatter(xs, ys, marker="x", color="black", zorder=3, label="probe beyond ε")
     if result.HasField("best_sparsity"):
         axes.axvline(result.best_sparsity, color="grey", linestyle="--",
                      label=f"best sparsity {result.best_sparsity:.3f}")
     axes.set_xlabel("sparsity of prunable weights")
     axes.set_ylabel("group accuracy (%)")
-    axes.set_title(title or "per-group accuracy vs sparsity")
+    axes.set_title((title or "per-group accuracy vs sparsity") + f" ({len(result.sweep)} probes)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()

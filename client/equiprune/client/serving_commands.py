@@ -28,6 +28,8 @@ import os
 import time
 from typing import Iterator
 
+from equiprune.text.tolerance import tolerance_argument, tolerance_help
+
 from . import tables
 from .runner import EXIT_OK, Output, to_dict
 from .sdk import EquipruneClient
@@ -54,7 +56,7 @@ def add_commands(command) -> None:
     reference.add_argument("--reference", action="append", default=[], metavar="GROUP=ACC",
                            help="reference accuracy of a group, e.g. minority=0.91 or minority=91%% (repeatable)")
     deploy.add_argument("--reference-overall", metavar="ACC", help="reference overall accuracy, with --reference")
-    deploy.add_argument("--tolerance", type=float, help="ε: allowed excess accuracy gap ψ_g (default: 0.01)")
+    deploy.add_argument("--tolerance", type=tolerance_argument, help=tolerance_help(None))
     deploy.add_argument("--input-shape", metavar="1,8,8",
                         help="shape of one instance (default: the reference job's dataset)")
     undeploy = command("undeploy", _undeploy, "stop serving a model (its monitor history stays)")

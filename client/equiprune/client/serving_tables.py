@@ -13,7 +13,8 @@ from typing import Iterable
 from equiprune.v1 import serving_pb2
 
 from .errors import SpecError
-from .table_format import _time, pct, pts, render
+from .table_format import _time, gap, pct, pts, render
+from .table_format import tolerance as tolerance_text
 
 
 # ---------------------------------------------------------------- served models and their monitors
@@ -44,7 +45,7 @@ def served_model_line(model: serving_pb2.ServedModel) -> str:
     parts = [f"{model.name}: {model.artifact_id}" + (f" (shadow {model.shadow_artifact_id})"
                                                      if model.shadow_artifact_id else ""),
              "monitored by " + " & ".join(model.group_by),
-             f"tolerance ε {100 * model.tolerance:.1f} points"]
+             f"tolerance ε {tolerance_text(model.tolerance)}"]
     if model.reference_accuracy:
         reference = ", ".join(f"{g} {pct(a)}" for g, a in sorted(model.reference_accuracy.items()))
         if model.HasField("reference_overall_accuracy"):
@@ -56,7 +57,7 @@ def served_model_line(model: serving_pb2.ServedModel) -> str:
 
 
 def served_models_table(models: Iterable[serving_pb2.ServedModel]) -> str:
-    rows = [[m.name, m.artifact_id, m.shadow_artifact_id or "-", " & ".join(m.group_by), f"{100 * m.tolerance:.1f}",
+    rows = [[m.name, m.artifact_id, m.shadow_artifact_id or "-", " & ".join(m.group_by), f"{100 * m.tolerance:.2f}",
              "×".join(map(str, m.input_shape)) or "-", _time(m.create_time) if m.HasField("create_time") else "-"]
             for m in models]
     if not rows:
@@ -109,7 +110,7 @@ def _window_row(g: serving_pb2.GroupWindowMetrics, tolerance: float | None) -> l
     else:
         status = "ok"
     return [g.group, str(g.predictions), str(g.n), accuracy, pct(g, "reference_accuracy"), pts(g, "accuracy_drop"),
-            pts(g, "excess_accuracy_gap"), pct(g, "mean_confidence"), boundary, shadow, status]
+            gap(g, "excess_accuracy_gap", against=tolerance), pct(g, "mean_confidence"), boundary, shadow, status]
 
 
 def disparity_line(window: serving_pb2.WindowMetrics, tolerance: float | None) -> str:
@@ -117,16 +118,18 @@ def disparity_line(window: serving_pb2.WindowMetrics, tolerance: float | None) -
     if not window.HasField("max_excess_accuracy_gap"):
         judged = "max ψ_g - (no group has enough outcomes to be judged)"
     else:
-        judged = f"max ψ_g {pts(window, 'max_excess_accuracy_gap')} points ({window.max_excess_accuracy_gap_group})"
+        judged = (f"max ψ_g {gap(window, 'max_excess_accuracy_gap', against=tolerance)} points "
+                  f"({window.max_excess_accuracy_gap_group})")
     parity = f"accuracy parity gap {100 * window.accuracy_parity_gap:.1f} points" \
         if window.HasField("accuracy_parity_gap") else "accuracy parity gap -"
     if tolerance is None:
         verdict = "tolerance unknown (the model is no longer deployed)"
     elif not window.HasField("max_excess_accuracy_gap"):
-        verdict = f"tolerance ε {100 * tolerance:.1f} points: not judged"
+        verdict = f"tolerance ε {tolerance_text(tolerance)}: not judged"
     else:
         within = window.max_excess_accuracy_gap <= tolerance
-        verdict = f"tolerance ε {100 * tolerance:.1f} points: " + ("within" if within else "EXCEEDED")
+        verdict = (f"tolerance ε {tolerance_text(tolerance, against=window.max_excess_accuracy_gap)}: "
+                   + ("within" if within else "EXCEEDED"))
     return f"{judged}; {parity}; {verdict}"
 
 

@@ -9,7 +9,8 @@ Models and datasets are given as an artifact id (`art-…`) or a URI the service
 sha256). Enum options are plain strings (`"ceag"`, `"n_m"`, `"global"`); an unknown one raises
 SpecError (a ValueError) naming the argument. Options left as None keep the server's
 documented default. The result is a protobuf message: fields no builder argument covers can be
-set on it directly before submitting.
+set on it directly before submitting. `tolerance` is ε as a fraction (0.01 = 1 point), as on the
+wire; only the CLI takes it in points (equiprune.text.tolerance).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ budget): their flags, the JobSpec those flags describe (`spec_from_args`), and t
 submitted job to its end, with budget's optional --plot.
 
     equiprune prune-finetune --model art-1f2e --dataset sample:digits --group-by cohort \\
-        --sparsity 0.9 --epochs 3 --tolerance 0.02
+        --sparsity 0.9 --epochs 3 --tolerance 2
 
 Apart from cli.py like serving_commands: the flags per job kind are most of the CLI's surface.
 """
@@ -11,6 +11,8 @@ Apart from cli.py like serving_commands: the flags per job kind are most of the 
 from __future__ import annotations
 
 import argparse
+
+from equiprune.text.tolerance import tolerance_argument, tolerance_help
 
 from . import specs
 from .runner import EXIT_OK, Output, finish, follow, to_dict
@@ -44,7 +46,7 @@ def _job_arguments(cmd: argparse.ArgumentParser, kind: str) -> None:
     cmd.add_argument("--train-split", help="split trained on (default: train)")
     cmd.add_argument("--eval-split", help="split reported on (default: test)")
     if kind != "train":
-        cmd.add_argument("--tolerance", type=float, help="ε: allowed excess accuracy gap ψ_g (default: 0.01)")
+        cmd.add_argument("--tolerance", type=tolerance_argument, help=tolerance_help(None))
         cmd.add_argument("--min-group-size", type=int, help="smaller groups are shown, not judged (default: 30)")
     if kind in ("prune", "prune_and_finetune", "diagnose", "budget"):
         if kind != "budget":
@@ -76,8 +78,9 @@ def _job_arguments(cmd: argparse.ArgumentParser, kind: str) -> None:
         cmd.add_argument("--probes", type=int, help="Hutchinson probes (default: 10)")
         cmd.add_argument("--samples-per-group", type=int, help="samples diagnosed per group (default: 1000)")
     if kind == "budget":
-        cmd.add_argument("--low", type=float, help="lowest sparsity tried (default: 0.5)")
-        cmd.add_argument("--high", type=float, help="highest sparsity tried (default: 0.95)")
+        cmd.add_argument("--low", type=float, help="first probe and bottom of the bracket; when it breaks ε the "
+                                                    "search halves it (default: 0.1)")
+        cmd.add_argument("--high", type=float, help="top of the bracket (default: 0.95)")
         cmd.add_argument("--resolution", type=float, help="stop when the bracket is this narrow (default: 0.025)")
         cmd.add_argument("--max-probes", type=int, help="most probes (default: 8)")
         cmd.add_argument("--require-confidence", action="store_true",

@@ -1,13 +1,15 @@
 """Plain-text tables of jobs, artifacts, per-group reports and served models' monitors, for people.
 
 Accuracies print as percentages (91.3%), excess accuracy gaps ψ_g as signed percentage points
-(+2.1), and a number the server left unset (it could not be computed) as `-`. Groups with too
-few samples carry a `*` (reports) or `insufficient` (monitor windows): shown but not judged.
-Monitor windows print as 5m, 1h, 1d.
+with two decimals (+2.13; more when needed to tell ψ_g from ε), ε in points with its unit, and a
+number the server left unset (it could not be computed) as `-`. Groups with too few samples
+carry a `*` (reports) or `insufficient` (monitor windows): shown but not judged. Monitor
+windows print as 5m, 1h, 1d.
 
 The tables live by area in table_format (numbers, columns), report_tables (per-group reports,
 sweeps, diagnostics), job_tables (jobs, artifacts) and serving_tables (served models, monitors);
-this module re-exports their public names, so callers keep using `tables.<name>`.
+the formats and report tables themselves are equiprune.text's, shared with `equiprune-engine`.
+This module re-exports their public names, so callers keep using `tables.<name>`.
 """
 
 from __future__ import annotations

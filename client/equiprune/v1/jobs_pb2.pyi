@@ -307,7 +307,7 @@ class OutputArtifact(_message.Message):
     def __init__(self, role: _Optional[str] = ..., artifact: _Optional[_Union[_artifacts_pb2.Artifact, _Mapping]] = ...) -> None: ...
 
 class JobResult(_message.Message):
-    __slots__ = ("outputs", "reports", "diagnostics", "sweep", "best_sparsity", "measured_sparsity", "parameters_before", "parameters_after", "notes")
+    __slots__ = ("outputs", "reports", "diagnostics", "sweep", "best_sparsity", "measured_sparsity", "parameters_before", "parameters_after", "notes", "budget_shortfall")
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     REPORTS_FIELD_NUMBER: _ClassVar[int]
     DIAGNOSTICS_FIELD_NUMBER: _ClassVar[int]
@@ -317,6 +317,7 @@ class JobResult(_message.Message):
     PARAMETERS_BEFORE_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_AFTER_FIELD_NUMBER: _ClassVar[int]
     NOTES_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_SHORTFALL_FIELD_NUMBER: _ClassVar[int]
     outputs: _containers.RepeatedCompositeFieldContainer[OutputArtifact]
     reports: _containers.RepeatedCompositeFieldContainer[_reports_pb2.StageReport]
     diagnostics: _reports_pb2.DiagnosticsSummary
@@ -326,7 +327,8 @@ class JobResult(_message.Message):
     parameters_before: int
     parameters_after: int
     notes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, outputs: _Optional[_Iterable[_Union[OutputArtifact, _Mapping]]] = ..., reports: _Optional[_Iterable[_Union[_reports_pb2.StageReport, _Mapping]]] = ..., diagnostics: _Optional[_Union[_reports_pb2.DiagnosticsSummary, _Mapping]] = ..., sweep: _Optional[_Iterable[_Union[_reports_pb2.SweepPoint, _Mapping]]] = ..., best_sparsity: _Optional[float] = ..., measured_sparsity: _Optional[float] = ..., parameters_before: _Optional[int] = ..., parameters_after: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+    budget_shortfall: _reports_pb2.BudgetShortfall
+    def __init__(self, outputs: _Optional[_Iterable[_Union[OutputArtifact, _Mapping]]] = ..., reports: _Optional[_Iterable[_Union[_reports_pb2.StageReport, _Mapping]]] = ..., diagnostics: _Optional[_Union[_reports_pb2.DiagnosticsSummary, _Mapping]] = ..., sweep: _Optional[_Iterable[_Union[_reports_pb2.SweepPoint, _Mapping]]] = ..., best_sparsity: _Optional[float] = ..., measured_sparsity: _Optional[float] = ..., parameters_before: _Optional[int] = ..., parameters_after: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ..., budget_shortfall: _Optional[_Union[_reports_pb2.BudgetShortfall, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "spec", "state", "done", "request_id", "create_time", "start_time", "end_time", "progress", "error", "result", "attempt")

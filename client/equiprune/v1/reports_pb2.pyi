@@ -132,6 +132,26 @@ class SweepPoint(_message.Message):
     report: GroupReport
     def __init__(self, sparsity: _Optional[float] = ..., tolerance_met: _Optional[bool] = ..., report: _Optional[_Union[GroupReport, _Mapping]] = ...) -> None: ...
 
+class BudgetShortfall(_message.Message):
+    __slots__ = ("sparsity", "group", "n", "excess_accuracy_gap", "excess_accuracy_gap_ci_high", "tolerance", "judged_with_confidence", "suggestions")
+    SPARSITY_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    EXCESS_ACCURACY_GAP_FIELD_NUMBER: _ClassVar[int]
+    EXCESS_ACCURACY_GAP_CI_HIGH_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    JUDGED_WITH_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    SUGGESTIONS_FIELD_NUMBER: _ClassVar[int]
+    sparsity: float
+    group: str
+    n: int
+    excess_accuracy_gap: float
+    excess_accuracy_gap_ci_high: float
+    tolerance: float
+    judged_with_confidence: bool
+    suggestions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sparsity: _Optional[float] = ..., group: _Optional[str] = ..., n: _Optional[int] = ..., excess_accuracy_gap: _Optional[float] = ..., excess_accuracy_gap_ci_high: _Optional[float] = ..., tolerance: _Optional[float] = ..., judged_with_confidence: _Optional[bool] = ..., suggestions: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class GroupDiagnostics(_message.Message):
     __slots__ = ("group", "n", "loss", "gradient_norm", "hessian_trace", "hessian_trace_stderr", "hessian_top_eigenvalue", "mean_uncertainty", "mean_margin", "mean_logit_margin", "predicted_excess_loss", "measured_excess_loss", "measured_excess_loss_after_recalibration")
     GROUP_FIELD_NUMBER: _ClassVar[int]

@@ -5,7 +5,11 @@
         --dataset d.npz --out dense.safetensors
     equiprune-engine compress --model dense.safetensors --dataset d.npz --group-by group \
         --sparsity 0.9 --out runs/fair
-    equiprune-engine budget --model dense.safetensors --dataset d.npz --group-by group --tolerance 0.02
+    equiprune-engine budget --model dense.safetensors --dataset d.npz --group-by group --tolerance 2
+
+--tolerance is ε in percentage points (2 = 0.02; 0.5pp for half a point), as in `equiprune`.
+The tables and words are `equiprune`'s (equiprune.text); --json prints the outcome as JSON
+instead, --verbose every progress event as a JSON line.
 
 Errors in the input are printed as `error: <field>: <problem>` with exit code 2.
 """
@@ -16,6 +20,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from equiprune.text import reports as text
+from equiprune.text.tolerance import tolerance_argument, tolerance_help
 
 from .errors import EngineError
 from .finetune.config import DEFAULT_FAIR_METHOD, METHODS, FinetuneConfig
@@ -78,20 +85,22 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--lr", type=float, help=f"default {ft.lr}")
         cmd.add_argument("--dual-lr", type=float,
                          help=f"integral gain of the dual step: multiplier change per epoch per unit violation (default {ft.dual_lr})")
-        cmd.add_argument("--tolerance", type=float, help=f"ε as a fraction of accuracy (default {data.tolerance})")
+        cmd.add_argument("--tolerance", type=tolerance_argument, help=tolerance_help(data.tolerance))
         cmd.add_argument("--min-group-size", type=int, help=f"default {data.min_group_size}")
         cmd.add_argument("--seed", type=int)
         cmd.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: cuda when available)")
         cmd.add_argument("--out", required=True, help="output folder")
         cmd.add_argument("--json", action="store_true", help="print the outcome as JSON")
+        cmd.add_argument("--verbose", action="store_true", help="print every progress event as a JSON line")
         if name == "compress":
             cmd.add_argument("--sparsity", type=float, help=f"default {PruningConfig.sparsity}")
             cmd.add_argument("--diagnose", action="store_true", help="per-group gradient/Hessian diagnostics and predicted R(a)")
             cmd.set_defaults(run=_compress)
         else:
             b = BudgetConfig()
-            cmd.add_argument("--low", type=float, help=f"default {b.low}")
-            cmd.add_argument("--high", type=float, help=f"default {b.high}")
+            cmd.add_argument("--low", type=float, help=f"first probe and bottom of the bracket; when it breaks ε the "
+                                                        f"search halves it (default {b.low})")
+            cmd.add_argument("--high", type=float, help=f"top of the bracket (default {b.high})")
             cmd.add_argument("--resolution", type=float, help=f"default {b.resolution}")
             cmd.add_argument("--max-probes", type=int, help=f"default {b.max_probes}")
             cmd.add_argument("--require-confidence", action="store_true",
@@ -139,7 +148,9 @@ def _run(args, kind: str, work_dir: Path):
 
     spec = _spec_from_args(args, kind)
     inputs = JobInputs(dataset=args.dataset, model=spec.model, work_dir=work_dir, device=getattr(args, "device", None))
-    outcome = run_job(spec, inputs, None if getattr(args, "json", False) else _progress_printer())
+    show = None if getattr(args, "json", False) else _event_printer() if getattr(args, "verbose", False) \
+        else _progress_printer()
+    outcome = run_job(spec, inputs, show)
     inputs.checkpoint.unlink(missing_ok=True)  # the run is complete: nothing left to resume
     return spec, outcome
 
@@ -165,7 +176,7 @@ def _compress(args) -> int:
     print()
     print(format_comparison(outcome))
     if outcome.diagnostics is not None:
-        print("\n" + outcome.diagnostics["prediction_note"])
+        print("\n" + text.diagnostics_table(outcome.diagnostics))
     print("\noutputs: " + ", ".join(f"{f.role}={out / f.path}" for f in outcome.files))
     return 0
 
@@ -175,11 +186,9 @@ def _budget(args) -> int:
     if args.json:
         print(json.dumps(outcome.to_dict(), allow_nan=False))
         return 0
-    for point in outcome.sweep:
-        s = point.report.summary
-        print(f"sparsity {point.sparsity:.3f}: accuracy {_pct(point.report.overall.accuracy)}, max ψ_g "
-              f"{_pts(s.max_excess_accuracy_gap)} → {'within' if point.tolerance_met else 'beyond'} tolerance")
-    print(f"highest sparsity within tolerance: {outcome.best_sparsity}")
+    print()
+    print(text.sweep_table(outcome.sweep, outcome.best_sparsity, outcome.budget_shortfall))
+    print(f"\nreport: {Path(args.out) / outcome.files[0].path}")
     return 0
 
 
@@ -199,51 +208,33 @@ def _demo(args) -> int:
     return _compress(_parser().parse_args([
         "compress", "--model", str(model_path), "--dataset", str(dataset_path), "--group-by", "cohort",
         "--sparsity", str(args.sparsity), "--epochs", "5", "--min-group-size", "10",
-        "--tolerance", "0.02", "--out", str(out / "compressed")]))
+        "--tolerance", "2", "--out", str(out / "compressed")]))
 
 
 def format_comparison(outcome) -> str:
-    """A per-group table: dense → pruned → fine-tuned on the evaluation split (or train)."""
-    def pick(stage):
-        splits = [r for r in outcome.reports if r.stage == stage]
-        return splits[-1].report if splits else None  # the evaluation split comes last when there is one
-
-    dense, pruned, tuned = pick("dense"), pick("pruned"), pick("finetuned")
-    header = f"{'group':<18}{'n':>6}  {'dense':>7}  {'pruned':>7}  {'ψ_g':>7}  {'tuned [95% CI]':>22}  {'ψ_g':>7}"
-    lines = [header, "-" * len(header)]
-    for g in dense.groups:
-        p = pruned.group(g.group) if pruned else None
-        t = tuned.group(g.group) if tuned else None
-        ci = f"{_pct(t.accuracy)} [{_pct(t.accuracy_ci_low)},{_pct(t.accuracy_ci_high)}]" if t and t.n else "-"
-        lines.append(f"{g.group:<18}{g.n:>6}  {_pct(g.accuracy):>7}  {_pct(p.accuracy if p else None):>7}  "
-                     f"{_pts(p.excess_accuracy_gap if p else None):>7}  {ci:>22}  {_pts(t.excess_accuracy_gap if t else None):>7}")
-    lines.append("-" * len(header))
-    lines.append(f"{'overall':<18}{dense.overall.n:>6}  {_pct(dense.overall.accuracy):>7}  "
-                 f"{_pct(pruned.overall.accuracy if pruned else None):>7}  {'':>7}  "
-                 f"{_pct(tuned.overall.accuracy if tuned else None):>22}")
-    for label, report in (("pruned", pruned), ("fine-tuned", tuned)):
-        if report is not None and report.summary.max_excess_accuracy_gap is not None:
-            s = report.summary
-            lines.append(f"{label}: max ψ_g {_pts(s.max_excess_accuracy_gap)} ({s.max_excess_accuracy_gap_group}), "
-                         f"worst group {s.worst_group} {_pct(s.worst_group_accuracy)}, "
-                         f"tolerance {_pts(s.tolerance)} met: {s.tolerance_met} "
-                         f"(with 95% confidence: {s.tolerance_met_with_confidence})")
+    """The client's per-group table (dense → pruned → fine-tuned) on the evaluation split (or
+    training, when there is none), then the measured sparsity and the notes."""
+    splits = list(dict.fromkeys(r.split for r in outcome.reports))
+    split = splits[-1] if splits else None  # the evaluation split comes after training when there is one
+    lines = [text.comparison_table(text.stage_reports(outcome.reports, split), split)]
     if outcome.measured_sparsity is not None:
         lines.append(f"measured sparsity of prunable weights: {outcome.measured_sparsity:.3f}")
     lines.extend(f"note: {n}" for n in outcome.notes)
     return "\n".join(lines)
 
 
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
+def _event_printer():
+    """--verbose: every event, whole, as one JSON line."""
+    def show(event) -> None:
+        print(json.dumps(event.to_dict(), allow_nan=False), flush=True)
 
-
-def _pts(x) -> str:
-    return "-" if x is None else f"{100 * x:+.1f}"
+    return show
 
 
 def _progress_printer():
     """Print each phase once, and one line per finished epoch (not per step: logs stay short)."""
+    from equiprune.text.formats import pct
+
     last = [None]
 
     def show(event) -> None:
@@ -254,8 +245,8 @@ def _progress_printer():
                       f"{event.metrics.get('loss', float('nan')):.3f}" + (f"; multipliers {lam}" if lam else ""), flush=True)
         elif event.report is not None:
             r = event.report
-            print(f"  {r.stage} on {r.split or 'all rows'}: accuracy {_pct(r.report.overall.accuracy)}, "
-                  f"worst group {r.report.summary.worst_group}", flush=True)
+            print(f"  {text.STAGE_LABELS.get(r.stage, r.stage)} on {r.split or 'all rows'}: accuracy "
+                  f"{pct(r.report.overall.accuracy)}, worst group {r.report.summary.worst_group or '-'}", flush=True)
         elif (event.phase, event.message) != last[0]:
             print(f"{event.phase}" + (f": {event.message}" if event.message else ""), flush=True)
         last[0] = (event.phase, event.message)

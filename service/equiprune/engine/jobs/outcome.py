@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Union
 
+from ..budget import BudgetShortfall
 from ..jsonable import json_safe
 from ..models.footprint import ModelLimits
 from ..report import GroupReport
@@ -139,6 +140,7 @@ class JobOutcome:
     diagnostics: dict | None = None  # shaped like the proto DiagnosticsSummary
     sweep: tuple[BudgetPoint, ...] = ()
     best_sparsity: float | None = None
+    budget_shortfall: BudgetShortfall | None = None  # a budget search in which no probe held
 
     def report(self, stage: str, split: str | None = None) -> GroupReport | None:
         for entry in self.reports:
@@ -155,4 +157,6 @@ class JobOutcome:
                 value[name] = getattr(self, name)
         if self.sweep:
             value["sweep"] = [p.to_dict() for p in self.sweep]
+        if self.budget_shortfall is not None:
+            value["budget_shortfall"] = self.budget_shortfall.to_dict()
         return json_safe(value)
