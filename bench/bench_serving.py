@@ -29,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
 import torch
 
 from _common import DOCS_BENCH, write_results

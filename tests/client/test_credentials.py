@@ -50,3 +50,27 @@ def test_a_tls_ca_must_be_a_readable_pem(tmp_path):
         with pytest.raises(SpecError) as caught:
             credentials.open_channel("127.0.0.1:1", [], tls_ca=path)
         assert caught.value.field == "tls_ca"
+
+
+def test_a_token_file_is_replaced_never_widened_and_links_are_not_followed(tmp_path):
+    path = tmp_path / "token"
+    path.write_text("old\n")
+    path.chmod(0o644)
+    credentials.write_token_file(path, "ept_new")
+    assert path.read_text() == "ept_new\n" and path.stat().st_mode & 0o777 == 0o600
+    target = tmp_path / "elsewhere"
+    target.write_text("keep\n")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    credentials.write_token_file(link, "ept_x")
+    assert target.read_text() == "keep\n" and not link.is_symlink()
+
+
+def test_a_plaintext_token_beyond_this_machine_is_warned_about():
+    with pytest.warns(UserWarning, match="plaintext"):
+        credentials.open_channel("10.1.2.3:9000", [], token="ept_x").close()
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        credentials.open_channel("127.0.0.1:9000", [], token="ept_x").close()
+        credentials.open_channel("localhost:9000", [], token="ept_x").close()

@@ -603,7 +603,9 @@ def test_announced_sizes_must_fit_on_the_disk(tmp_path, monkeypatch):
     store.start_upload("dataset", "a.npz", 2000, digest)
     with pytest.raises(ResourceExhausted) as caught:  # 2,000 still announced + 2,000 > what is left
         store.start_upload("dataset", "b.npz", 2000, digest)
-    assert caught.value.field == "size_bytes" and "1 open upload" in caught.value.message
+    # Other tenants' sessions are in the sum: the refusal gives no counts of them.
+    assert caught.value.field == "size_bytes" and "2000 more bytes" in caught.value.message
+    assert "open upload(s)" not in caught.value.message
     store.start_upload("dataset", "c.npz", 500, digest)  # what does fit is still taken
 
 
@@ -637,3 +639,34 @@ def test_tenant_quotas_hold_under_concurrent_starts_and_uploads_are_per_tenant(t
     assert caught.value.field == "quotas.max_stored_bytes"
     # Another tenant is counted apart.
     assert store.start_upload("dataset", "z.bin", 4, sha, tenant="other", quotas=quotas).tenant == "other"
+
+
+def test_concurrent_imports_cannot_pass_the_storage_quota_together(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from equiprune.service.artifacts.plane import ArtifactsPlane
+    from equiprune.service.jobs.wire import ArtifactSource
+    from equiprune.service.tenants.auth import Caller
+    from equiprune.service.tenants.store import Quotas
+
+    roots = tmp_path / "imports"
+    roots.mkdir()
+    store = ArtifactStore(str(tmp_path / "store"), cache_dir=str(tmp_path / "cache"), import_roots=[str(roots)])
+    plane = ArtifactsPlane(store, validate=None, samples_dir=tmp_path / "samples")
+    caller = Caller("acme", quotas=Quotas(max_stored_bytes=1000))
+    sources = []
+    for i in range(8):
+        content = bytes([i]) * 900
+        (roots / f"{i}.bin").write_bytes(content)
+        sources.append(ArtifactSource(uri=str(roots / f"{i}.bin"), sha256=hashlib.sha256(content).hexdigest()))
+
+    def attempt(source):
+        try:
+            return plane.import_artifact(caller, "dataset", source).artifact_id
+        except ResourceExhausted as refusal:
+            return refusal.field
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(attempt, sources))
+    assert sum(r.startswith("art-") for r in results) == 1, results
+    assert store.stored_bytes("acme") == 900 and plane._reserved == {}

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import time
 
-import grpc
 import pytest
 
 from equiprune.client import specs

@@ -116,3 +116,19 @@ def test_a_store_file_from_before_quota_changes_keeps_working(store, tmp_path):
     again.close()
     with sqlite3.connect(tmp_path / "tenants.sqlite") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_the_async_path_answers_cached_tokens_at_once_and_asks_the_store_for_the_rest(store):
+    import asyncio
+
+    store.create_tenant("acme")
+    _, secret = store.issue_token("acme")
+    auth = Authenticator(store)
+    metadata = [("authorization", f"Bearer {secret}")]
+    assert auth.remembered(metadata) is None
+    assert asyncio.run(auth.caller_async(metadata)).tenant == "acme"
+    assert auth.remembered(metadata).tenant == "acme"
+    with pytest.raises(Unauthenticated):
+        asyncio.run(auth.caller_async([("authorization", "Bearer ept_nope")]))
+    with pytest.raises(Unauthenticated):  # now remembered as unknown
+        auth.remembered([("authorization", "Bearer ept_nope")])

@@ -172,7 +172,7 @@ def test_another_tenant_gets_not_found_exactly_as_for_nothing(server, world):
                 code, details = _code(lambda: getattr(by_rpc[rpc], rpc)(_empty_request(rpc), timeout=30))
                 assert code == grpc.StatusCode.PERMISSION_DENIED, (rpc, code)
 
-    a, b = world["a"], world["b"]
+    a = world["a"]
     # Nothing of alpha's changed: its upload is still open, its job done, its model served.
     assert a.get_job(world["job"]).state == jobs_pb2.JOB_STATE_SUCCEEDED
     assert sorted(m.name for m in a.list_served_models()) == ["alpha-only", "digits"]
@@ -202,9 +202,19 @@ def test_lists_imports_and_served_names_are_per_tenant(world):
     assert [(m.name, m.artifact_id) for m in b.list_served_models()] == [("digits", world["b_model"])]
     assert {(m.name, m.artifact_id) for m in a.list_served_models()} == {("digits", world["model"]),
                                                                           ("alpha-only", world["model"])}
+    before = a.get_model_metrics("digits").totals
     b.predict("digits", [([0.0] * 64, {"cohort": "minority"})])
     b.record_evaluations("digits", [{"label": 1, "predicted_class": 1, "groups": {"cohort": "minority"}}])
-    assert a.get_model_metrics("digits").model.artifact_id == world["model"]
+    after = a.get_model_metrics("digits")
+    assert after.model.artifact_id == world["model"] and after.totals == before  # beta's traffic is beta's
+
+    # Beta's own model with alpha's job as reference, or alpha's model as shadow: NOT_FOUND, naming the field.
+    for extra, field in (({"reference_job_id": world["job"]}, "reference_job_id"),
+                         ({"shadow_artifact_id": world["model"], "reference_accuracy": {"minority": 0.9},
+                           "input_shape": [1, 8, 8]}, "shadow_artifact_id")):
+        with pytest.raises(EquipruneError) as caught:
+            b.deploy_model("borrowed", world["b_model"], ["cohort"], **extra)
+        assert caught.value.code == grpc.StatusCode.NOT_FOUND and caught.value.field == field, caught.value
 
 
 def test_outcomes_for_another_tenants_prediction_change_nothing(world):

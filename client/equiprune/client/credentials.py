@@ -20,6 +20,7 @@ plaintext and listens on loopback.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import grpc
@@ -60,12 +61,21 @@ def read_token_file(path: str | os.PathLike, field: str = "token_file") -> str:
 
 
 def write_token_file(path: Path, token: str) -> None:
-    """Write a token readable by its owner only (created 0600, never briefly wider)."""
+    """Write a token readable by its owner only: a new file created 0600 next to `path`, then
+    renamed over it (never an existing file of wider mode, never through a link)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    os.chmod(path, 0o600)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def find_token(target: str, token: str | None = None, token_file: str | os.PathLike | None = None) -> str | None:
@@ -134,5 +144,13 @@ def open_channel(target: str, options: list, *, token: str | None = None,
             raise SpecError("tls_ca", f"{str(tls_ca)!r} holds no PEM certificate")
         channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca), options=options)
     else:
+        if token and not _is_loopback(target):
+            warnings.warn(f"sending an API token in plaintext to {target}: use --tls-ca (tls_ca=) with the TLS "
+                          "proxy of deploy/tls beyond this machine", stacklevel=3)
         channel = grpc.insecure_channel(target, options=options)
     return grpc.intercept_channel(channel, _BearerToken(token)) if token else channel
+
+
+def _is_loopback(target: str) -> bool:
+    host = target.rpartition(":")[0].strip("[]") if ":" in target else target
+    return host in ("localhost", "::1") or host.startswith("127.")

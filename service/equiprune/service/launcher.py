@@ -116,7 +116,9 @@ def start(settings, *, address: str | None = None, num_cpus: int | None = None, 
 
     # Serve's gRPC proxy would listen on every interface: rpc/bind.py makes it use settings.host.
     os.environ[bind.HOST_VARIABLE] = settings.host
-    runtime_env = {"worker_process_setup_hook": bind.HOOK}
+    # The variable travels in the runtime env: raylets of a joined cluster were started
+    # without this process's environment.
+    runtime_env = {"worker_process_setup_hook": bind.HOOK, "env_vars": {bind.HOST_VARIABLE: settings.host}}
     if address is None:
         # main() made Ray's own ports require a token (tenants/bootstrap.py); a caller of
         # start() without main() decides in the environment.

@@ -7,7 +7,9 @@ event loop run them in a thread.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +37,8 @@ class ArtifactsPlane:
         self.validate = validate  # runs in a sandboxed worker, never in this process
         self.samples_dir = Path(samples_dir)
         self.samples_dir.mkdir(parents=True, exist_ok=True)
+        self._reserved: dict[str, int] = {}  # bytes imports of each tenant hold until stored
+        self._reserved_lock = threading.Lock()
 
     # Every method acts for a `caller` (tenants/auth.py Caller): what it creates is the
     # caller's tenant's, and it sees nothing of another tenant's (NOT_FOUND, as if absent).
@@ -74,23 +78,43 @@ class ArtifactsPlane:
             existing = self.store.find(kind, source.sha256.lower(), caller.tenant)
             if existing is not None:
                 return existing
-            return self.store.import_uri(kind, source.uri, source.sha256, display_name, validate=self.validate,
-                                         tenant=caller.tenant, quota=self._quota(caller))
+            with self._reservation(caller) as reserve:
+                return self.store.import_uri(kind, source.uri, source.sha256, display_name, validate=self.validate,
+                                             tenant=caller.tenant, quota=reserve)
         except ServiceError as err:
             # The store names `source.*`; in a job spec the same fields are `spec.dataset.uri.*`.
             if field != "source" and err.field and err.field.startswith("source."):
                 raise type(err)(err.message, field=field + err.field[len("source"):]) from None
             raise
 
-    def _quota(self, caller):
-        """A check that `size` more bytes fit in the caller's max_stored_bytes."""
-        def check(size: int) -> None:
-            held = self.store.stored_bytes(caller.tenant) + sum(u.size_bytes for u in self.store.open_uploads(caller.tenant))
-            if held + size > caller.quotas.max_stored_bytes:
-                raise ResourceExhausted(
-                    f"tenant {caller.tenant} holds {held} bytes; {size} more would pass its quota max_stored_bytes "
-                    f"of {caller.quotas.max_stored_bytes}", field="quotas.max_stored_bytes")
-        return check
+    @contextlib.contextmanager
+    def _reservation(self, caller):
+        """Yields `reserve(size)`: refuses when `size` more bytes would pass the caller's
+        max_stored_bytes, counting what concurrent imports of the tenant have reserved and not
+        yet stored, and holds the bytes until the import ends (stored or not)."""
+        held = [0]
+
+        def reserve(size: int) -> None:
+            with self._reserved_lock:
+                stored = self.store.stored_bytes(caller.tenant)
+                announced = sum(u.size_bytes for u in self.store.open_uploads(caller.tenant))
+                pending = self._reserved.get(caller.tenant, 0)
+                if stored + announced + pending + size > caller.quotas.max_stored_bytes:
+                    raise ResourceExhausted(
+                        f"tenant {caller.tenant} holds {stored + announced + pending} bytes (stored, announced by "
+                        f"open uploads, being imported); {size} more would pass its quota max_stored_bytes of "
+                        f"{caller.quotas.max_stored_bytes}", field="quotas.max_stored_bytes")
+                self._reserved[caller.tenant] = pending + size
+                held[0] += size
+        try:
+            yield reserve
+        finally:
+            with self._reserved_lock:
+                left = self._reserved.get(caller.tenant, 0) - held[0]
+                if left > 0:
+                    self._reserved[caller.tenant] = left
+                else:
+                    self._reserved.pop(caller.tenant, None)
 
     def _sample(self, caller, kind: str, uri: str, display_name: str, field: str) -> ArtifactRecord:
         if kind != "dataset":
@@ -100,9 +124,10 @@ class ArtifactsPlane:
             existing = self.store.find(kind, sha256_of_file(str(path)), caller.tenant)
             if existing is not None:
                 return existing
-            self._quota(caller)(path.stat().st_size)
-            return self.store.put_file(str(path), kind, display_name or path.name, source=uri,
-                                       description=self.validate(str(path), kind), tenant=caller.tenant)
+            with self._reservation(caller) as reserve:
+                reserve(path.stat().st_size)
+                return self.store.put_file(str(path), kind, display_name or path.name, source=uri,
+                                           description=self.validate(str(path), kind), tenant=caller.tenant)
         finally:
             shutil.rmtree(path.parent, ignore_errors=True)
 

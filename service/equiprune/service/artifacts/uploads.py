@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import time
@@ -28,6 +29,8 @@ from equiprune.service.artifacts.records import (
     _check_kind,
     _normalise_sha256, _run_validator,
 )
+
+log = logging.getLogger("equiprune.service.artifacts")
 
 
 class UploadSessions:
@@ -135,11 +138,13 @@ class UploadSessions:
         announced = sum(u.size_bytes - u.committed_bytes for u in open_sessions)
         free = shutil.disk_usage(self._path("uploads")).free - self.free_disk_reserve_bytes
         if announced + size_bytes > free:
+            # Other tenants' sessions are part of the sum: the client is told no counts.
+            log.warning("upload refused for want of disk: %d open sessions announce %d bytes, %d asked, %d free "
+                        "beyond the reserve", len(open_sessions), announced, size_bytes, max(free, 0))
             raise ResourceExhausted(
-                f"the {len(open_sessions)} open upload(s) still announce {announced} bytes; with these "
-                f"{size_bytes} they would not fit in the {max(free, 0)} bytes of disk the server can give "
-                "(settings free_disk_reserve_bytes, upload_ttl_s); finish or let open uploads expire",
-                field="size_bytes")
+                f"the server cannot take {size_bytes} more bytes now: its disk, less what open uploads still need "
+                "and its reserve (settings free_disk_reserve_bytes, upload_ttl_s), is too small; try again later "
+                "or with less", field="size_bytes")
 
     def get_upload(self, upload_id: str, *, tenant: str | None = None) -> UploadRecord:
         _check_id(upload_id, _UPLOAD_ID, "upload_id")

@@ -108,8 +108,11 @@ class JobManager:
                                         "its quota max_concurrent_jobs; wait for some to finish or cancel them",
                                         field="quotas.max_concurrent_jobs")
             if self.store.count_in_states(UNFINISHED) >= self.settings.max_unfinished_jobs:
-                raise ResourceExhausted(f"{self.settings.max_unfinished_jobs} jobs are already queued or running; "
-                                        "wait for some to finish or cancel them", field="spec")
+                # Other tenants' jobs are in that count: the client is told no numbers.
+                log.warning("job refused: %d jobs queued or running (max_unfinished_jobs)",
+                            self.settings.max_unfinished_jobs)
+                raise ResourceExhausted("the server is at its limit of queued and running jobs; try again later",
+                                        field="spec")
         record, created = self.store.create(kind, spec, request_id, tenant)
         if created:
             self._launch(record.job_id)

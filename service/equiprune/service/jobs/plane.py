@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from equiprune.engine.errors import EngineError
 from equiprune.engine.jobs import JobSpec, check_splits
 
-from equiprune.service.errors import InvalidArgument, naming
+from equiprune.service.errors import InvalidArgument, ResourceExhausted, naming
 from equiprune.service.jobs.records import _not_found as not_found
 from equiprune.service.artifacts.validation import artifact_of_kind, check_job_fit, described_list
 
@@ -59,6 +59,13 @@ class JobsPlane:
         except EngineError as err:
             raise InvalidArgument(err.problem, field=f"spec.{err.field}") from None
         check_job_fit(spec, model.description if model is not None else None, dataset.description, self.model_limits)
+        # A job's outputs are stored whatever their size (it already ran): a tenant at its
+        # storage quota starts no new job, or jobs would grow the store without bound.
+        stored = self.artifacts.stored_bytes(caller.tenant)
+        if stored >= caller.quotas.max_stored_bytes:
+            raise ResourceExhausted(f"tenant {caller.tenant} stores {stored} bytes, at its quota max_stored_bytes of "
+                                    f"{caller.quotas.max_stored_bytes}; artifacts cannot be deleted yet, so ask an admin "
+                                    "to raise it (UpdateTenantQuotas)", field="quotas.max_stored_bytes")
         return spec
 
     async def create(self, caller, spec: JobSpec | Callable[[], JobSpec], request_id: str = ""):

@@ -5,9 +5,10 @@ Ray Serve 2.60 binds its gRPC proxy to `[::]:<port>` whatever the HTTP options s
 `equiprune serve` on a laptop would listen on every network it joins. The proxy is a Ray
 actor: this function runs in every worker process of the application's job (Ray's
 `worker_process_setup_hook`, set by the launcher), before any proxy starts, and replaces that
-address's host with EQUIPRUNE_GRPC_HOST. tests/service/test_auth_e2e.py checks the socket
-really listens on loopback only, so a Ray upgrade that moves the call fails a test rather
-than silently opening the port.
+address's host with EQUIPRUNE_GRPC_HOST (set in the job's runtime env, so it also reaches the
+workers of a joined cluster). tests/service/test_tenants_e2e.py
+(`test_the_grpc_port_listens_on_loopback_only`) checks the socket really listens on loopback
+only, so a Ray upgrade that moves the call fails a test rather than silently opening the port.
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ def unary(response_type) -> Callable:
         @functools.wraps(method)
         async def call(self, request, grpc_context):
             try:
-                caller = self.authenticator.caller(grpc_context.invocation_metadata())
+                caller = await self.authenticator.caller_async(grpc_context.invocation_metadata())
                 return await method(self, _decoded(request), caller)
             except Exception as exc:  # noqa: BLE001 - mapped, never leaked
                 _status(exc, grpc_context)
@@ -107,7 +107,7 @@ def streaming(method):
     @functools.wraps(method)
     async def call(self, request, grpc_context):
         try:
-            caller = self.authenticator.caller(grpc_context.invocation_metadata())
+            caller = await self.authenticator.caller_async(grpc_context.invocation_metadata())
             async for response in method(self, _decoded(request), caller):
                 yield response
         except Exception as exc:  # noqa: BLE001 - mapped, never leaked

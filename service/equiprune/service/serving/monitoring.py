@@ -72,17 +72,18 @@ class MonitorService:
             raise FailedPrecondition(
                 f"{served['name']!r} was monitored by {list(self.monitor.reference(served['name']).group_by)}; its "
                 "history would mix two groupings — deploy under a new name", field="group_by")
+        # Durable first, then applied: a registry that could not be written changes nothing.
+        _write_json(self.registry_path, {**self.models, served["name"]: served})
         self.models[served["name"]] = served
         self.monitor.register_model(_reference(served))
-        _write_json(self.registry_path, self.models)
         return served
 
     async def undeploy(self, name: str) -> None:
         if name not in self.models:
             raise NotFound(f"no served model named {name!r}", field="name")
+        _write_json(self.registry_path, {k: v for k, v in self.models.items() if k != name})
         del self.models[name]
         self.monitor.unregister_model(name)
-        _write_json(self.registry_path, self.models)
 
     async def served(self, name: str) -> dict:
         return self._get(name)

@@ -9,6 +9,7 @@ every replica, and a call costs one dictionary lookup rather than a database rea
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass
@@ -52,6 +53,27 @@ class Authenticator:
         self._clock = clock
         self._cache: dict[str, tuple[float, Caller | None]] = {}
         self._lock = threading.Lock()
+
+    async def caller_async(self, metadata) -> Caller:
+        """`caller`, for an event loop: a token not in the cache is looked up in a thread, so a
+        flood of unknown tokens cannot hold the loop on database reads."""
+        remembered = self.remembered(metadata)
+        if remembered is not None:
+            return remembered
+        return await asyncio.to_thread(self.caller, metadata)
+
+    def remembered(self, metadata) -> Caller | None:
+        """The cached caller of a valid, cached token; None when the database must be asked."""
+        secret = bearer_token(metadata)
+        if secret is None:
+            raise Unauthenticated(_REFUSAL, field="authorization")
+        with self._lock:
+            cached = self._cache.get(token_hash(secret))
+        if cached is None or cached[0] <= self._clock():
+            return None
+        if cached[1] is None:
+            raise Unauthenticated(_REFUSAL, field="authorization")
+        return cached[1]
 
     def caller(self, metadata) -> Caller:
         """The caller named by a call's metadata (pairs of key and value), or Unauthenticated."""

@@ -6,8 +6,8 @@
   listens on (client/equiprune/client/credentials.py), so `equiprune …` on this machine needs
   nothing more. The token itself is never printed or logged.
 - Ray's own ports: the embedded Ray runs with RAY_AUTH_MODE=token and a random token kept in
-  `<data dir>/ray.token` (0600). Its GCS, raylet and worker ports then refuse anyone without
-  the token; a cluster joined with --address keeps what its operator configured.
+  `<data dir>/ray.token` (0600). Its ports then refuse a client without the token (the GCS is
+  tested); a cluster joined with --address keeps what its operator configured.
 """
 
 from __future__ import annotations
