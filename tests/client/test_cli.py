@@ -118,7 +118,7 @@ def test_unreachable_server_exits_3(capsys):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     address = f"127.0.0.1:{port}"  # closed again: nothing listens there
-    code = cli.main(["--server", address, "--timeout", "1", "--retries", "0", "jobs"])
+    code = cli.main(["--server", address, "--timeout", "1", "--retries", "0", "--wait-for-server", "0", "jobs"])
     err = capsys.readouterr().err
     assert code == 3
     assert address in err and "equiprune serve" in err

@@ -14,6 +14,7 @@
     equiprune metrics digits --window 1h              # per-group accuracy, ψ_g, confidence
     equiprune whoami                                  # your tenant, quotas and usage
     equiprune tenants create acme; equiprune tokens create acme --out acme.token   # admin
+    equiprune incident 3f2a9c81d0e4                   # an INTERNAL error's traceback (on the server)
 
 Every call sends an API token: --token, --token-file, $EQUIPRUNE_TOKEN, or (on the machine
 that runs `equiprune serve`) the admin token it wrote on its first start, found by itself.
@@ -21,8 +22,9 @@ that runs `equiprune serve`) the admin token it wrote on its first start, found 
 
 --model and --dataset take an artifact id (art-…) or a URI the server imports (sample:digits,
 a path under the server's import roots, s3://…; give --model-sha256/--dataset-sha256 for
-anything but sample:). Global options (--server, --timeout, --retries, --json) may come
-before or after the command. --json prints one JSON document on stdout (proto field names).
+anything but sample:). Global options (--server, --timeout, --retries, --wait-for-server,
+--json) may come before or after the command. A server that is still starting is waited for
+(--wait-for-server, default 120 s) before the command runs. --json prints one JSON document on stdout (proto field names).
 
 Exit codes: 0 success; 1 the job failed or was cancelled (or the server failed); 2 a usage or
 validation error (`error: <field>: <problem>`); 3 the server could not be reached.
@@ -50,7 +52,8 @@ __all__ = ["SERVE_MISSING", "build_parser", "main", "spec_from_args"]
 
 SERVE_MISSING = "equiprune serve needs the server extra: pip install 'equiprune[server]'"
 # Global options that take a value, for finding the command word before argparse runs.
-_GLOBAL_WITH_VALUE = ("--server", "--timeout", "--retries", "--token", "--token-file", "--tls-ca")
+_GLOBAL_WITH_VALUE = ("--server", "--timeout", "--retries", "--token", "--token-file", "--tls-ca",
+                      "--wait-for-server")
 _USAGE_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
                 grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE,
                 grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.PERMISSION_DENIED,
@@ -65,9 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(serve_argv)
     args = build_parser().parse_args(argv)
     out = Output(json=args.json)
+    if getattr(args, "local", None) is not None:  # a command that reads local files only
+        return args.local(args, out)
     try:
         with EquipruneClient(args.server, timeout=args.timeout, retries=args.retries, token=args.token,
                              token_file=args.token_file, tls_ca=args.tls_ca) as client:
+            wait_for_server(client._channel, args.server, args.wait_for_server, out)
             return args.handler(client, args, out)
     except SpecError as err:
         out.warn(f"error: {err.field}: {err.problem}")
@@ -91,6 +97,62 @@ def _silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError, AttributeError):
         pass
+
+
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+_PROBE_S = 2.0
+_CONNECT_S = 0.5
+
+
+def wait_for_server(channel: grpc.Channel, server: str, bound_s: float, out: Output) -> bool:
+    """Wait up to `bound_s` seconds for a server that is still starting: until it accepts a
+    connection and its health check (no token needed) answers anything but UNAVAILABLE. One
+    line on stderr says so, and only when it has to wait. Returns whether it answered; when it
+    did not, the command goes on and fails as it would have."""
+    import time
+
+    deadline = time.monotonic() + max(0.0, bound_s)
+    check = channel.unary_unary(_HEALTH_CHECK, request_serializer=lambda _: b"",
+                                response_deserializer=lambda raw: raw)
+    said = False
+    while True:
+        started = time.monotonic()
+        try:
+            grpc.channel_ready_future(channel).result(timeout=min(_CONNECT_S, max(0.05, deadline - started)))
+            check(None, timeout=_PROBE_S)
+            return True
+        except grpc.FutureTimeoutError:
+            pass
+        except grpc.RpcError as err:
+            if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return True  # it answers (UNIMPLEMENTED, NOT_FOUND...): the command will say the rest
+        if time.monotonic() >= deadline:
+            return False
+        if not said:
+            out.warn(f"waiting for the equiprune server at {server} to start… (Ctrl-C to stop)")
+            said = True
+        time.sleep(max(0.0, min(0.5 - (time.monotonic() - started), deadline - time.monotonic())))
+
+
+def _incident(args, out: Output) -> int:
+    """`equiprune incident ID`: the record of an INTERNAL error, from the server's data folder."""
+    from . import incidents
+
+    path = incidents.log_path(args.data_dir)
+    found = incidents.find(path, args.incident)
+    if found is None:
+        out.warn(f"error: no incident {args.incident} in {path} (run this on the server's machine; "
+                 f"--data-dir names the server's data folder)")
+        return EXIT_USAGE
+    header, body = found
+    if args.json:
+        import json
+
+        print(json.dumps({"incident": header.split()[1], "record": header, "traceback": body}))
+    else:
+        print(header)
+        print(body)
+    return EXIT_OK
 
 
 def _report_error(err: EquipruneError, server: str, timeout: float, out: Output) -> int:
@@ -155,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     submit_commands.add_commands(command)
     serving_commands.add_commands(command)
     tenant_commands.add_commands(command, sub, shared)
+    incident = command("incident", None, "print an INTERNAL error's traceback from the server's incident log "
+                       "(run on the server's machine; reads local files only)")
+    incident.add_argument("incident", metavar="ID", help="the incident id the error message named")
+    incident.add_argument("--data-dir", default=os.environ.get("EQUIPRUNE_DATA_DIR", "equiprune-data"),
+                          help="the server's data folder (default: $EQUIPRUNE_DATA_DIR or ./equiprune-data, as "
+                               "`equiprune serve`)")
+    incident.set_defaults(local=_incident)
     demo = command("demo", _demo, "the whole story against a running server: train, prune, fine-tune, compare")
     demo.add_argument("--dataset", help="local .npz to upload instead of the digits sample")
     demo.add_argument("--group-by", action="append", help="group attribute of --dataset (repeatable)")
@@ -187,6 +256,8 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         help="read the API token from FILE (default: $EQUIPRUNE_TOKEN_FILE)")
     parser.add_argument("--tls-ca", default=default(os.environ.get("EQUIPRUNE_TLS_CA")), metavar="PEM",
                         help="connect over TLS, trusting this CA (default: $EQUIPRUNE_TLS_CA; plaintext if unset)")
+    parser.add_argument("--wait-for-server", type=float, metavar="SECONDS", default=default(120.0),
+                        help="wait this long for a server that is still starting (default: 120; 0: not at all)")
     parser.add_argument("--json", action="store_true", default=default(False),
                         help="print one JSON document on stdout instead of tables")
 

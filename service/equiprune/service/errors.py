@@ -3,16 +3,21 @@
 Errors carry a canonical gRPC code *name* (a string), so the planes, the stores and the job
 manager can raise and record them without importing grpc; `rpc/status.py` writes the status
 (with its google.rpc details) onto the call. Anything unexpected becomes INTERNAL with a short message and an incident
-id that is also logged with the traceback: clients never see a stack trace.
+id that is also logged with the traceback, and recorded in the incident log that `equiprune serve`
+prints and `equiprune incident <id>` reads (client/incidents.py): clients never see a stack trace.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import traceback
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from equiprune.client import incidents
 from equiprune.engine.errors import EngineError, UnsupportedOperationError
 
 log = logging.getLogger("equiprune.service")
@@ -126,9 +131,45 @@ def client_status(exc: BaseException) -> ClientStatus:
     pydantic_status = _pydantic_status(exc)
     if pydantic_status is not None:
         return pydantic_status
+    return ClientStatus("INTERNAL", internal_message(new_incident(exc)))
+
+
+def internal_message(incident: str) -> str:
+    """What a client is told of an incident: its id and where an operator finds the rest."""
+    return f"internal error (incident {incident}; `equiprune incident {incident}` on the server shows the traceback)"
+
+
+def new_incident(exc: BaseException | None = None, *, detail: str | None = None, where: str | None = None) -> str:
+    """A new incident id, logged and recorded in the incident log with `exc`'s traceback (or
+    `detail`). Only the exception is recorded: never a request or its metadata."""
     incident = uuid.uuid4().hex[:12]
-    log.error("internal error %s", incident, exc_info=exc)
-    return ClientStatus("INTERNAL", f"internal error (incident {incident}; the server log has the details)")
+    if detail is None:
+        detail = "".join(traceback.format_exception(exc)) if exc is not None else "(no traceback)"
+    where = where or _where()
+    log.error("internal error %s in %s:\n%s", incident, where, detail)
+    incidents.record(incident, where, detail)
+    return incident
+
+
+def _where() -> str:
+    """The Serve deployment, or the Ray task, or the process this runs in."""
+    if "ray" in sys.modules:
+        try:
+            from ray import serve
+
+            context = serve.get_replica_context()
+            return f"the {context.deployment} replica (pid {os.getpid()})"
+        except Exception:  # noqa: BLE001 - not a replica
+            pass
+        try:
+            import ray
+
+            name = ray.get_runtime_context().get_task_name()
+            if name:
+                return f"the Ray task {name} (pid {os.getpid()})"
+        except Exception:  # noqa: BLE001 - not a task
+            pass
+    return f"pid {os.getpid()}"
 
 
 def _pydantic_status(exc: BaseException) -> ClientStatus | None:

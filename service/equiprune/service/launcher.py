@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 GRPC_MAX_MESSAGE_BYTES = 32 * 1024 * 1024  # the largest request we accept: 100,000 outcomes
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     start(settings, address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+    follow_incidents(incident_log(settings))
     # After ray.init: Ray installs its own SIGTERM handler, which would end the process
     # without the orderly shutdown below (monitor state saved, Serve stopped).
     stop = threading.Event()
@@ -114,11 +116,17 @@ def start(settings, *, address: str | None = None, num_cpus: int | None = None, 
     from equiprune.service.app import GRPC_SERVICER_FUNCTIONS, build_app
     from equiprune.service.rpc import bind
 
+    from equiprune.client import incidents
+
     # Serve's gRPC proxy would listen on every interface: rpc/bind.py makes it use settings.host.
     os.environ[bind.HOST_VARIABLE] = settings.host
-    # The variable travels in the runtime env: raylets of a joined cluster were started
+    # Every process records its incidents in the data folder's incident log (errors.py).
+    os.environ[incidents.LOG_VARIABLE] = str(incident_log(settings))
+    # The variables travel in the runtime env: raylets of a joined cluster were started
     # without this process's environment.
-    runtime_env = {"worker_process_setup_hook": bind.HOOK, "env_vars": {bind.HOST_VARIABLE: settings.host}}
+    runtime_env = {"worker_process_setup_hook": bind.HOOK,
+                   "env_vars": {bind.HOST_VARIABLE: settings.host,
+                                incidents.LOG_VARIABLE: os.environ[incidents.LOG_VARIABLE]}}
     if address is None:
         # main() made Ray's own ports require a token (tenants/bootstrap.py); a caller of
         # start() without main() decides in the environment.
@@ -129,6 +137,56 @@ def start(settings, *, address: str | None = None, num_cpus: int | None = None, 
     serve.start(http_options={"host": settings.host, "port": settings.http_port},
                 grpc_options=gRPCOptions(port=settings.grpc_port, grpc_servicer_functions=GRPC_SERVICER_FUNCTIONS))
     serve.run(build_app(settings), name=settings.application_name, blocking=False)
+
+
+def incident_log(settings) -> Path:
+    from equiprune.client import incidents
+
+    return incidents.log_path(Path(settings.data_dir).resolve())
+
+
+def follow_incidents(path: Path, interval_s: float = 1.0, stream=None) -> threading.Thread:
+    """Print a line on this terminal for every incident recorded from now on: the workers'
+    logs go to Ray's files, so this is where an operator sees them."""
+    from equiprune.client import incidents
+
+    def offset() -> int:
+        try:
+            return path.stat().st_size
+        except OSError:
+            return 0
+
+    def tail(position: int) -> None:
+        pending = b""
+        while True:
+            time.sleep(interval_s)
+            size = offset()
+            if size < position:  # the file was replaced
+                position, pending = 0, b""
+            if size == position:
+                continue
+            try:
+                with open(path, "rb") as f:
+                    f.seek(position)
+                    chunk = f.read(size - position)
+            except OSError:
+                continue
+            position += len(chunk)
+            pending += chunk
+            text = pending.decode("utf-8", errors="replace")
+            done = text.rfind("\n=== end of incident ")
+            if done < 0:
+                continue
+            cut = text.find("\n", done + 1) + 1
+            for ident, header, body in incidents.parse(text[:cut]):
+                print(f"incident {ident}: {incidents.summary(header, body).split(': ', 1)[-1]} (in "
+                      f"{header.split(' in ', 1)[-1]}); `equiprune incident {ident}` or {path} has the traceback",
+                      file=stream or sys.stderr, flush=True)
+            pending = text[cut:].encode("utf-8")
+
+    thread = threading.Thread(target=tail, args=(offset(),), name="incidents", daemon=True)
+    thread.start()
+    return thread
 
 
 # Each last-word call answers in well under a second; together they may take this long.

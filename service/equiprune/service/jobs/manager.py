@@ -19,7 +19,8 @@ import time
 import ray
 from ray import serve
 
-from equiprune.service.errors import FailedPrecondition, ResourceExhausted, client_status
+from equiprune.service.errors import (FailedPrecondition, ResourceExhausted, client_status, internal_message,
+                                      new_incident)
 from equiprune.service.factory import settings_from
 from equiprune.service.jobs.checkpoints import CHECKPOINT, CheckpointStore, local_signature
 from equiprune.service.jobs.store import JobEventRecord, JobRecord, SqliteJobStore
@@ -279,9 +280,10 @@ class JobManager:
                 if not isinstance(err, ray.exceptions.RayTaskError):
                     return err
                 log.warning("job %s: its task raised: %s", job_id, err)
+                incident = new_incident(err, where=f"the task of job {job_id}")
                 self.store.finish(job_id, "failed", error={
                     "code": "INTERNAL", "field": "",
-                    "message": f"the job's task failed ({type(err).__name__}); the service log has the details"})
+                    "message": f"the job's task failed ({type(err).__name__}); " + internal_message(incident)})
         except Exception as err:  # noqa: BLE001 - e.g. the job store failing: never strand the job
             log.exception("job %s: recording its progress failed", job_id)
             ray.cancel(task, force=True)

@@ -20,11 +20,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from equiprune.service.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, ServiceError, Unavailable
+from equiprune.service.errors import (FailedPrecondition, InvalidArgument, ResourceExhausted, ServiceError, Unavailable,
+                                      internal_message, new_incident)
 from equiprune.service.sandbox.confine import Limits, uid_of
 from equiprune.service.sandbox.protocol import ProtocolError, read_frame, write_frame
 from equiprune.service.sandbox.warmup import warmup_kit
@@ -241,10 +241,9 @@ class _Worker:
         return self.failure(f"the sandbox exited with status {code} without an answer")
 
     def failure(self, problem: str) -> SandboxFailure:
-        incident = uuid.uuid4().hex[:12]
-        log.error("sandbox incident %s (%s): %s; the worker's last output:\n%s", incident, self.op, problem,
-                  bytes(self._stderr[-_STDERR_TAIL:]).decode(errors="replace"))
-        return SandboxFailure(f"internal error (incident {incident}; the server log has the details)")
+        tail = bytes(self._stderr[-_STDERR_TAIL:]).decode(errors="replace")
+        incident = new_incident(detail=f"sandbox ({self.op}): {problem}; the worker's last output:\n{tail}\n{problem}")
+        return SandboxFailure(internal_message(incident))
 
     def _drain_stderr(self) -> None:
         for line in iter(lambda: self.process.stderr.readline(8192), b""):

@@ -1,0 +1,125 @@
+"""The incident log (client/incidents.py), `equiprune incident`, and the CLI waiting for a
+server that is still starting."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import pytest
+
+from equiprune.client import cli, incidents
+
+pytestmark = pytest.mark.unit
+
+
+def _traceback(message: str) -> str:
+    try:
+        raise RuntimeError(message)
+    except RuntimeError as exc:
+        import traceback
+
+        return "".join(traceback.format_exception(exc))
+
+
+def test_records_are_appended_and_found_by_id_or_prefix(tmp_path):
+    path = incidents.log_path(tmp_path)
+    assert incidents.record("aaaa11112222", "the Ingress replica (pid 1)", _traceback("first"), path) == path
+    assert incidents.record("bbbb33334444", "the task of job job-1", _traceback("second"), path) == path
+    header, body = incidents.find(path, "bbbb")
+    assert header.startswith("incident bbbb33334444 at ") and header.endswith("in the task of job job-1")
+    assert body.splitlines()[-1] == "RuntimeError: second" and "Traceback" in body
+    assert incidents.find(path, "aaaa11112222")[1].endswith("RuntimeError: first")
+    assert incidents.find(path, "cccc") is None
+    assert incidents.find(tmp_path / "missing.log", "aaaa") is None
+    assert incidents.summary(header, body).endswith(": RuntimeError: second")
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_record_uses_the_environment_and_never_fails(tmp_path, monkeypatch):
+    monkeypatch.delenv(incidents.LOG_VARIABLE, raising=False)
+    assert incidents.record("abc", "here", "detail") is None
+    monkeypatch.setenv(incidents.LOG_VARIABLE, str(tmp_path / "logs" / "incidents.log"))
+    assert incidents.record("abc", "here", "detail") is not None
+    (tmp_path / "file").write_text("")
+    assert incidents.record("abd", "here", "detail", tmp_path / "file" / "below") is None  # not a folder
+
+
+def test_records_from_many_threads_do_not_interleave(tmp_path):
+    path = incidents.log_path(tmp_path)
+    detail = "x" * 20000
+    threads = [threading.Thread(target=incidents.record, args=(f"{i:012x}", "here", detail, path)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    found = list(incidents.parse(path.read_text()))
+    assert len(found) == 16 and all(body == detail for _, _, body in found)
+
+
+def test_incident_command_prints_the_traceback(tmp_path, capsys):
+    incidents.record("3f2a9c81d0e4", "the Ingress replica (pid 7)", _traceback("boom"), incidents.log_path(tmp_path))
+    assert cli.main(["incident", "3f2a9c81d0e4", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "incident 3f2a9c81d0e4" in out and out.rstrip().endswith("RuntimeError: boom")
+    assert cli.main(["--json", "incident", "3f2a", "--data-dir", str(tmp_path)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["incident"] == "3f2a9c81d0e4" and doc["traceback"].endswith("RuntimeError: boom")
+    assert cli.main(["incident", "0000", "--data-dir", str(tmp_path)]) == 2
+    assert "no incident 0000" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ waiting for a starting server
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class _Health(grpc.GenericRpcHandler):
+    """grpc.health.v1.Health/Check answering SERVING; every other method UNIMPLEMENTED."""
+
+    def service(self, details):
+        if details.method == "/grpc.health.v1.Health/Check":
+            return grpc.unary_unary_rpc_method_handler(lambda request, context: b"\x08\x01",
+                                                       request_deserializer=lambda raw: raw,
+                                                       response_serializer=lambda raw: raw)
+        return None
+
+
+def test_the_cli_waits_for_a_server_that_starts_later(capsys):
+    port = _free_port()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((_Health(),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    timer = threading.Timer(2.0, server.start)
+    timer.start()
+    try:
+        started = time.monotonic()
+        code = cli.main(["--server", f"127.0.0.1:{port}", "--timeout", "2", "--retries", "0", "--token", "t",
+                         "--json", "jobs"])
+        waited = time.monotonic() - started
+    finally:
+        timer.join()
+        server.stop(None)
+    captured = capsys.readouterr()
+    assert waited >= 1.5
+    assert captured.err.count("waiting for the equiprune server at") == 1
+    # It reached the server (which knows no JobService): not "unreachable", nothing extra on stdout.
+    assert code != 3 and "unreachable" not in captured.err and "waiting" not in captured.out
+
+
+def test_the_cli_gives_up_after_the_bound(capsys):
+    port = _free_port()
+    started = time.monotonic()
+    code = cli.main(["--server", f"127.0.0.1:{port}", "--timeout", "1", "--retries", "0", "--token", "t",
+                     "--wait-for-server", "1.5", "jobs"])
+    assert 1.2 <= time.monotonic() - started < 8
+    err = capsys.readouterr().err
+    assert code == 3 and "waiting for the equiprune server" in err and "is unreachable" in err
