@@ -123,3 +123,40 @@ def test_the_cli_gives_up_after_the_bound(capsys):
     assert 1.2 <= time.monotonic() - started < 8
     err = capsys.readouterr().err
     assert code == 3 and "waiting for the equiprune server" in err and "is unreachable" in err
+
+
+class _Deploying(grpc.GenericRpcHandler):
+    """A proxy whose application deploys: Health/Check is NOT_FOUND until `ready` is set."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+
+    def service(self, details):
+        if details.method != "/grpc.health.v1.Health/Check":
+            return None
+
+        def check(request, context):
+            if not self.ready.is_set():
+                context.abort(grpc.StatusCode.NOT_FOUND, "application not found")
+            return b"\x08\x01"
+        return grpc.unary_unary_rpc_method_handler(check, request_deserializer=lambda raw: raw,
+                                                   response_serializer=lambda raw: raw)
+
+
+def test_the_cli_waits_while_the_application_deploys(capsys):
+    port = _free_port()
+    handler = _Deploying()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    timer = threading.Timer(1.5, handler.ready.set)
+    timer.start()
+    try:
+        started = time.monotonic()
+        cli.main(["--server", f"127.0.0.1:{port}", "--timeout", "2", "--retries", "0", "--token", "t", "jobs"])
+        waited = time.monotonic() - started
+    finally:
+        timer.join()
+        server.stop(None)
+    assert waited >= 1.2 and capsys.readouterr().err.count("waiting for the equiprune server") == 1

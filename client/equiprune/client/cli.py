@@ -106,7 +106,8 @@ _CONNECT_S = 0.5
 
 def wait_for_server(channel: grpc.Channel, server: str, bound_s: float, out: Output) -> bool:
     """Wait up to `bound_s` seconds for a server that is still starting: until it accepts a
-    connection and its health check (no token needed) answers anything but UNAVAILABLE. One
+    connection and its health check (no token needed) answers, or answers anything but
+    UNAVAILABLE, DEADLINE_EXCEEDED or NOT_FOUND (an application still deploying). One
     line on stderr says so, and only when it has to wait. Returns whether it answered; when it
     did not, the command goes on and fails as it would have."""
     import time
@@ -124,8 +125,10 @@ def wait_for_server(channel: grpc.Channel, server: str, bound_s: float, out: Out
         except grpc.FutureTimeoutError:
             pass
         except grpc.RpcError as err:
-            if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                return True  # it answers (UNIMPLEMENTED, NOT_FOUND...): the command will say the rest
+            # Serve's proxy answers DEADLINE_EXCEEDED or NOT_FOUND while the application deploys.
+            if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  grpc.StatusCode.NOT_FOUND):
+                return True  # it answers (UNIMPLEMENTED: no health service): the command will say the rest
         if time.monotonic() >= deadline:
             return False
         if not said:
