@@ -2,6 +2,7 @@
 
     equiprune jobs --state running
     equiprune job watch job-3c9d
+    equiprune plot job-3c9d --out stages.png
 
 Their arguments and handlers, apart from cli.py like serving_commands; submitting a job is
 in submit_commands.
@@ -10,7 +11,8 @@ in submit_commands.
 from __future__ import annotations
 
 from . import tables
-from .runner import EXIT_OK, Output, finish, follow, job_exit_code, to_dict
+from .errors import SpecError
+from .runner import EXIT_OK, EXIT_USAGE, Output, finish, follow, job_exit_code, to_dict
 from .sdk import EquipruneClient
 from .specs import JOB_KINDS, JOB_STATES
 
@@ -22,6 +24,10 @@ def add_commands(command, sub, shared) -> None:
     listed.add_argument("--state", action="append", default=[], choices=JOB_STATES.choices(),
                         help="only jobs in this state (repeatable)")
     listed.add_argument("--kind", choices=JOB_KINDS.choices())
+    plot = command("plot", _plot, "PNG of a job's per-group accuracy and ψ_g by stage (needs matplotlib)")
+    plot.add_argument("job_id")
+    plot.add_argument("--out", required=True, metavar="PNG", help="file to write")
+    plot.add_argument("--split", help="split to plot (default: the evaluation split, else train)")
     job = command("job", None, "one job: get, watch, wait or cancel")
     actions = job.add_subparsers(metavar="action", required=True)
     for name, handler, helptext in (("get", _job_get, "show a job"),
@@ -42,6 +48,28 @@ def _jobs(client: EquipruneClient, args, out: Output) -> int:
     jobs = list(client.list_jobs(states=args.state, kind=args.kind))
     out.say(tables.jobs_table(jobs))
     out.document({"jobs": [to_dict(j) for j in jobs]})
+    return EXIT_OK
+
+
+def _plot(client: EquipruneClient, args, out: Output) -> int:
+    from .plots import PlotUnavailable
+    from .report_tables import chosen_split
+    from .stage_plots import plot_stages
+
+    job = client.get_job(args.job_id)
+    if not job.result.reports:
+        raise SpecError("job_id", f"{job.job_id} has no per-group reports to plot"
+                        + ("" if job.done else " yet (it has not finished)"))
+    try:
+        plot_stages(job.result, args.out, split=args.split or chosen_split(job),
+                    title=f"{job.job_id}: per-group accuracy by stage")
+    except PlotUnavailable as err:
+        out.warn(f"error: {err}")
+        return EXIT_USAGE
+    except ValueError as err:
+        raise SpecError("split", str(err).removeprefix("plot: ")) from None
+    out.say(f"plot → {args.out}")
+    out.document({"job": job.job_id, "plot": args.out})
     return EXIT_OK
 
 

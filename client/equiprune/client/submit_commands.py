@@ -1,6 +1,6 @@
 """The submit commands of `equiprune` (train, evaluate, diagnose, prune, finetune, prune-finetune,
 budget): their flags, the JobSpec those flags describe (`spec_from_args`), and the run of a
-submitted job to its end, with budget's optional --plot.
+submitted job to its end, with the optional --plot (budget: the sweep; prune/finetune: the stages).
 
     equiprune prune-finetune --model art-1f2e --dataset sample:digits --group-by cohort \\
         --sparsity 0.9 --epochs 3 --tolerance 2
@@ -56,6 +56,9 @@ def _job_arguments(cmd: argparse.ArgumentParser, kind: str) -> None:
     if kind in ("prune", "prune_and_finetune"):
         cmd.add_argument("--schedule", choices=PRUNING_SCHEDULES.choices())
         cmd.add_argument("--diagnose", action="store_true", help="diagnose the dense model first")
+    if kind in ("prune", "finetune", "prune_and_finetune"):
+        cmd.add_argument("--plot", metavar="PNG",
+                         help="write per-group accuracy and ψ_g by stage here (needs matplotlib)")
     if kind in ("finetune", "prune_and_finetune", "budget"):
         cmd.add_argument("--method", choices=FINETUNE_METHODS.choices(),
                          help="fine-tuning objective (default: the server's fair default, fair_distill)"
@@ -167,9 +170,14 @@ def _check_plot_possible() -> None:
 
 def _write_plot(job, path: str, out: Output) -> None:
     from .plots import PlotUnavailable, plot_sweep
+    from .report_tables import chosen_split
+    from .stage_plots import plot_stages
 
     try:
-        plot_sweep(job.result, path, title=f"{job.job_id}: per-group accuracy vs sparsity")
+        if job.result.sweep:
+            plot_sweep(job.result, path, title=f"{job.job_id}: per-group accuracy vs sparsity")
+        else:
+            plot_stages(job.result, path, split=chosen_split(job), title=f"{job.job_id}: per-group accuracy by stage")
     except (PlotUnavailable, ValueError) as err:
         out.warn(f"error: {err}")
         return
