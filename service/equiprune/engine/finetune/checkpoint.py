@@ -58,9 +58,11 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     try:
         # Code-running loader, restricted (weights_only: no pickled code, only tensors and plain
         # data). Only trusted bytes, or inside the sandbox: a single-worker job writes and reads
-        # this file in its sandboxed worker (the service copies it between runs without reading
-        # it); a data-parallel job, which never runs sandboxed, reads only what its own rank 0
-        # wrote; the engine CLI, the user's own files.
+        # this file in its sandboxed worker (the service copies it between runs and to and from
+        # the artifact store, service/jobs/checkpoints.py, byte for byte and sha256-checked,
+        # without reading it); a data-parallel job, which never runs sandboxed, reads only what
+        # its own rank 0 wrote (restored from the store the same way); the engine CLI, the
+        # user's own files.
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which, never a traceback
         raise InvalidConfigError("finetune.checkpoint", f"{path} is not a readable checkpoint ({err})") from None
