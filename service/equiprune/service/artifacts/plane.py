@@ -96,15 +96,13 @@ class ArtifactsPlane:
 
         def reserve(size: int) -> None:
             with self._reserved_lock:
-                stored = self.store.stored_bytes(caller.tenant)
-                announced = sum(u.size_bytes for u in self.store.open_uploads(caller.tenant))
-                pending = self._reserved.get(caller.tenant, 0)
-                if stored + announced + pending + size > caller.quotas.max_stored_bytes:
+                holds = self.store.held_bytes(caller.tenant) + self._reserved.get(caller.tenant, 0)
+                if holds + size > caller.quotas.max_stored_bytes:
                     raise ResourceExhausted(
-                        f"tenant {caller.tenant} holds {stored + announced + pending} bytes (stored, announced by "
+                        f"tenant {caller.tenant} holds {holds} bytes (stored, announced by "
                         f"open uploads, being imported); {size} more would pass its quota max_stored_bytes of "
                         f"{caller.quotas.max_stored_bytes}", field="quotas.max_stored_bytes")
-                self._reserved[caller.tenant] = pending + size
+                self._reserved[caller.tenant] = self._reserved.get(caller.tenant, 0) + size
                 held[0] += size
         try:
             yield reserve

@@ -123,11 +123,17 @@ class UploadSessions:
             raise ResourceExhausted(
                 f"tenant {tenant} has {len(open_sessions)} open upload sessions, its quota max_upload_sessions; "
                 "finish or let some expire first", field="quotas.max_upload_sessions")
-        held = self.stored_bytes(tenant) + sum(u.size_bytes for u in open_sessions)
+        held = self.held_bytes(tenant, open_sessions)
         if held + size_bytes > quotas.max_stored_bytes:
             raise ResourceExhausted(
                 f"tenant {tenant} holds {held} bytes (stored and announced by open uploads); {size_bytes} more "
                 f"would pass its quota max_stored_bytes of {quotas.max_stored_bytes}", field="quotas.max_stored_bytes")
+
+    def held_bytes(self, tenant: str, open_sessions: list[UploadRecord] | None = None) -> int:
+        """What counts against `tenant`'s max_stored_bytes: its stored artifacts and the full
+        sizes its open upload sessions announced (`open_sessions`: those, when already read)."""
+        sessions = self.open_uploads(tenant) if open_sessions is None else open_sessions
+        return self.stored_bytes(tenant) + sum(u.size_bytes for u in sessions)
 
     def open_uploads(self, tenant: str) -> list[UploadRecord]:
         return [u for u in self.expire_uploads() if u.tenant == tenant]
