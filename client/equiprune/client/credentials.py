@@ -27,7 +27,6 @@ import grpc
 
 from .errors import SpecError
 
-TOKEN_PREFIX = "ept_"
 _MAX_TOKEN_FILE_BYTES = 4096
 
 
@@ -110,7 +109,7 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
 
     def _with_token(self, details):
         metadata = [m for m in (details.metadata or ()) if m[0] != "authorization"] + [self._metadata]
-        return details._replace(metadata=metadata) if hasattr(details, "_replace") else _Details(details, metadata)
+        return details._replace(metadata=metadata)  # grpc's call details are a namedtuple
 
     def intercept_unary_unary(self, continuation, details, request):
         return continuation(self._with_token(details), request)
@@ -123,13 +122,6 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
 
     def intercept_stream_stream(self, continuation, details, requests):
         return continuation(self._with_token(details), requests)
-
-
-class _Details(grpc.ClientCallDetails):
-    def __init__(self, base, metadata) -> None:
-        self.method, self.timeout, self.credentials = base.method, base.timeout, base.credentials
-        self.wait_for_ready, self.compression = getattr(base, "wait_for_ready", None), getattr(base, "compression", None)
-        self.metadata = metadata
 
 
 def open_channel(target: str, options: list, *, token: str | None = None,
