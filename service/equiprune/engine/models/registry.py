@@ -31,6 +31,7 @@ ENTRY_POINT_GROUP = "equiprune.architectures"
 Factory = Callable[..., nn.Module]
 
 _REGISTERED: dict[str, Factory] = {}
+_FLATTENS_INPUT: set[str] = set()
 _entry_point_cache: dict[str, importlib.metadata.EntryPoint] | None = None
 
 
@@ -89,17 +90,30 @@ def _json_normalised(kwargs: Mapping[str, Any]) -> dict[str, Any]:
         ) from None
 
 
-def register_architecture(name: str) -> Callable[[Factory], Factory]:
-    """Decorator registering `factory` under `name`; registering a name twice is a bug."""
+def register_architecture(name: str, *, flattens_input: bool = False) -> Callable[[Factory], Factory]:
+    """Decorator registering `factory` under `name`; registering a name twice is a bug.
+
+    `flattens_input`: the model flattens every sample first, so it takes any sample shape
+    with as many elements as its vector input (an MLP on 8x8 images): the service's
+    create-time shape check compares element counts for it instead of shapes.
+    """
 
     def decorate(factory: Factory) -> Factory:
         existing = _REGISTERED.get(name)
         if existing is not None and existing is not factory:
             raise ValueError(f"architecture {name!r} is already registered by {existing.__module__}")
         _REGISTERED[name] = factory
+        if flattens_input:
+            _FLATTENS_INPUT.add(name)
         return factory
 
     return decorate
+
+
+def flattens_input(name: str) -> bool:
+    """Whether the architecture registered as `name` flattens its samples (see above)."""
+    _ensure_builtins()
+    return name in _FLATTENS_INPUT
 
 
 def available_architectures() -> list[str]:

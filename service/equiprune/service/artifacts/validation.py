@@ -13,12 +13,13 @@ what the artifact store calls (it starts that worker); the rest reads descriptio
 
 from __future__ import annotations
 
+import math
 from typing import BinaryIO
 
 from equiprune.service.errors import FailedPrecondition, InvalidArgument, ServiceError, naming
 
 # Description keys (strings, as stored in the artifact record).
-INPUT_SHAPE, OUTPUTS = "input_shape", "outputs"
+INPUT_SHAPE, OUTPUTS, FLATTENS = "input_shape", "outputs", "flattens_input"
 
 
 def describe_model(source: BinaryIO, limits=None) -> dict[str, str]:
@@ -27,11 +28,14 @@ def describe_model(source: BinaryIO, limits=None) -> dict[str, str]:
 
     from equiprune.engine.fit import output_width
     from equiprune.engine.models.io import load_model
+    from equiprune.engine.models.registry import flattens_input
 
     loaded = load_model(source, limits=limits)
     description = {"format": loaded.format, "parameters": str(sum(p.numel() for p in loaded.module.parameters()))}
     if loaded.spec is not None:
         description["architecture"] = loaded.spec.name
+        if flattens_input(loaded.spec.name):
+            description[FLATTENS] = "yes"
     shape = loaded.example_input_shape
     if shape:
         description["example_input_shape"] = "x".join(str(d) for d in shape)
@@ -98,7 +102,10 @@ def check_job_fit(spec, model_description: dict[str, str] | None, dataset_descri
     classes = described_int(dataset_description, "classes")
     if model_description is not None:
         takes = described_shape(model_description, INPUT_SHAPE)
-        if samples is not None and takes is not None and samples != takes:
+        # A model that flattens its samples takes any shape of as many elements.
+        flat = model_description.get(FLATTENS) == "yes" and takes is not None and len(takes) == 1
+        if samples is not None and takes is not None and samples != takes and not (
+                flat and math.prod(samples) == takes[0]):
             raise FailedPrecondition(f"the dataset's samples have shape {list(samples)} but the model takes "
                                      f"{list(takes)}", field="spec.dataset")
         outputs = described_int(model_description, OUTPUTS)

@@ -9,7 +9,7 @@ from torch import nn
 from equiprune.engine.models.registry import register_architecture, require_float, require_int, require_int_list
 
 
-@register_architecture("mlp")
+@register_architecture("mlp", flattens_input=True)
 def mlp(
     num_classes: int = 2,
     in_features: int = 16,
