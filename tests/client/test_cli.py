@@ -168,15 +168,41 @@ def test_demo_tells_the_whole_story(run, server, tmp_path):
     assert "\npruned vs dense on the test split" in out
     create = server.faults.requests["CreateJob"]
     train, baseline, compress = create[0].spec, create[1].spec, create[2].spec
-    assert train.train.architecture == "small_cnn" and train.train.epochs == 20
-    assert json.loads(train.train.architecture_kwargs)["input_size"] == 8
+    assert train.train.architecture == "mlp" and train.train.epochs == 20
+    assert json.loads(train.train.architecture_kwargs)["in_features"] == 64
     assert list(compress.data.group_by) == ["cohort"] and compress.data.tolerance == 0.02
     assert compress.finetune.epochs == 10 and compress.finetune.method == jobs_pb2.FINETUNE_METHOD_FAIR_DISTILL and compress.pruning.sparsity == 0.9
+    assert compress.pruning.keep_first_and_last is False  # an MLP of three layers: all pruned
     assert baseline.finetune.method == jobs_pb2.FINETUNE_METHOD_NAIVE  # naive, for comparison
     assert baseline.pruning == compress.pruning and baseline.data == compress.data
     assert "repair compared (after fine-tuning)" in out and "naive fine-tuning" in out
     assert compress.data.min_group_size == 10
-    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["model.safetensors", "report.json"]
+    assert "\nverdict: " in out and "overall accuracy: dense" in out
+    assert f"picture: {tmp_path / 'demo' / 'groups.png'}" in out
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["demo.json", "groups.png", "model.safetensors",
+                                                                     "report.json"]
+    assert (tmp_path / "demo" / "groups.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    record = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert record["model"].startswith("art-") and record["fair_job"].startswith("job-")
+
+    # --deploy serves what that demo built: no job runs again.
+    jobs_before = len(server.faults.requests["CreateJob"])
+    code, out, err = run("demo", "--out", str(tmp_path / "demo"), "--deploy", "digits")
+    assert code == 0, err
+    assert len(server.faults.requests["CreateJob"]) == jobs_before
+    deployed = server.faults.requests["DeployModel"][-1]
+    assert (deployed.name, deployed.artifact_id, deployed.shadow_artifact_id, deployed.reference_job_id) == (
+        "digits", record["model"], record["dense_model"], record["fair_job"])
+    assert "serving the model the demo in" in out
+
+
+def test_demo_deploy_without_an_earlier_demo_runs_it_first(run, server, tmp_path):
+    code, out, err = run("demo", "--out", str(tmp_path / "fresh"), "--deploy", "digits")
+    assert code == 0, err
+    assert "no earlier demo in" in out and "\nverdict: " in out
+    assert len(server.faults.requests["CreateJob"]) == 3
+    record = json.loads((tmp_path / "fresh" / "demo.json").read_text())
+    assert server.faults.requests["DeployModel"][-1].artifact_id == record["model"]
 
 
 def test_demo_with_a_dataset_needs_the_architecture(run, tmp_path):

@@ -227,15 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the server's data folder (default: $EQUIPRUNE_DATA_DIR or ./equiprune-data, as "
                                "`equiprune serve`)")
     incident.set_defaults(local=_incident)
-    demo = command("demo", _demo, "the whole story against a running server: train, prune, fine-tune, compare")
+    demo = command("demo", _demo, "the whole story against a running server: train, prune, repair naively and "
+                   "fairly, compare per group, with a verdict and a picture")
     demo.add_argument("--dataset", help="local .npz to upload instead of the digits sample")
     demo.add_argument("--group-by", action="append", help="group attribute of --dataset (repeatable)")
-    demo.add_argument("--arch", help="architecture to train on --dataset (default for digits: small_cnn)")
+    demo.add_argument("--arch", help="architecture to train (default for digits: mlp; required with --dataset)")
     demo.add_argument("--arch-kwargs", help="JSON object of architecture keyword arguments")
-    demo.add_argument("--sparsity", type=float, default=0.9)
-    demo.add_argument("--out", default="runs/demo", help="folder for the downloaded model and report")
-    demo.add_argument("--deploy", metavar="NAME", help="then serve the fine-tuned model under NAME, its dense "
-                      "model as shadow and the job's dense report as reference")
+    demo.add_argument("--sparsity", type=float, default=0.9, help="default 0.9")
+    demo.add_argument("--out", default="runs/demo", help="folder for the model, report, groups.png and demo.json "
+                      "(default: runs/demo)")
+    demo.add_argument("--deploy", metavar="NAME", help="serve the model the last demo in --out built under NAME "
+                      "(its dense model as shadow, its dense report as reference); runs the demo first when "
+                      "there is none on this server")
     return parser
 
 

@@ -1,40 +1,70 @@
 """`equiprune demo`: the whole story against a running server.
 
 1. The dataset: the server's `sample:digits` (scikit-learn's digits with a synthetic `cohort`
-   attribute), or a local .npz uploaded with --dataset.
-2. A TRAIN job: a dense model (small_cnn for digits).
-3. A PRUNE_AND_FINETUNE job on it: 90 % unstructured sparsity, then fair fine-tuning (fair_distill), with the
-   per-group damage shown as soon as the model is pruned.
-4. The dense → pruned → fine-tuned table per group, and the model and report downloaded.
+   attribute and a held-out constraint split), or a local .npz uploaded with --dataset.
+2. A TRAIN job: a dense model (an MLP for digits).
+3. Two PRUNE_AND_FINETUNE jobs on it, side by side: the same pruning (90 %), repaired by the
+   fair default (fair_distill) and, for comparison, by naive fine-tuning; the per-group
+   damage is shown as soon as the model is pruned.
+4. The dense → pruned → naive → fair comparison on the test split: tables, a verdict computed
+   from the numbers (which says so when they show no repair), a PNG of per-group accuracy
+   with intervals, the model and report downloaded, and `<out>/demo.json`.
+`--deploy NAME` serves the model the last demo built (from `<out>/demo.json`), running the
+demo first only when there is none on this server.
+
+The digits set-up (MLP, 90 %, 10 fine-tuning epochs) was chosen on a selection split, never on
+the test split the demo reports: bench/demo_setup.py, docs/results/demo-setup.md.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import grpc
 
 from equiprune.v1 import jobs_pb2, reports_pb2
 
 from . import specs, tables
+from .demo_verdict import demo_verdict
+from .errors import EquipruneError
+from .plots import PlotUnavailable
 from .runner import EXIT_JOB_FAILED, Output, download_outputs, follow, job_exit_code, to_dict
 from .sdk import EquipruneClient
 from .specs import SpecError
+from .stage_plots import draw, repair_series
 
 DIGITS_URI = "sample:digits"
 DIGITS_GROUP_BY = ("cohort",)
-DIGITS_ARCHITECTURE = "small_cnn"
-DIGITS_ARCHITECTURE_KWARGS = {"num_classes": 10, "in_channels": 1, "input_size": 8, "channels": [16, 32]}
+# The set-up bench/demo_setup.py chose on a selection split (docs/results/demo-setup.md).
+DIGITS_ARCHITECTURE = "mlp"
+DIGITS_ARCHITECTURE_KWARGS = {"in_features": 64, "num_classes": 10, "hidden": [64, 64]}
+DIGITS_KEEP_FIRST_AND_LAST = False  # three linear layers: keeping two dense would leave one to prune
+DEFAULT_SPARSITY = 0.9
 TRAIN_EPOCHS = 20
 TRAIN_LR = 0.05
-# The fair fine-tuning of the digits walkthrough: the service's fair default (fair_distill) at
-# its default settings; small groups, so a small minimum size. The demo runs naive fine-tuning
-# beside it and prints both, so the difference (or its absence) is measured each run.
-FINETUNE = dict(method="fair_distill", epochs=10, min_group_size=10, tolerance=0.02)
+# The service's fair default (fair_distill) at its default settings; small groups, so a small
+# minimum size. Naive fine-tuning runs beside it, so the difference (or its absence) is
+# measured each run.
+FAIR_METHOD = "fair_distill"
+FINETUNE = dict(method=FAIR_METHOD, epochs=10, min_group_size=10, tolerance=0.02)
 BASELINE = {**FINETUNE, "method": "naive"}
+RECORD = "demo.json"
 _PRUNED_STAGES = (reports_pb2.REPORT_STAGE_PRUNED, reports_pb2.REPORT_STAGE_PRUNED_WITHOUT_RECALIBRATION)
 
 
 def run_demo(client: EquipruneClient, args, out: Output) -> int:
-    group_by, architecture, kwargs = _choices(args)
+    if getattr(args, "deploy", None):
+        record = _last_demo(client, args, out)
+        if record is not None:
+            served = _deploy(client, args.deploy, record, out)
+            out.document({"reused": record, "served": to_dict(served)})
+            return 0
+    return _run(client, args, out)
+
+
+def _run(client: EquipruneClient, args, out: Output) -> int:
+    group_by, architecture, kwargs, keep = _choices(args)
     dataset = _dataset(client, args, out)
     out.say(f"dataset: {tables.artifact_line(dataset)}")
 
@@ -49,12 +79,12 @@ def run_demo(client: EquipruneClient, args, out: Output) -> int:
         return job_exit_code(train, out) if train.state != jobs_pb2.JOB_STATE_SUCCEEDED else _no_model(train, out)
     out.say(f"dense model: {model_id}")
 
+    common = dict(model=model_id, dataset=dataset.artifact_id, group_by=group_by, sparsity=args.sparsity,
+                  keep_first_and_last=keep)
     # The same pruning repaired naively, for comparison: it runs beside the fair job.
-    baseline = client.create_job(specs.prune_and_finetune_spec(model=model_id, dataset=dataset.artifact_id,
-                                                               group_by=group_by, sparsity=args.sparsity, **BASELINE))
-    job = client.create_job(specs.prune_and_finetune_spec(model=model_id, dataset=dataset.artifact_id,
-                                                          group_by=group_by, sparsity=args.sparsity, **FINETUNE))
-    out.say(f"\npruning to sparsity {args.sparsity} and fair fine-tuning ({job.job_id}); "
+    baseline = client.create_job(specs.prune_and_finetune_spec(**common, **BASELINE))
+    job = client.create_job(specs.prune_and_finetune_spec(**common, **FINETUNE))
+    out.say(f"\npruning to sparsity {args.sparsity:g} and fair fine-tuning ({FAIR_METHOD}, {job.job_id}); "
             f"naive fine-tuning for comparison ({baseline.job_id})")
     damage = DamageAfterPruning(out)
     job = follow(client, job, out, on_event=damage.see)
@@ -63,32 +93,110 @@ def run_demo(client: EquipruneClient, args, out: Output) -> int:
     out.say(tables.job_report(job))
     baseline = client.wait_job(baseline.job_id)
     out.say("")
-    out.say(tables.repair_comparison({"naive fine-tuning": baseline, "fair fine-tuning (fair_distill)": job}))
-    downloads = []
-    if job.state == jobs_pb2.JOB_STATE_SUCCEEDED:
-        out.say("")
-        downloads = download_outputs(client, job, Path(args.out), out, roles=("model", "report"))
-    served = None
-    if job.state == jobs_pb2.JOB_STATE_SUCCEEDED and getattr(args, "deploy", None):
-        served = client.deploy_model(args.deploy, _model_output(job), group_by, shadow_artifact_id=model_id,
-                                     reference_job_id=job.job_id, tolerance=FINETUNE["tolerance"])
-        out.say(f"\nserving {served.name}: model {served.artifact_id}, dense shadow {served.shadow_artifact_id}, "
-                f"reference from {job.job_id}")
-    out.document({"dataset": to_dict(dataset), "train_job": to_dict(train), "job": to_dict(job),
-                  "baseline_job": to_dict(baseline), "downloads": downloads,
-                  "served": to_dict(served) if served is not None else None})
-    return job_exit_code(job, out)
+    out.say(tables.repair_comparison({"naive fine-tuning": baseline, f"fair fine-tuning ({FAIR_METHOD})": job}))
+    document = {"dataset": to_dict(dataset), "train_job": to_dict(train), "job": to_dict(job),
+                "baseline_job": to_dict(baseline), "downloads": [], "verdict": None, "picture": None, "served": None}
+    if job.state != jobs_pb2.JOB_STATE_SUCCEEDED or baseline.state != jobs_pb2.JOB_STATE_SUCCEEDED:
+        out.document(document)
+        return job_exit_code(job if job.state != jobs_pb2.JOB_STATE_SUCCEEDED else baseline, out)
+
+    folder = Path(args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    split = _evaluation_split(job)
+    verdict = _verdict(job, baseline, split, args.sparsity)
+    if verdict is not None:
+        out.say("\n" + verdict.text())
+        document["verdict"] = {"promise_kept": verdict.kept, "split": split, "lines": list(verdict.lines)}
+    document["picture"] = _picture(job, baseline, split, folder / "groups.png", args.sparsity, out)
+    out.say("")
+    document["downloads"] = download_outputs(client, job, folder, out, roles=("model", "report"))
+    record = {"server": args.server, "dataset": dataset.artifact_id, "dense_model": model_id,
+              "model": _model_output(job), "fair_job": job.job_id, "naive_job": baseline.job_id,
+              "group_by": list(group_by), "tolerance": FINETUNE["tolerance"]}
+    (folder / RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    if getattr(args, "deploy", None):
+        document["served"] = to_dict(_deploy(client, args.deploy, record, out))
+    out.document(document)
+    return 0
 
 
-def _choices(args) -> tuple[list[str], str, dict | str]:
-    """Group attributes, architecture and its kwargs: the digits defaults, or the flags."""
+def _last_demo(client: EquipruneClient, args, out: Output) -> dict | None:
+    """The record of the last demo run into --out against this server, if its models still exist."""
+    path = Path(args.out) / RECORD
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        out.say(f"no earlier demo in {path}: running the demo first, then serving its model")
+        return None
+    if record.get("server") != args.server:
+        out.say(f"the demo in {path} ran against {record.get('server')}, not {args.server}: running it again")
+        return None
+    try:
+        for key in ("model", "dense_model"):
+            client.get_artifact(record[key])
+    except (KeyError, TypeError):
+        out.say(f"{path} is not a demo record: running the demo again")
+        return None
+    except EquipruneError as err:
+        if err.code != grpc.StatusCode.NOT_FOUND:
+            raise
+        out.say(f"the models of the demo in {path} are gone from the server: running the demo again")
+        return None
+    out.say(f"serving the model the demo in {path} built ({record['model']}, job {record['fair_job']})")
+    return record
+
+
+def _deploy(client: EquipruneClient, name: str, record: dict, out: Output):
+    served = client.deploy_model(name, record["model"], record["group_by"], shadow_artifact_id=record["dense_model"],
+                                 reference_job_id=record["fair_job"], tolerance=record["tolerance"])
+    out.say(f"\nserving {served.name}: model {served.artifact_id}, dense shadow {served.shadow_artifact_id}, "
+            f"reference from {record['fair_job']}")
+    return served
+
+
+def _evaluation_split(job: jobs_pb2.Job) -> str:
+    """The split the verdict reads: the job's evaluation split, else (none) the training one."""
+    splits = list(dict.fromkeys(r.split for r in job.result.reports))
+    others = [s for s in splits if s != "train"]
+    return others[0] if others else "train"
+
+
+def _verdict(fair: jobs_pb2.Job, naive: jobs_pb2.Job, split: str, sparsity: float):
+    def stage(job, which):
+        return next((r.report for r in job.result.reports if r.split == split and r.stage == which), None)
+
+    reports = (stage(fair, reports_pb2.REPORT_STAGE_DENSE), stage(fair, reports_pb2.REPORT_STAGE_PRUNED),
+               stage(naive, reports_pb2.REPORT_STAGE_FINETUNED), stage(fair, reports_pb2.REPORT_STAGE_FINETUNED))
+    if any(r is None for r in reports):
+        return None
+    return demo_verdict(*reports, sparsity=sparsity, split=split, fair_name=FAIR_METHOD)
+
+
+def _picture(fair: jobs_pb2.Job, naive: jobs_pb2.Job, split: str, path: Path, sparsity: float, out: Output):
+    try:
+        series = repair_series(fair.result, naive.result, split, fair_label=f"fair ({FAIR_METHOD})",
+                               naive_label="naive fine-tuning")
+        draw(series, path, f"dense → pruned ({sparsity:.0%}) → naive vs fair fine-tuning")
+    except (PlotUnavailable, ValueError) as err:
+        out.warn(f"no picture: {err}")
+        return None
+    out.say(f"picture: {path} (per-group accuracy with 95 % intervals; ψ_g against ε)")
+    return str(path)
+
+
+def _choices(args) -> tuple[list[str], str, dict | str, bool | None]:
+    """Group attributes, architecture, its kwargs and whether to keep the first and last layers
+    dense: the digits defaults, or the flags (the server's pruning default then)."""
     if args.dataset is None:
+        if args.arch and not args.arch_kwargs:
+            raise SpecError("arch_kwargs", "required with --arch (the digits defaults fit only the default MLP)")
+        keep = DIGITS_KEEP_FIRST_AND_LAST if not args.arch else None
         return (list(args.group_by or DIGITS_GROUP_BY), args.arch or DIGITS_ARCHITECTURE,
-                args.arch_kwargs or DIGITS_ARCHITECTURE_KWARGS)
+                args.arch_kwargs or DIGITS_ARCHITECTURE_KWARGS, keep)
     for flag, value in (("group_by", args.group_by), ("arch", args.arch), ("arch_kwargs", args.arch_kwargs)):
         if not value:
             raise SpecError(flag, "required with --dataset (the digits defaults fit only the digits sample)")
-    return list(args.group_by), args.arch, args.arch_kwargs
+    return list(args.group_by), args.arch, args.arch_kwargs, None
 
 
 def _dataset(client: EquipruneClient, args, out: Output):

@@ -236,12 +236,15 @@ def prune_and_finetune_spec(*, model: str, dataset: str, group_by: Iterable[str]
                             min_group_size: int | None = None, eval_split: str | None = None,
                             train_split: str | None = None, seed: int | None = None, diagnose: bool = False,
                             model_sha256: str = "", dataset_sha256: str = "", workers: int | None = None,
-                            gpus: int | None = None, calibrate_outputs: bool | None = None) -> jobs_pb2.JobSpec:
+                            gpus: int | None = None, calibrate_outputs: bool | None = None,
+                            keep_first_and_last: bool | None = None) -> jobs_pb2.JobSpec:
     """Prune, then fine-tune, in one job. `calibrate_outputs=False` turns fair_distill's
-    held-out output calibration off."""
+    held-out output calibration off; `keep_first_and_last=False` prunes the first and last
+    layers too."""
     spec = _base(jobs_pb2.JOB_KIND_PRUNE_AND_FINETUNE, model, dataset, model_sha256, dataset_sha256, workers, gpus,
                  _grouped_data(group_by, tolerance, min_group_size, train_split, eval_split))
-    spec.pruning.CopyFrom(pruning_options(sparsity=sparsity, kind=kind, scope=scope, schedule=schedule, n=n, m=m))
+    spec.pruning.CopyFrom(pruning_options(sparsity=sparsity, kind=kind, scope=scope, schedule=schedule, n=n, m=m,
+                                          keep_first_and_last=keep_first_and_last))
     spec.finetune.CopyFrom(finetune_options(method=method, epochs=epochs, lr=lr, dual_lr=dual_lr, seed=seed,
                                             calibrate_outputs=calibrate_outputs))
     if diagnose:

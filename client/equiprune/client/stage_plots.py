@@ -30,6 +30,7 @@ class StageSeries:
     psi: dict[str, list[tuple[float, float | None, float | None] | None]] = field(default_factory=dict)
     insufficient: set[str] = field(default_factory=set)
     tolerance: float | None = None
+    labels: dict[str, str] = field(default_factory=dict)  # legend text per stage (default: the stage's)
 
 
 def default_split(result: jobs_pb2.JobResult) -> str | None:
@@ -82,23 +83,51 @@ def plot_stages(result: jobs_pb2.JobResult, path: str | os.PathLike, split: str 
                 title: str = "") -> StageSeries:
     """Write the PNG: (a) accuracy ± 95 % interval per group, one marker per stage; (b) ψ_g per
     group per stage after dense against ε. Groups too small to judge are drawn hollow."""
+    series = stage_series(result, split)
+    draw(series, path, title or "per-group accuracy by stage")
+    return series
+
+
+def repair_series(fair: jobs_pb2.JobResult, naive: jobs_pb2.JobResult, split: str | None = None,
+                  fair_label: str = "fair fine-tuning", naive_label: str = "naive fine-tuning") -> StageSeries:
+    """Dense, pruned, naive and fair side by side: two prune-and-fine-tune jobs of the same
+    pruning (the demo's), the fair job's dense and pruned stages with both fine-tuned ones."""
+    series = stage_series(fair, split)
+    other = stage_series(naive, series.split)
+    if other.groups != series.groups:
+        raise ValueError("plot: the two jobs report different groups")
+    if "finetuned" not in series.accuracy or "finetuned" not in other.accuracy:
+        raise ValueError("plot: both jobs need a fine-tuned report")
+    series.accuracy["naive"], series.psi["naive"] = other.accuracy["finetuned"], other.psi["finetuned"]
+    series.accuracy["fair"] = series.accuracy.pop("finetuned")
+    series.psi["fair"] = series.psi.pop("finetuned")
+    series.stages = [s for s in series.stages if s != "finetuned"] + ["naive", "fair"]
+    series.insufficient |= other.insufficient
+    series.labels.update(naive=naive_label, fair=fair_label)
+    return series
+
+
+_MARKERS = {"dense": "o", "pruned": "s", "finetuned": "D", "naive": "v", "fair": "D"}
+_COLOURS = {"dense": "tab:blue", "pruned": "tab:red", "finetuned": "tab:green", "naive": "tab:orange",
+            "fair": "tab:green"}
+
+
+def draw(series: StageSeries, path: str | os.PathLike, title: str) -> None:
+    """The two panels of `series` as a PNG at `path`."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         raise PlotUnavailable(MISSING_MATPLOTLIB) from None
-    series = stage_series(result, split)
     figure = Figure(figsize=(max(7.0, 1.2 * len(series.groups) + 4), 7.5), dpi=100)
     FigureCanvasAgg(figure)
     top, bottom = figure.subplots(2, 1, sharex=True)
-    markers = {"dense": "o", "pruned": "s", "finetuned": "D"}
-    colours = {"dense": "tab:blue", "pruned": "tab:red", "finetuned": "tab:green"}
     width = 0.6 / max(1, len(series.stages))
     for i, stage in enumerate(series.stages):
         offset = (i - (len(series.stages) - 1) / 2) * width
-        _points(top, series, series.accuracy[stage], offset, stage, markers, colours)
+        _points(top, series, series.accuracy[stage], offset, stage)
         if stage in series.psi:
-            _points(bottom, series, series.psi[stage], offset, stage, markers, colours)
+            _points(bottom, series, series.psi[stage], offset, stage)
     if series.tolerance is not None:
         bottom.axhline(100 * series.tolerance, color="black", linestyle="--",
                        label=f"ε = {100 * series.tolerance:g} pts")
@@ -108,7 +137,7 @@ def plot_stages(result: jobs_pb2.JobResult, path: str | os.PathLike, split: str 
     bottom.set_xticks(range(len(series.groups)))
     bottom.set_xticklabels([g + (" *" if g in series.insufficient else "") for g in series.groups])
     bottom.set_xlabel("group" + ("  (* hollow: too small to judge)" if series.insufficient else ""))
-    top.set_title((title or "per-group accuracy by stage") + f" — {series.split} split")
+    top.set_title(f"{title} — {series.split} split")
     bottom.set_title("excess accuracy gap ψ_g against ε")
     for axes in (top, bottom):
         axes.grid(alpha=0.3)
@@ -116,12 +145,12 @@ def plot_stages(result: jobs_pb2.JobResult, path: str | os.PathLike, split: str 
             axes.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(os.fspath(path), format="png")
-    return series
 
 
-def _points(axes, series: StageSeries, values, offset: float, stage: str, markers, colours) -> None:
+def _points(axes, series: StageSeries, values, offset: float, stage: str) -> None:
     """One stage's points with their intervals; hollow for groups too small to judge."""
-    label = text.STAGE_LABELS.get(stage, stage)
+    label = series.labels.get(stage) or text.STAGE_LABELS.get(stage, stage)
+    markers, colours = _MARKERS, _COLOURS
     for i, (name, v) in enumerate(zip(series.groups, values)):
         if v is None:
             continue

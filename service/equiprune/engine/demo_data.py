@@ -44,8 +44,8 @@ DIGITS_HEAVY_INK_QUANTILE = 0.8
 DIGITS_TEST_FRACTION = 0.25
 
 
-@functools.lru_cache(maxsize=4)
-def digits_group_dataset(seed: int = 0) -> GroupDataset:
+@functools.lru_cache(maxsize=8)
+def digits_group_dataset(seed: int = 0, constraint_fraction: float = 0.0) -> GroupDataset:
     """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes) as (N, 1, 8, 8) float32.
 
     The group attributes are SYNTHETIC, made up for tests, not a property of the people or
@@ -53,8 +53,16 @@ def digits_group_dataset(seed: int = 0) -> GroupDataset:
     - "cohort": "minority" for digits 8 and 9 (about 20 %), "majority" for the rest;
     - "ink": "heavy" for the fifth of images with the most total ink, "light" otherwise.
     The split ("train"/"test", 25 % test) is stratified by label and drawn with `seed`;
-    normalisation uses the train rows' mean and std.
+    normalisation uses the train rows' mean and std. With `constraint_fraction`, that share
+    of the training rows (stratified by label) becomes a third split, "constraint": data a
+    dense model trained on "train" has never seen, which fair fine-tuning's held-out steps
+    read (what `sample:digits` ships, so the demo's repair is judged as the method intends).
     """
+    return dataset_from_arrays(digits_arrays(seed, constraint_fraction))
+
+
+def digits_arrays(seed: int = 0, constraint_fraction: float = 0.0) -> dict[str, np.ndarray]:
+    """The arrays of `digits_group_dataset`, in the .npz format (docs/dataset-format.md)."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:
@@ -68,18 +76,34 @@ def digits_group_dataset(seed: int = 0) -> GroupDataset:
     is_test = np.zeros(len(labels), dtype=bool)
     is_test[test_rows] = True
     train = images[~is_test]
-    return dataset_from_arrays(
-        {
-            "inputs": images,
-            "input_mean": np.array([train.mean()]),
-            "input_std": np.array([train.std()]),
-            "labels": labels,
-            "label_names": np.array([str(d) for d in range(10)]),
-            "attr__cohort": np.isin(labels, DIGITS_MINORITY_LABELS).astype(np.int8),
-            "attr__cohort__names": np.array(["majority", "minority"]),
-            "attr__ink": (ink > np.quantile(ink, DIGITS_HEAVY_INK_QUANTILE)).astype(np.int8),
-            "attr__ink__names": np.array(["light", "heavy"]),
-            "split": is_test.astype(np.int8),
-            "split__names": np.array(SPLIT_NAMES),
-        }
-    )
+    arrays = {
+        "inputs": images,
+        "input_mean": np.array([train.mean()]),
+        "input_std": np.array([train.std()]),
+        "labels": labels,
+        "label_names": np.array([str(d) for d in range(10)]),
+        "attr__cohort": np.isin(labels, DIGITS_MINORITY_LABELS).astype(np.int8),
+        "attr__cohort__names": np.array(["majority", "minority"]),
+        "attr__ink": (ink > np.quantile(ink, DIGITS_HEAVY_INK_QUANTILE)).astype(np.int8),
+        "attr__ink__names": np.array(["light", "heavy"]),
+        "split": is_test.astype(np.int8),
+        "split__names": np.array(SPLIT_NAMES),
+    }
+    if constraint_fraction:
+        arrays = carve_split(arrays, "train", "constraint", constraint_fraction, seed)
+    return arrays
+
+
+def carve_split(arrays: dict[str, np.ndarray], source: str, name: str, fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """A copy of `arrays` in which `fraction` of split `source`'s rows, stratified by label,
+    form a new split `name`. The normalisation statistics stay those of the original data."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    names = [str(n) for n in arrays["split__names"]]
+    if name in names:
+        raise ValueError(f"split {name!r} exists already")
+    rows = np.flatnonzero(arrays["split"] == names.index(source))
+    chosen = rows[stratified_subsample(arrays["labels"][rows], round(fraction * len(rows)), seed)]
+    split = arrays["split"].copy()
+    split[chosen] = len(names)
+    return {**arrays, "split": split, "split__names": np.array([*names, name])}
