@@ -18,7 +18,7 @@ import torch
 
 from equiprune.client import specs
 from equiprune.client.sdk import EquipruneClient
-from equiprune.service.artifacts.samples import write_traffic
+from equiprune.client.traffic import write_traffic
 from equiprune.v1 import jobs_pb2, serving_pb2
 
 from _common import DOCS_BENCH
@@ -114,7 +114,7 @@ def deploy_pruned_model(client: EquipruneClient, folder: Path, train_epochs: int
 
 def traffic_rows(folder: Path) -> list[dict]:
     path = folder / "traffic.jsonl"
-    write_traffic(path)
+    write_traffic("sample:digits", path, group_by=["cohort"])
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 

@@ -69,11 +69,11 @@ def train_model_file(path: Path) -> Path:
 
 def traffic_rows() -> list[dict]:
     """The digits test split as Predict instances with their labels."""
-    from equiprune.service.artifacts.samples import write_traffic
+    from equiprune.client.traffic import write_traffic
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "traffic.jsonl"
-        write_traffic(path)
+        write_traffic("sample:digits", path, group_by=["cohort"])
         return [json.loads(line) for line in path.read_text().splitlines()]
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from equiprune.client import specs
 from equiprune.client.sdk import EquipruneClient
-from equiprune.service.artifacts.samples import write_traffic
+from equiprune.client.traffic import write_traffic
 from equiprune.v1 import jobs_pb2, serving_pb2, serving_pb2_grpc
 
 from .server import ServerProcess, free_port
@@ -45,7 +45,7 @@ def served(tmp_path_factory):
     stub.DeployModel(serving_pb2.DeployModelRequest(name="digits", artifact_id=pruned, shadow_artifact_id=dense,
                                                     group_by=["cohort"], reference_job_id=job.job_id))
     traffic = folder / "traffic.jsonl"
-    write_traffic(traffic)
+    write_traffic("sample:digits", traffic, group_by=["cohort"])
     rows = [json.loads(line) for line in traffic.read_text().splitlines()]
     yield server, stub, rows, job
     channel.close()

@@ -1,8 +1,10 @@
-"""The serving commands of `equiprune`: deploy, undeploy, models, predict, outcomes, evaluations, metrics.
+"""The serving commands of `equiprune`: deploy, undeploy, models, predict, outcomes, evaluations,
+metrics, and traffic (sample instances from a dataset, written locally: traffic.py).
 
     equiprune deploy digits --model art-1f2e --group-by cohort --reference-job job-3c9d
     equiprune deploy digits --model art-1f2e --shadow art-0a0b --group-by cohort \\
         --reference majority=0.95 --reference minority=0.91 --reference-overall 0.94 --input-shape 1,8,8
+    equiprune traffic --dataset sample:digits --out requests.jsonl --group-by cohort
     equiprune predict digits --instances requests.jsonl --out predictions.jsonl
     equiprune outcomes --from predictions.jsonl
     equiprune metrics digits --window 1h
@@ -30,7 +32,7 @@ from typing import Iterator
 
 from equiprune.text.tolerance import tolerance_argument, tolerance_help
 
-from . import tables
+from . import tables, traffic
 from .runner import EXIT_OK, Output, to_dict
 from .sdk import EquipruneClient
 from .serving import (DEFAULT_ITEMS_PER_CALL, MAX_INSTANCES_PER_CALL, MAX_ITEMS_PER_CALL, batches,
@@ -62,6 +64,7 @@ def add_commands(command) -> None:
     undeploy = command("undeploy", _undeploy, "stop serving a model (its monitor history stays)")
     undeploy.add_argument("name")
     command("models", _models, "list served models")
+    traffic.add_command(command)
     predict = command("predict", _predict, "classify the instances of a JSON Lines file with a served model")
     predict.add_argument("name", help="served name")
     predict.add_argument("--instances", required=True, metavar="FILE.jsonl",
