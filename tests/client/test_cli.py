@@ -137,6 +137,8 @@ def test_upload_download_and_list(run, tmp_path):
     assert code == 0 and artifact["artifact_id"] in out and "data.npz" in out
     code, out, err = run("import", "s3://bucket/x.npz", "--kind", "dataset")
     assert code == 2 and err.strip() == "error: source.sha256: required for s3://bucket/x.npz"
+    code, out, err = run("upload", str(source), "--kind", "dataset", "--id-only")  # for MODEL=$(…)
+    assert code == 0 and out.strip().startswith("art-") and "\n" not in out.strip() and err == ""
 
 
 def test_job_subcommands(run, server, model_id):
@@ -179,8 +181,8 @@ def test_demo_tells_the_whole_story(run, server, tmp_path):
     assert compress.data.min_group_size == 10
     assert "\nverdict: " in out and "overall accuracy: dense" in out
     assert f"picture: {tmp_path / 'demo' / 'groups.png'}" in out
-    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["demo.json", "groups.png", "model.safetensors",
-                                                                     "report.json"]
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["demo.json", "dense.safetensors", "groups.png",
+                                                                     "model.safetensors", "report.json"]
     assert (tmp_path / "demo" / "groups.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     record = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert record["model"].startswith("art-") and record["fair_job"].startswith("job-")

@@ -24,11 +24,14 @@ def add_commands(command) -> None:
     upload.add_argument("path")
     upload.add_argument("--kind", required=True, choices=ARTIFACT_KINDS.choices())
     upload.add_argument("--name", help="display name (default: the file name)")
+    upload.add_argument("--id-only", action="store_true", help="print only the artifact id (for scripts: "
+                        "MODEL=$(equiprune upload m.safetensors --kind model --id-only))")
     imported = command("import", _import, "have the server import a URI as an artifact")
     imported.add_argument("uri")
     imported.add_argument("--kind", required=True, choices=ARTIFACT_KINDS.choices())
     imported.add_argument("--sha256", default="", help="the content's sha256 (required except for sample:)")
     imported.add_argument("--name", default="", help="display name")
+    imported.add_argument("--id-only", action="store_true", help="print only the artifact id (for scripts)")
     listed = command("artifacts", _artifacts, "list stored artifacts, newest first")
     listed.add_argument("--kind", choices=ARTIFACT_KINDS.choices())
     download = command("download", _download, "download an artifact (resumable, verified)")
@@ -38,20 +41,23 @@ def add_commands(command) -> None:
 
 # ------------------------------------------------------------------ handlers: artifacts
 def _upload(client: EquipruneClient, args, out: Output) -> int:
-    progress = out.byte_progress(f"upload {os.path.basename(args.path)}")
+    progress = None if args.id_only else out.byte_progress(f"upload {os.path.basename(args.path)}")
     try:
         artifact = client.upload_file(args.path, args.kind, display_name=args.name, on_progress=progress)
     finally:
         if progress:
             progress.close()
-    out.say(tables.artifact_line(artifact))
-    out.document(to_dict(artifact))
-    return EXIT_OK
+    return _show(artifact, args, out)
 
 
 def _import(client: EquipruneClient, args, out: Output) -> int:
     artifact = client.import_uri(args.uri, args.kind, sha256=args.sha256, display_name=args.name)
-    out.say(tables.artifact_line(artifact))
+    return _show(artifact, args, out)
+
+
+def _show(artifact, args, out: Output) -> int:
+    """The stored artifact: a line (or only its id with --id-only), and the --json document."""
+    out.say(artifact.artifact_id if args.id_only else tables.artifact_line(artifact))
     out.document(to_dict(artifact))
     return EXIT_OK
 

@@ -50,6 +50,7 @@ FAIR_METHOD = "fair_distill"
 FINETUNE = dict(method=FAIR_METHOD, epochs=10, min_group_size=10, tolerance=0.02)
 BASELINE = {**FINETUNE, "method": "naive"}
 RECORD = "demo.json"
+DENSE_FILE = "dense.safetensors"
 _PRUNED_STAGES = (reports_pb2.REPORT_STAGE_PRUNED, reports_pb2.REPORT_STAGE_PRUNED_WITHOUT_RECALIBRATION)
 
 
@@ -110,6 +111,10 @@ def _run(client: EquipruneClient, args, out: Output) -> int:
     document["picture"] = _picture(job, baseline, split, folder / "groups.png", args.sparsity, out)
     out.say("")
     document["downloads"] = download_outputs(client, job, folder, out, roles=("model", "report"))
+    # The dense model too: the starting point for trying other jobs on it (README, "More").
+    client.download(model_id, folder / DENSE_FILE)
+    out.say(f"downloaded dense model ({model_id}) → {folder / DENSE_FILE}")
+    document["downloads"].append({"role": "dense_model", "artifact_id": model_id, "path": str(folder / DENSE_FILE)})
     record = {"server": args.server, "dataset": dataset.artifact_id, "dense_model": model_id,
               "model": _model_output(job), "fair_job": job.job_id, "naive_job": baseline.job_id,
               "group_by": list(group_by), "tolerance": FINETUNE["tolerance"]}
