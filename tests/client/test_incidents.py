@@ -115,6 +115,55 @@ def test_the_cli_waits_for_a_server_that_starts_later(capsys):
     assert code != 3 and "unreachable" not in captured.err and "waiting" not in captured.out
 
 
+class _Recording(grpc.GenericRpcHandler):
+    """Health SERVING, and ListJobs answering empty after noting the call's authorization."""
+
+    def __init__(self) -> None:
+        self.authorization: list[str] = []
+
+    def service(self, details):
+        if details.method == "/grpc.health.v1.Health/Check":
+            return _Health().service(details)
+        if details.method != "/equiprune.v1.JobService/ListJobs":
+            return None
+
+        def list_jobs(request, context):
+            self.authorization += [v for k, v in context.invocation_metadata() if k == "authorization"]
+            return b""
+
+        return grpc.unary_unary_rpc_method_handler(list_jobs, request_deserializer=lambda raw: raw,
+                                                   response_serializer=lambda raw: raw)
+
+
+def test_the_token_a_starting_server_writes_is_found_after_the_wait(capsys, tmp_path, monkeypatch):
+    """`equiprune demo` typed right after a first `equiprune serve`: the admin token does not
+    exist yet when the CLI starts; it is looked up once the server answers."""
+    monkeypatch.setenv("EQUIPRUNE_CONFIG_DIR", str(tmp_path / "config"))
+    for name in ("EQUIPRUNE_TOKEN", "EQUIPRUNE_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    port = _free_port()
+    handler = _Recording()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+
+    def first_start():
+        from equiprune.client.credentials import credentials_file, write_token_file
+
+        write_token_file(credentials_file(f"127.0.0.1:{port}"), "ept_written-by-the-first-start")
+        server.start()
+
+    timer = threading.Timer(1.5, first_start)
+    timer.start()
+    try:
+        code = cli.main(["--server", f"127.0.0.1:{port}", "--timeout", "2", "--retries", "0", "jobs"])
+    finally:
+        timer.join()
+        server.stop(None)
+    assert code == 0, capsys.readouterr().err
+    assert handler.authorization == ["Bearer ept_written-by-the-first-start"]
+
+
 def test_the_cli_gives_up_after_the_bound(capsys):
     port = _free_port()
     started = time.monotonic()

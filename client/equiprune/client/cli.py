@@ -42,6 +42,7 @@ import sys
 
 import grpc
 
+from .credentials import open_channel
 from .errors import EquipruneError, SpecError
 from .runner import EXIT_JOB_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, Output
 from .sdk import DEFAULT_TARGET, EquipruneClient
@@ -71,9 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "local", None) is not None:  # a command that reads local files only
         return args.local(args, out)
     try:
+        # Wait first, on a channel without a token (health needs none): a server's first start
+        # writes the admin token this machine's CLI finds, so it is looked up only once the
+        # server answers (`equiprune demo` typed right after `equiprune serve`).
+        with open_channel(args.server, [], tls_ca=args.tls_ca) as channel:
+            wait_for_server(channel, args.server, args.wait_for_server, out)
         with EquipruneClient(args.server, timeout=args.timeout, retries=args.retries, token=args.token,
                              token_file=args.token_file, tls_ca=args.tls_ca) as client:
-            wait_for_server(client._channel, args.server, args.wait_for_server, out)
             return args.handler(client, args, out)
     except SpecError as err:
         out.warn(f"error: {err.field}: {err.problem}")
