@@ -97,7 +97,7 @@ def test_plot_command_draws_a_job_with_reports(tmp_path, capsys):
 def test_cli_prune_finetune_plot_and_plot_command(run, server, tmp_path):
     pytest.importorskip("matplotlib")
     model = server.artifacts.store(1, b"weights" * 10, "dense.safetensors", "upload").artifact_id
-    png = tmp_path / "pf.png"
+    png = tmp_path / "not-yet" / "pf.png"  # a folder that --download-dir would only make later
     code, out, err = run("prune-finetune", "--model", model, "--dataset", "sample:digits", "--group-by", "cohort",
                          "--sparsity", "0.9", "--epochs", "2", "--tolerance", "2", "--plot", str(png))
     assert code == 0, err

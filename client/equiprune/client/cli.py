@@ -2,6 +2,7 @@
 
     equiprune serve                                   # start a server (needs the `server` extra)
     equiprune demo                                    # the whole story on scikit-learn's digits
+    equiprune demo --deploy digits                    # serve the model the demo built
     equiprune upload dense.safetensors --kind model
     equiprune prune-finetune --model art-1f2e --dataset sample:digits --group-by cohort \\
         --sparsity 0.9 --epochs 3 --tolerance 2           # ε in percentage points
@@ -9,6 +10,7 @@
     equiprune jobs --state running
     equiprune job watch job-3c9d
     equiprune deploy digits --model art-9a0b --group-by cohort --reference-job job-3c9d
+    equiprune traffic --dataset sample:digits --out requests.jsonl   # Predict instances from a dataset
     equiprune predict digits --instances requests.jsonl --out predictions.jsonl
     equiprune outcomes --from predictions.jsonl       # once the true labels are known
     equiprune metrics digits --window 1h              # per-group accuracy, ψ_g, confidence

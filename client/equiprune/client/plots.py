@@ -58,4 +58,6 @@ def plot_sweep(result: jobs_pb2.JobResult, path: str | os.PathLike, title: str =
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
+    # `--plot runs/mine/stages.png` before `--download-dir runs/mine` has made the folder.
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
     figure.savefig(os.fspath(path), format="png")

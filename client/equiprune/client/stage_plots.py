@@ -144,6 +144,8 @@ def draw(series: StageSeries, path: str | os.PathLike, title: str) -> None:
         if axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize="small")
     figure.tight_layout()
+    # `--plot runs/mine/stages.png` before `--download-dir runs/mine` has made the folder.
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
     figure.savefig(os.fspath(path), format="png")
 
 
