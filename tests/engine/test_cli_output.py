@@ -102,3 +102,19 @@ def _summary(max_gap: float, tolerance: float) -> DisparitySummary:
 ])
 def test_the_verdict_is_visible_in_the_numbers(gap, eps, shown):
     assert summary_line("fine-tuned", _summary(gap, eps)) == f"fine-tuned: {shown} (with 95% confidence: no)"
+
+
+def test_prune_first_and_last_is_off_unless_asked_for():
+    assert _spec_from_args(_args(), "budget_search").pruning.keep_first_and_last is True
+    assert _spec_from_args(_args("--prune-first-and-last"), "budget_search").pruning.keep_first_and_last is False
+
+
+def test_the_engine_demo_runs_the_service_demos_set_up(tmp_path, capsys):
+    """The service demo's fair half, in-process: an MLP pruned to 90 % with every layer pruned,
+    on the digits with a held-out constraint split (docs/results/demo-setup.md)."""
+    assert cli_main(["demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "per-group accuracy on the test split" in out and "constraint split" in out
+    report = json.loads((tmp_path / "compressed" / "report.json").read_text())
+    assert report["pruned"]["eval"]["summary"]["max_excess_accuracy_gap_group"] == "minority"
+    assert report["job"]["pruning"]["keep_first_and_last"] is False

@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--kind", choices=["unstructured", "n_m", "structured"], help="default unstructured")
         cmd.add_argument("--scope", choices=["layerwise", "global"], help="default layerwise")
         cmd.add_argument("--schedule", choices=["one_shot", "gradual"], help="default one_shot")
+        cmd.add_argument("--prune-first-and-last", dest="keep_first_and_last", action="store_false", default=None,
+                         help="prune the first conv and the last linear layer too (kept dense by default)")
         cmd.add_argument("--method", choices=[*METHODS, "none"],
                          help=f"fine-tuning objective (default: {DEFAULT_FAIR_METHOD}, the fair default; none: no fine-tuning)")
         cmd.add_argument("--epochs", type=int, help=f"fine-tuning epochs (default {ft.epochs})")
@@ -136,7 +138,8 @@ def _spec_from_args(args, kind: str):
         data=DataConfig(group_by=tuple(args.group_by), **_given(
             args, train_split="train_split", eval_split="eval_split", constraint_split="constraint_split",
             tolerance="tolerance", min_group_size="min_group_size")),
-        pruning=PruningConfig(**_given(args, kind="kind", sparsity="sparsity", scope="scope", schedule="schedule")),
+        pruning=PruningConfig(**_given(args, kind="kind", sparsity="sparsity", scope="scope", schedule="schedule",
+                                       keep_first_and_last="keep_first_and_last")),
         finetune=finetune, diagnostics=DiagnosticsConfig() if diagnose else None,
         budget=BudgetConfig(**_given(args, low="low", high="high", resolution="resolution", max_probes="max_probes"),
                             require_confidence=args.require_confidence) if kind == "budget_search" else None)
@@ -193,21 +196,23 @@ def _budget(args) -> int:
 
 
 def _demo(args) -> int:
+    """The service demo's set-up, in-process and fair only (docs/results/demo-setup.md)."""
     from .dataset import save_dataset
     from .demo_data import digits_group_dataset
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dataset_path = out / "digits.npz"
-    save_dataset(digits_group_dataset(), dataset_path)
+    # As `sample:digits`: 20 % of the training rows held out for fair_distill's calibration.
+    save_dataset(digits_group_dataset(constraint_fraction=0.2), dataset_path)
     print(f"dataset: scikit-learn digits with a synthetic group attribute → {dataset_path}")
-    kwargs = '{"num_classes": 10, "in_channels": 1, "input_size": 8, "channels": [16, 32]}'
+    kwargs = '{"in_features": 64, "num_classes": 10, "hidden": [64, 64]}'
     model_path = out / "dense.safetensors"
-    _train(_parser().parse_args(["train", "--arch", "small_cnn", "--arch-kwargs", kwargs, "--dataset",
+    _train(_parser().parse_args(["train", "--arch", "mlp", "--arch-kwargs", kwargs, "--dataset",
                                  str(dataset_path), "--epochs", "20", "--out", str(model_path)]))
     return _compress(_parser().parse_args([
         "compress", "--model", str(model_path), "--dataset", str(dataset_path), "--group-by", "cohort",
-        "--sparsity", str(args.sparsity), "--epochs", "5", "--min-group-size", "10",
+        "--sparsity", str(args.sparsity), "--prune-first-and-last", "--epochs", "10", "--min-group-size", "10",
         "--tolerance", "2", "--out", str(out / "compressed")]))
 
 
