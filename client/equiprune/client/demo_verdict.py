@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from equiprune.v1 import reports_pb2
 
-_SEEDS_DOC = "docs/results/fair-repair.md"
+_SEEDS_DOC = "docs/results/demo-setup.md re-checks this set-up on other splits"
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,6 @@ def _noise(naive: reports_pb2.GroupReport, fair: reports_pb2.GroupReport, group:
            f"{_pct(b.accuracy)} [{100 * blo:.1f}, {100 * bhi:.1f}]"
     if alo <= bhi and blo <= ahi:
         return (f"one run, and the 95 % intervals overlap ({span}): this run alone does not show {fair_name} "
-                f"beating naive beyond noise; {_SEEDS_DOC} compares them over seeds.")
+                f"beating naive beyond noise; {_SEEDS_DOC}.")
     better = fair_name if b.accuracy > a.accuracy else "naive fine-tuning"
     return f"the 95 % intervals do not overlap ({span}): {better} is ahead beyond this run's sampling noise."
