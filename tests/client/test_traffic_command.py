@@ -197,30 +197,30 @@ def _truncated(path: Path) -> None:
 
 
 HOSTILE = {
-    "not a zip": (b"hello, not a dataset\n" * 20, "dataset", "is not an .npz archive"),
-    "pickle": (pickle.dumps({"inputs": [1, 2, 3]}), "dataset", "is not an .npz archive"),
+    "not a zip": (b"hello, not a dataset\n" * 20, "dataset", "not a readable .npz (zip) archive"),
+    "pickle": (pickle.dumps({"inputs": [1, 2, 3]}), "dataset", "not a readable .npz (zip) archive"),
     "object array": (arrays(labels=np.array([{"x": 1}] * N, dtype=object)), "dataset", "never pickled objects"),
-    "truncated zip": (_truncated, "dataset", "is not an .npz archive"),
-    "text member": (_with_text_member, "dataset", "member 'notes.txt' is not a .npy array"),
+    "truncated zip": (_truncated, "dataset", "not a readable .npz (zip) archive"),
+    "text member": (_with_text_member, "dataset", "notes.txt: archive member is not a .npy array"),
     "missing labels": (arrays(labels=None, label_names=None), "dataset", "labels: missing"),
     "missing names": (arrays(attr__race__names=None), "dataset", "attr__race__names: missing"),
     "names without codes": (arrays(attr__race=None), "dataset", "attr__race: missing"),
     "no attribute": (arrays(attr__race=None, attr__race__names=None, attr__gender=None, attr__gender__names=None),
-                     "dataset", "at least one group attribute"),
+                     "dataset", "attributes: no group attribute"),
     "unknown array": (arrays(attr_race=np.zeros(N)), "dataset", "attr_race: unknown array"),
-    "code out of range": (arrays(attr__gender=np.full(N, 2)), "dataset", "attr__gender: codes run from 2 to 2"),
-    "negative label": (arrays(labels=np.full(N, -1)), "dataset", "labels: codes run from -1 to -1"),
+    "code out of range": (arrays(attr__gender=np.full(N, 2)), "dataset", "attr__gender: 60 values fall outside 0..1"),
+    "negative label": (arrays(labels=np.full(N, -1)), "dataset", "labels: labels are class indices and cannot be negative"),
     "label past label_names": (arrays(labels=np.full(N, 3)), "dataset",
-                               "labels: codes run from 3 to 3; they must be in 0 … 2"),
-    "split code out of range": (arrays(split=np.full(N, 3)), "dataset", "split: codes run from 3 to 3"),
-    "short labels": (arrays(labels=np.zeros(N - 1, dtype=np.int64)), "dataset", "labels: must hold 60 integers"),
-    "float64 inputs": (arrays(inputs=np.zeros((N, 4))), "dataset", "inputs: must be float32, float16 or uint8"),
-    "flat inputs": (arrays(inputs=np.zeros(N, dtype=np.float32)), "dataset", "inputs: must be float32"),
-    "float labels": (arrays(labels=np.zeros(N)), "dataset", "labels: must hold 60 integers"),
+                               "labels: 60 values fall outside 0..2 (the 3 classes in label_names)"),
+    "split code out of range": (arrays(split=np.full(N, 3)), "dataset", "split: 60 values fall outside 0..2"),
+    "short labels": (arrays(labels=np.zeros(N - 1, dtype=np.int64)), "dataset", "labels: must have shape (60,)"),
+    "float64 inputs": (arrays(inputs=np.zeros((N, 4))), "dataset", "inputs: dtype must be float32, float16 or uint8"),
+    "flat inputs": (arrays(inputs=np.zeros(N, dtype=np.float32)), "dataset", "inputs: must have shape (N, ...)"),
+    "float labels": (arrays(labels=np.zeros(N)), "dataset", "labels: must hold integers"),
     "names not unicode": (arrays(attr__race__names=np.array([1, 2, 3])), "dataset", "attr__race__names: must be"),
-    "std zero": (arrays(input_std=np.zeros(3)), "dataset", "input_std: must be 3 finite floats"),
+    "std zero": (arrays(input_std=np.zeros(3)), "dataset", "input_std: every channel's std must be > 0"),
     "mean alone": (arrays(input_std=None), "dataset", "input_std: missing: input_mean is given"),
-    "mean per pixel": (arrays(input_mean=np.zeros((3, 4))), "dataset", "input_mean: must be 3 finite floats"),
+    "mean per pixel": (arrays(input_mean=np.zeros((3, 4))), "dataset", "input_mean: must be a float array of shape (3,)"),
     "nan inputs": (arrays(inputs=np.full((N, 2), np.nan, dtype=np.float32), input_mean=None, input_std=None),
                    "dataset", "NaN or infinite"),
 }
@@ -278,10 +278,9 @@ HIDDEN_SCRIPT = textwrap.dedent('''
 
 
 @pytest.mark.parametrize("hidden, dataset, problem", [
-    ("numpy,torch", "faces.npz", "error: dataset: reading a dataset needs numpy: pip install numpy "
-                                 "(or pip install 'equiprune[server]')"),
-    ("torch", "sample:digits", "error: dataset: sample:digits is generated on this machine and needs the server "
-                               "extra: pip install 'equiprune[server]'"),
+    ("numpy,torch", "faces.npz", "error: dataset: reading a dataset needs the engine: pip install "
+                                 "'equiprune[server]'"),
+    ("torch", "sample:digits", "error: dataset: reading a dataset needs the engine: pip install 'equiprune[server]'"),
 ])
 def test_what_is_missing_is_said(hidden, dataset, problem, faces, tmp_path):
     done = subprocess.run([sys.executable, "-c", HIDDEN_SCRIPT, hidden, dataset], cwd=faces.parent, capture_output=True,

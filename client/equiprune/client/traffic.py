@@ -5,22 +5,25 @@
 one a line: what `equiprune predict --instances` reads (its output then feeds `outcomes --from`).
 
 Predict hands `values` to the model as they come (float32, C order): the server neither scales
-nor normalises. So they are the inputs as the engine loads them for training and evaluation
-(docs/dataset-format.md: uint8 divided by 255, then (x - input_mean) / input_std per channel),
-with the same float32 operations in the same order: bit for bit what a job's evaluation of the
-split saw. Each float32 is written as the shortest decimal that reads back, through JSON's
-double and Predict's float32, as the same float32.
-
-local_dataset.py reads and checks the file (numpy on use: the base install has none).
+nor normalises. So they are the inputs exactly as the engine loads them for training and
+evaluation: the file is read by the engine's own `load_dataset` (one definition of the format,
+its checks and its scaling; never a pickle), which is why this command needs the server extra.
+Each float32 is written as the shortest decimal that reads back, through JSON's double and
+Predict's float32, as the same float32: bit for bit what a job's evaluation of the split saw.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 
 from .errors import SpecError
-from .local_dataset import ATTR_PREFIX, model_inputs, numpy_module, read_dataset
 from .runner import EXIT_OK, EXIT_USAGE, Output
+
+SAMPLE_PREFIX = "sample:"
+ENGINE_MISSING = ("reading a dataset needs the engine: pip install 'equiprune[server]' (the client alone has "
+                  "neither numpy nor torch)")
 
 
 def add_command(command) -> None:
@@ -62,25 +65,60 @@ def write_traffic(dataset: str, out, *, split: str | None = None, group_by: list
         raise SpecError("limit", f"must be at least 1, got {limit}")
     if seed is not None and not shuffle:
         raise SpecError("seed", "only means something with --shuffle")
-    np = numpy_module()
-    arrays, attributes, splits = read_dataset(np, dataset)
+    np, data = _load(dataset)
+    attributes = {name: list(values) for name, values in data.attribute_values.items()}
     group_by = _choose_groups(group_by, attributes)
+    splits = list(data.split_names) if data.split_codes is not None else None
     if splits is None and split is not None:
         raise SpecError("split", "the dataset has no split array; leave --split out to use every row")
     split = split or ("test" if splits else None)
     if splits and split not in splits:
         raise SpecError("split", f"unknown split {split!r}; the dataset's splits: {', '.join(splits)}")
-    rows = np.flatnonzero(arrays["split"] == splits.index(split)) if splits else np.arange(len(arrays["labels"]))
+    codes = data.split_codes.numpy() if splits else None
+    rows = np.flatnonzero(codes == splits.index(split)) if splits else np.arange(len(data.labels))
     if shuffle:
         rows = np.random.default_rng(0 if seed is None else seed).permutation(rows)
     rows = rows[:limit]
-    inputs = model_inputs(np, arrays, rows)
+    inputs = data.inputs.numpy()[rows].reshape(len(rows), -1)
+    labels = data.labels.numpy()
+    attribute_codes = {a: data.attributes[a].numpy() for a in group_by}
     with open(out, "w", encoding="utf-8") as sink:
-        for i, values in zip(rows.tolist(), inputs.reshape(len(rows), -1)):
-            groups = {a: attributes[a][int(arrays[ATTR_PREFIX + a][i])] for a in group_by}
+        for i, values in zip(rows.tolist(), inputs):
+            groups = {a: attributes[a][int(attribute_codes[a][i])] for a in group_by}
             sink.write(f'{{"values": [{_numbers(np, values)}], "groups": {json.dumps(groups)}, '
-                       f'"label": {int(arrays["labels"][i])}}}\n')
+                       f'"label": {int(labels[i])}}}\n')
     return {"instances": len(rows), "out": str(out), "dataset": dataset, "split": split, "group_by": group_by}
+
+
+def _load(dataset: str):
+    """(numpy, the engine's GroupDataset) of a .npz path or a built-in sample; refusals name `dataset`."""
+    try:
+        import numpy as np
+
+        from equiprune.engine.dataset import load_dataset
+        from equiprune.engine.errors import EngineError
+        from equiprune.service.artifacts.samples import SAMPLES
+    except ImportError as err:
+        raise SpecError("dataset", f"{ENGINE_MISSING} ({err})") from None
+    try:
+        if not dataset.startswith(SAMPLE_PREFIX):
+            if not os.path.isfile(dataset):
+                raise SpecError("dataset", f"no file {dataset} (give a local .npz or sample:digits)")
+            return np, load_dataset(dataset)
+        name = dataset[len(SAMPLE_PREFIX):]
+        if name not in SAMPLES:
+            raise SpecError("dataset", f"unknown sample {name!r}; samples: "
+                                       f"{', '.join(SAMPLE_PREFIX + n for n in SAMPLES)}")
+        # Made by the engine as the server makes it on import: the same bytes.
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, f"{name}.npz")
+            SAMPLES[name](path)
+            return np, load_dataset(path)
+    except EngineError as err:  # the engine's refusal, naming the array: "dataset.labels" → "labels: …"
+        where = err.field.removeprefix("dataset").lstrip(".")
+        raise SpecError("dataset", f"{where}: {err.problem}" if where else err.problem) from None
+    except RuntimeError as err:  # the sample's own word for what it is missing (scikit-learn)
+        raise SpecError("dataset", f"{dataset} cannot be generated here: {err}") from None
 
 
 def _choose_groups(group_by: list[str] | None, attributes: dict) -> list[str]:
