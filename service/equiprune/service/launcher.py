@@ -10,6 +10,7 @@ the next start.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -86,7 +87,15 @@ def main(argv: list[str] | None = None) -> int:
               "network), or accept weaker isolation with --sandbox-isolation limits-only (docs/security.md)",
               file=sys.stderr)
         return 2
-    start(settings, address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+    try:
+        start(settings, address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+    except KeyboardInterrupt:
+        # Ctrl-C while Ray and Serve start: stop what has started, without a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+        print("stopping", flush=True)
+        shutdown()
+        print("stopped", flush=True)
+        return 130  # the shell's code for a command ended by SIGINT
     follow_incidents(incident_log(settings))
     # After ray.init: Ray installs its own SIGTERM handler, which would end the process
     # without the orderly shutdown below (monitor state saved, Serve stopped).
@@ -99,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     stop.wait()
     print("stopping", flush=True)
     shutdown(settings.application_name)
+    print("stopped", flush=True)
     return 0
 
 
@@ -130,8 +140,10 @@ def start(settings, *, address: str | None = None, num_cpus: int | None = None, 
     if address is None:
         # main() made Ray's own ports require a token (tenants/bootstrap.py); a caller of
         # start() without main() decides in the environment.
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, namespace="equiprune",
-                 log_to_driver=False, runtime_env=runtime_env)
+        with _ray_processes_in_sessions_of_their_own():
+            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, namespace="equiprune",
+                     log_to_driver=False, runtime_env=runtime_env)
+        _remember_ray_sessions()
     else:
         ray.init(address=address, namespace="equiprune", log_to_driver=False, runtime_env=runtime_env)
     serve.start(http_options={"host": settings.host, "port": settings.http_port},
@@ -202,8 +214,10 @@ def shutdown(application_name: str | None = None) -> None:
 
     Serve's own graceful stop is not waited for: a replica with an open stream (a Watch or Wait
     long-poll) holds it for its whole grace period, 20 s, and the stop is ordered, so it took
-    30 s and more. The embedded Ray ends every process of its own with `ray.shutdown()`; joined
-    to a cluster, the application is deleted there, waiting at most SERVE_SHUTDOWN_S for it."""
+    30 s and more. The embedded Ray ends every process of its own with `ray.shutdown()` (and
+    what outlives it is killed); joined to a cluster, Serve is stopped there, waiting at most
+    SERVE_SHUTDOWN_S for it. A stop without failures prints nothing here: main()'s "stopping"
+    and "stopped" are all the operator sees (tests/service/test_quiet_shutdown_e2e.py)."""
     import logging
     import time
 
@@ -211,6 +225,10 @@ def shutdown(application_name: str | None = None) -> None:
     from ray import serve
 
     log = logging.getLogger("equiprune.service")
+    # The handles below start a Serve router in this process, which Serve announces at INFO
+    # ("Started <…SharedRouterLongPollClient…>"): an internal detail, not the operator's business
+    # while the server stops. Serve's warnings and errors still show.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     try:
         if application_name is not None:
             # Replicas are not guaranteed a last word when Serve stops: stop the jobs (they
@@ -228,10 +246,96 @@ def shutdown(application_name: str | None = None) -> None:
                     response.result(timeout_s=max(0.1, deadline - time.monotonic()))
                 except Exception:  # noqa: BLE001 - stopping must go on
                     log.exception("%s.%s failed on shutdown", deployment, method)
-        if not _owns_ray():
+        # Not connected (Ctrl-C within ray.init): Serve's client would start a Ray of its own.
+        if ray.is_initialized() and not _owns_ray():
             _stop_serve(SERVE_SHUTDOWN_S)
     finally:
         ray.shutdown()
+        _end_ray_leftovers()
+
+
+# The sessions the embedded Ray's own processes lead (start() fills it): the GCS, the raylet with
+# every worker and agent it starts, the autoscaler's monitor, the log monitor, the dashboard's.
+_RAY_SESSIONS: set[int] = set()
+
+
+@contextlib.contextmanager
+def _ray_processes_in_sessions_of_their_own():
+    """While ray.init starts the embedded Ray, every process it starts leads a session of its own.
+
+    Otherwise they share the launcher's process group, and a signal to the group (a terminal's
+    Ctrl-C, `kill -TERM -PGID`) reaches the GCS and the raylet together with the launcher: they
+    ended while the launcher still asked the jobs to stop and the monitor to flush, and it then
+    waited 60 s for the gone GCS and exited 1 with Ray's error. Now only the launcher hears it,
+    and stops them in order. Ray does the same on Windows (a process group of their own) where
+    they die with their parent; on Linux they do too (Ray's fate sharing, PR_SET_PDEATHSIG), so a
+    SIGKILL of the launcher still takes them with it. Ray 2.60 starts each of them through
+    services.ConsolePopen and has no option for this."""
+    from ray._private import services, utils
+
+    original = services.ConsolePopen
+    if not sys.platform.startswith("linux") or not utils.detect_fate_sharing_support():
+        yield
+        return
+
+    class Popen(original):
+        def __init__(self, *args, **kwargs):
+            kwargs["start_new_session"] = True
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = Popen
+    try:
+        yield
+    finally:
+        services.ConsolePopen = original
+
+
+def _remember_ray_sessions() -> None:
+    from ray._private import worker
+
+    node = getattr(worker, "_global_node", None)
+    for infos in node.all_processes.values() if node is not None else ():
+        for info in infos:
+            if _session_of(info.process.pid) == info.process.pid:
+                _RAY_SESSIONS.add(info.process.pid)
+
+
+def _session_of(pid: int) -> int | None:
+    """The session id of a live process (None: gone, or a zombie waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state, _ppid, _pgrp, session = f.read().rsplit(b")", 1)[1].split()[:4]
+    except (OSError, ValueError):
+        return None
+    return None if state == b"Z" else int(session)
+
+
+def _ray_leftovers() -> list[int]:
+    """The live processes of the embedded Ray's sessions."""
+    if not _RAY_SESSIONS:
+        return []
+    pids = (int(name) for name in os.listdir("/proc") if name.isdigit())
+    return [pid for pid in pids if _session_of(pid) in _RAY_SESSIONS]
+
+
+def _end_ray_leftovers() -> None:
+    """SIGKILL what of the embedded Ray outlived ray.shutdown(). It ends the raylet (SIGTERM, then
+    SIGKILL after 1 s) and the GCS, but a worker whose raylet had to be killed is left to notice
+    on its own: two idle workers were still running 2 s after the launcher had exited. Nothing of
+    that Ray has work left by now (the jobs were stopped, the monitor saved)."""
+    for pid in _ray_leftovers():
+        try:
+            # A pidfd names this process even if the pid is reused before the signal is sent.
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        try:
+            if _session_of(pid) in _RAY_SESSIONS:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _owns_ray() -> bool:
@@ -243,14 +347,29 @@ def _owns_ray() -> bool:
 
 
 def _stop_serve(timeout_s: float) -> None:
-    from ray import serve
+    """Ask a cluster's Serve to stop, and wait at most timeout_s for its controller to end.
 
+    Not Serve's client.shutdown(): it waits on a graceful_shutdown call that the controller
+    answers only by ending itself with ray.kill, and Ray then printed "Task
+    ServeController.graceful_shutdown failed … killed by `ray.kill`" here (or Serve warned that
+    the controller had not stopped within timeout_s). Asked with wait=False, the call returns
+    once the controller has taken the order, and its end is watched by its name."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+    from ray.serve.context import _get_global_client
+
+    deadline = time.monotonic() + timeout_s
     try:
-        from ray.serve.context import _get_global_client
-
-        _get_global_client().shutdown(timeout_s=timeout_s)  # the controller goes on past it
-    except Exception:  # noqa: BLE001 - another Ray version: its own (30 s) bound
-        serve.shutdown()
+        controller = _get_global_client()._controller
+        ray.get(controller.graceful_shutdown.remote(wait=False), timeout=timeout_s)
+    except Exception:  # noqa: BLE001 - no Serve there, or one that did not take the order
+        return
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        except ValueError:  # gone
+            return
+        time.sleep(0.1)
 
 
 if __name__ == "__main__":
