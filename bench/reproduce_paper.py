@@ -15,7 +15,7 @@ measurement.
 Also: per-group diagnostics at the dense model and the Spearman rank correlation between
 the second-order predicted R(a) and the measured R(a) of the just-pruned model.
 
-    python bench/reproduce_paper.py --quick            # ≈ 3 min on 2 idle cores: docs/bench/quick-paper.md
+    python bench/reproduce_paper.py --quick            # 2.3 min on 2 idle cores: docs/bench/quick-paper.md
     python bench/reproduce_paper.py --out docs/results/paper   # the documented run
 
 Writes results.json, summary.md, PNG plots and the dense-model cache into --out (default
