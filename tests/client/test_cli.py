@@ -259,3 +259,16 @@ def test_global_options_before_the_command_survive_it(server, capsys):
 def test_bad_global_options_exit_2(option, value, field, capsys):
     assert cli.main([option, value, "jobs"]) == 2
     assert capsys.readouterr().err.startswith(f"error: {field}: must be")
+
+
+def test_a_bad_option_is_said_before_any_wait_for_the_server(capsys, tmp_path):
+    """Nothing listens: a usage error must not wait --wait-for-server (120 s) first."""
+    import time
+
+    for argv, field in ((["--timeout", "0"], "timeout"), (["--retries", "-1"], "retries"),
+                        (["--token-file", str(tmp_path / "none.token")], "token_file")):
+        started = time.monotonic()
+        assert cli.main(["--server", "127.0.0.1:9", *argv, "jobs"]) == 2
+        assert time.monotonic() - started < 5
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {field}: ") and "waiting for" not in err

@@ -44,10 +44,11 @@ import sys
 
 import grpc
 
-from .credentials import open_channel
+from .credentials import open_channel, read_token_file
 from .errors import EquipruneError, SpecError
+from .retry import RetryPolicy
 from .runner import EXIT_JOB_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, Output
-from .sdk import DEFAULT_TARGET, EquipruneClient
+from .sdk import DEFAULT_TARGET, EquipruneClient, checked_timeout
 from .submit_commands import spec_from_args
 from . import artifact_commands, job_commands, serving_commands, submit_commands, tenant_commands
 
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         # Wait first, on a channel without a token (health needs none): a server's first start
         # writes the admin token this machine's CLI finds, so it is looked up only once the
         # server answers (`equiprune demo` typed right after `equiprune serve`).
+        _check_options(args)  # a usage error is said at once, not after the wait
         with open_channel(args.server, [], tls_ca=args.tls_ca) as channel:
             wait_for_server(channel, args.server, args.wait_for_server, out)
         with EquipruneClient(args.server, timeout=args.timeout, retries=args.retries, token=args.token,
@@ -104,6 +106,16 @@ def _silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError, AttributeError):
         pass
+
+
+def _check_options(args) -> None:
+    """The global options the client takes, checked as EquipruneClient checks them (SpecError),
+    and an explicit token file read: everything but the token found by itself, which a
+    starting server may not have written yet."""
+    checked_timeout(args.timeout)
+    RetryPolicy(retries=args.retries)
+    if args.token_file:
+        read_token_file(args.token_file)
 
 
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"

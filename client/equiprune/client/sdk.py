@@ -51,6 +51,13 @@ _CHANNEL_OPTIONS = [("grpc.max_receive_message_length", _MESSAGE_BYTES),
                     ("grpc.max_send_message_length", _MESSAGE_BYTES)]
 
 
+def checked_timeout(timeout: float) -> float:
+    """A call deadline in seconds, refused (SpecError) unless > 0."""
+    if timeout <= 0:
+        raise SpecError("timeout", f"must be > 0 seconds, got {timeout}")
+    return timeout
+
+
 class EquipruneClient(ServingCalls, TenantCalls):
     """A connection to an equiprune server. Use as a context manager, or call close()."""
 
@@ -60,10 +67,8 @@ class EquipruneClient(ServingCalls, TenantCalls):
                  tls_ca: str | os.PathLike | None = None) -> None:
         """`token`/`token_file`: who this client is (else found as credentials.py says);
         `tls_ca`: connect over TLS, trusting this CA (PEM file)."""
-        if timeout <= 0:
-            raise SpecError("timeout", f"must be > 0 seconds, got {timeout}")
         self.target = target
-        self.timeout = timeout
+        self.timeout = checked_timeout(timeout)
         self.policy = RetryPolicy(retries=retries, backoff=backoff, max_backoff=max_backoff)
         self._owns_channel = channel is None
         self._channel = channel if channel is not None else open_channel(
