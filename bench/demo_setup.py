@@ -40,21 +40,19 @@ sys.path.insert(0, str(ROOT))
 from bench._common import machine  # noqa: E402
 from bench.fair_repair import paired  # noqa: E402
 from equiprune.engine.dataset import dataset_from_arrays, save_dataset  # noqa: E402
+from equiprune.engine import demo_data as demo  # noqa: E402
 from equiprune.engine.demo_data import carve_split, digits_arrays  # noqa: E402
 from equiprune.engine.finetune.config import FinetuneConfig  # noqa: E402
 from equiprune.engine.jobs import DataConfig, JobInputs, JobSpec, TrainConfig, run_job  # noqa: E402
 from equiprune.engine.prune import PruningConfig  # noqa: E402
 
-# The sample's own constraint share (service/equiprune/service/artifacts/samples.py).
-CONSTRAINT_FRACTION = 0.2
 SELECTION_FRACTION = 0.2
-TOLERANCE = 0.02
-MIN_GROUP_SIZE = 10
-TRAIN_EPOCHS, TRAIN_LR = 20, 0.05
-ARCHITECTURES = {
+# Everything but the candidates is the demo's own setting (engine/demo_data.py).
+TOLERANCE, MIN_GROUP_SIZE = demo.DEMO_TOLERANCE, demo.DEMO_MIN_GROUP_SIZE
+TRAIN_EPOCHS, TRAIN_LR = demo.DEMO_TRAIN_EPOCHS, demo.DEMO_TRAIN_LR
+ARCHITECTURES = {  # name → (kwargs, keep the first and last layers dense)
     "small_cnn": ({"num_classes": 10, "in_channels": 1, "input_size": 8, "channels": [16, 32]}, True),
-    # Three linear layers: keeping the first and last dense would leave one to prune.
-    "mlp": ({"in_features": 64, "num_classes": 10, "hidden": [64, 64]}, False),
+    "mlp": (demo.DEMO_ARCHITECTURE_KWARGS, demo.DEMO_KEEP_FIRST_AND_LAST),
 }
 
 
@@ -71,7 +69,7 @@ def parse_args(argv=None):
 
 def selection_dataset(folder: Path) -> Path:
     """sample:digits's arrays with a selection split carved from its training rows."""
-    arrays = carve_split(digits_arrays(0, CONSTRAINT_FRACTION), "train", "selection", SELECTION_FRACTION, seed=1)
+    arrays = carve_split(digits_arrays(0, demo.SAMPLE_CONSTRAINT_FRACTION), "train", "selection", SELECTION_FRACTION, seed=1)
     path = folder / "digits-selection.npz"
     save_dataset(dataset_from_arrays(arrays), path)
     return path
@@ -137,7 +135,7 @@ def recheck(name: str, split_seeds: list[int], work: Path) -> list[dict]:
     for split_seed in split_seeds:
         folder = Path(tempfile.mkdtemp(dir=work))
         dataset = folder / "digits.npz"
-        save_dataset(dataset_from_arrays(digits_arrays(split_seed, CONSTRAINT_FRACTION)), dataset)
+        save_dataset(dataset_from_arrays(digits_arrays(split_seed, demo.SAMPLE_CONSTRAINT_FRACTION)), dataset)
         model = _train(dataset, arch, kwargs, folder)
         row = {"split_seed": split_seed}
         for method in ("naive", "fair_distill"):
@@ -159,7 +157,7 @@ def render(record: dict) -> str:
              f"Produced by `OMP_NUM_THREADS=1 python bench/demo_setup.py` ({record['seconds']:.0f} s). "
              f"Machine: {record['machine']}.", "",
              "Data: `sample:digits` (synthetic group `cohort`: digits 8 and 9 are the minority) with its "
-             f"constraint split ({CONSTRAINT_FRACTION:.0%} of training rows); a further stratified "
+             f"constraint split ({demo.SAMPLE_CONSTRAINT_FRACTION:.0%} of training rows); a further stratified "
              f"{SELECTION_FRACTION:.0%} of the remaining training rows is the selection split every number "
              f"below is measured on (sizes: {record['sizes']}). ε = {TOLERANCE * 100:g} points, groups of "
              f"fewer than {MIN_GROUP_SIZE} samples are not judged. Dense training: {TRAIN_EPOCHS} epochs, lr "

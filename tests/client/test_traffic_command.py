@@ -20,7 +20,7 @@ from equiprune.client import cli, traffic as traffic_module
 from equiprune.client.serving import to_instance
 from equiprune.engine.dataset import load_dataset
 from equiprune.engine.evaluation import evaluate
-from equiprune.service.artifacts.samples import SAMPLES
+from equiprune.engine.demo_data import SAMPLES
 
 pytestmark = pytest.mark.unit
 

@@ -45,6 +45,7 @@ import sys
 import grpc
 
 from .credentials import open_channel, read_token_file
+from .demo import DEFAULT_SPARSITY as DEMO_SPARSITY
 from .errors import EquipruneError, SpecError
 from .retry import RetryPolicy
 from .runner import EXIT_JOB_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, Output
@@ -252,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--group-by", action="append", help="group attribute of --dataset (repeatable)")
     demo.add_argument("--arch", help="architecture to train (default for digits: mlp; required with --dataset)")
     demo.add_argument("--arch-kwargs", help="JSON object of architecture keyword arguments")
-    demo.add_argument("--sparsity", type=float, default=0.9, help="default 0.9")
+    demo.add_argument("--sparsity", type=float, default=DEMO_SPARSITY, help=f"default {DEMO_SPARSITY}")
     demo.add_argument("--out", default="runs/demo", help="folder for the model, report, groups.png and demo.json "
                       "(default: runs/demo)")
     demo.add_argument("--deploy", metavar="NAME", help="serve the model the last demo in --out built under NAME "

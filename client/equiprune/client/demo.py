@@ -35,8 +35,10 @@ from .specs import SpecError
 from .stage_plots import draw, repair_series
 
 DIGITS_URI = "sample:digits"
+# The set-up bench/demo_setup.py chose on a selection split (docs/results/demo-setup.md): a copy
+# of engine/demo_data.py's DEMO_* (the client has no engine), held equal by
+# tests/client/test_demo_setup_copy.py.
 DIGITS_GROUP_BY = ("cohort",)
-# The set-up bench/demo_setup.py chose on a selection split (docs/results/demo-setup.md).
 DIGITS_ARCHITECTURE = "mlp"
 DIGITS_ARCHITECTURE_KWARGS = {"in_features": 64, "num_classes": 10, "hidden": [64, 64]}
 DIGITS_KEEP_FIRST_AND_LAST = False  # three linear layers: keeping two dense would leave one to prune

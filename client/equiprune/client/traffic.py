@@ -97,7 +97,7 @@ def _load(dataset: str):
 
         from equiprune.engine.dataset import load_dataset
         from equiprune.engine.errors import EngineError
-        from equiprune.service.artifacts.samples import SAMPLES
+        from equiprune.engine.demo_data import SAMPLES
     except ImportError as err:
         raise SpecError("dataset", f"{ENGINE_MISSING} ({err})") from None
     try:

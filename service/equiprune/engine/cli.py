@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     from .budget import BudgetConfig
     from .jobs import DataConfig, TrainConfig
+    from .demo_data import DEMO_SPARSITY
     from .prune import PruningConfig
 
     parser = argparse.ArgumentParser(prog="equiprune-engine", description=__doc__,
@@ -51,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the whole story on scikit-learn's digits (offline)")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--sparsity", type=float, default=PruningConfig.sparsity)
+    demo.add_argument("--sparsity", type=float, default=DEMO_SPARSITY, help=f"default {DEMO_SPARSITY}")
     demo.set_defaults(run=_demo)
 
     train = sub.add_parser("train", help="train a dense model from scratch")
@@ -80,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--scope", choices=["layerwise", "global"], help="default layerwise")
         cmd.add_argument("--schedule", choices=["one_shot", "gradual"], help="default one_shot")
         cmd.add_argument("--prune-first-and-last", dest="keep_first_and_last", action="store_false", default=None,
-                         help="prune the first conv and the last linear layer too (kept dense by default)")
+                         help="prune the first and the last layer too (kept dense by default)")
         cmd.add_argument("--method", choices=[*METHODS, "none"],
                          help=f"fine-tuning objective (default: {DEFAULT_FAIR_METHOD}, the fair default; none: no fine-tuning)")
         cmd.add_argument("--epochs", type=int, help=f"fine-tuning epochs (default {ft.epochs})")
@@ -197,23 +198,24 @@ def _budget(args) -> int:
 
 def _demo(args) -> int:
     """The service demo's set-up, in-process and fair only (docs/results/demo-setup.md)."""
-    from .dataset import save_dataset
-    from .demo_data import digits_group_dataset
+    from . import demo_data as demo
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dataset_path = out / "digits.npz"
-    # As `sample:digits`: 20 % of the training rows held out for fair_distill's calibration.
-    save_dataset(digits_group_dataset(constraint_fraction=0.2), dataset_path)
+    demo.write_digits_sample(dataset_path)  # as `sample:digits`, with its held-out constraint split
     print(f"dataset: scikit-learn digits with a synthetic group attribute → {dataset_path}")
-    kwargs = '{"in_features": 64, "num_classes": 10, "hidden": [64, 64]}'
     model_path = out / "dense.safetensors"
-    _train(_parser().parse_args(["train", "--arch", "mlp", "--arch-kwargs", kwargs, "--dataset",
-                                 str(dataset_path), "--epochs", "20", "--out", str(model_path)]))
+    _train(_parser().parse_args([
+        "train", "--arch", demo.DEMO_ARCHITECTURE, "--arch-kwargs", json.dumps(demo.DEMO_ARCHITECTURE_KWARGS),
+        "--dataset", str(dataset_path), "--epochs", str(demo.DEMO_TRAIN_EPOCHS), "--lr", str(demo.DEMO_TRAIN_LR),
+        "--out", str(model_path)]))
+    keep = [] if demo.DEMO_KEEP_FIRST_AND_LAST else ["--prune-first-and-last"]
     return _compress(_parser().parse_args([
-        "compress", "--model", str(model_path), "--dataset", str(dataset_path), "--group-by", "cohort",
-        "--sparsity", str(args.sparsity), "--prune-first-and-last", "--epochs", "10", "--min-group-size", "10",
-        "--tolerance", "2", "--out", str(out / "compressed")]))
+        "compress", "--model", str(model_path), "--dataset", str(dataset_path),
+        *[w for g in demo.DEMO_GROUP_BY for w in ("--group-by", g)], "--sparsity", str(args.sparsity), *keep,
+        "--epochs", str(demo.DEMO_FINETUNE_EPOCHS), "--min-group-size", str(demo.DEMO_MIN_GROUP_SIZE),
+        "--tolerance", f"{demo.DEMO_TOLERANCE * 100:g}", "--out", str(out / "compressed")]))
 
 
 def format_comparison(outcome) -> str:

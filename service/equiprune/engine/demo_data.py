@@ -10,7 +10,7 @@ import functools
 
 import numpy as np
 
-from .dataset import GroupDataset, dataset_from_arrays
+from .dataset import GroupDataset, dataset_from_arrays, save_dataset
 
 SPLIT_NAMES = ("train", "test")
 
@@ -38,6 +38,23 @@ def stratified_subsample(strata: np.ndarray, size: int | None, seed: int) -> np.
     ]
     return np.sort(np.concatenate(chosen))
 
+
+# `sample:digits` holds this share of its training rows out as a "constraint" split: a dense
+# model trained on "train" never sees them, so fair fine-tuning's held-out steps read unseen data.
+SAMPLE_CONSTRAINT_FRACTION = 0.2
+
+# The demo's set-up, one definition (`equiprune demo` keeps a copy in the client, which has no
+# engine; tests/client/test_demo_setup_copy.py holds them equal). bench/demo_setup.py chose it
+# on a selection split: docs/results/demo-setup.md.
+DEMO_GROUP_BY = ("cohort",)
+DEMO_ARCHITECTURE = "mlp"
+DEMO_ARCHITECTURE_KWARGS = {"in_features": 64, "num_classes": 10, "hidden": [64, 64]}
+DEMO_KEEP_FIRST_AND_LAST = False  # three linear layers: keeping two dense would leave one to prune
+DEMO_SPARSITY = 0.9
+DEMO_TRAIN_EPOCHS, DEMO_TRAIN_LR = 20, 0.05
+DEMO_FINETUNE_EPOCHS = 10
+DEMO_TOLERANCE = 0.02
+DEMO_MIN_GROUP_SIZE = 10
 
 DIGITS_MINORITY_LABELS = (8, 9)
 DIGITS_HEAVY_INK_QUANTILE = 0.8
@@ -107,3 +124,12 @@ def carve_split(arrays: dict[str, np.ndarray], source: str, name: str, fraction:
     split = arrays["split"].copy()
     split[chosen] = len(names)
     return {**arrays, "split": split, "split__names": np.array([*names, name])}
+
+
+def write_digits_sample(path) -> None:
+    """`sample:digits` as an .npz: the digits with the sample's constraint split."""
+    save_dataset(digits_group_dataset(constraint_fraction=SAMPLE_CONSTRAINT_FRACTION), path)
+
+
+# The built-in samples (`sample:<name>` URIs of the service, `equiprune traffic --dataset`).
+SAMPLES = {"digits": write_digits_sample}

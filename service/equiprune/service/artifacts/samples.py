@@ -9,22 +9,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from equiprune.engine.demo_data import SAMPLES
 from equiprune.service.errors import InvalidArgument
 
 PREFIX = "sample:"
-# sample:digits holds this share of its training rows out as a "constraint" split: a dense
-# model trained on "train" never sees them, so fair fine-tuning's held-out steps read unseen data.
-SAMPLE_CONSTRAINT_FRACTION = 0.2
-
-
-def _digits(path: Path) -> None:
-    from equiprune.engine.dataset import save_dataset
-    from equiprune.engine.demo_data import digits_group_dataset
-
-    save_dataset(digits_group_dataset(constraint_fraction=SAMPLE_CONSTRAINT_FRACTION), path)
-
-
-SAMPLES = {"digits": _digits}
 
 
 def is_sample(uri: str) -> bool:
