@@ -57,6 +57,10 @@ def readme_blocks() -> list[Block]:
 def test_every_readme_block_is_run_somewhere():
     blocks = readme_blocks()
     assert len(blocks) >= 6, blocks
+    # Every fenced block is a bash block this test sees: an ```sh or ```console one would
+    # silently go untested.
+    fences = re.findall(r"^```(\S*)", (ROOT / "README.md").read_text(), re.M)
+    assert fences == ["bash", ""] * len(blocks), f"README fences other than ```bash: {fences}"
     assert {b.mode for b in blocks} <= set(MODES), [str(b) for b in blocks if b.mode not in MODES]
     background = [b for b in blocks if b.mode == "background"]
     assert len(background) == 1 and background[0].text.strip() == ".venv/bin/equiprune serve"
@@ -148,7 +152,9 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path):
     assert (folder / "runs/mine/stages.png").exists() and (folder / "runs/sweep.png").exists()
     assert (folder / "home/.config/equiprune/credentials/127.0.0.1_9000.token").exists()
     # A clean stop: the launcher's own lines, no error noise from Ray.
+    assert "equiprune is serving gRPC on" in stopped, stopped[-4000:]
     tail = stopped[stopped.rfind("equiprune is serving gRPC on"):]
+    assert tail.rstrip().endswith("stopped"), tail[-4000:]
     for noise in ("Traceback", "graceful_shutdown", "killed by ray.kill", " ERROR "):
         assert noise not in tail, f"`equiprune serve` printed {noise!r} on Ctrl-C:\n{tail[-4000:]}"
     assert server.returncode in (0, 130, -signal.SIGINT), f"serve exited {server.returncode}:\n{tail[-4000:]}"
@@ -166,3 +172,18 @@ def test_the_readmes_slow_blocks_run_as_written(tmp_path):
     for block in slow:
         out = _run(block, folder, env, timeout=3600)
         assert "summary.md" in out, out[-3000:]
+
+
+@pytest.mark.unit
+def test_the_quick_paper_time_in_the_readme_is_the_benchs():
+    """README: "under M minutes on two idle cores (S s measured …)" — S is the recorded run's
+    wall time (docs/bench/quick-paper.json, idle) and it is under M minutes."""
+    import json
+
+    run = json.loads((ROOT / "docs/bench/quick-paper.json").read_text())["results"]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    said = re.search(r"quick mode: under (\d+) minutes on two idle cores \((\d+) s measured", readme)
+    assert said, "the README's quick-mode time is gone or reworded: update this test with it"
+    minutes, seconds = int(said.group(1)), int(said.group(2))
+    assert run["idle"] and run["returncode"] == 0 and run["cpus"] == 2
+    assert seconds == round(run["wall_seconds"]) and run["wall_seconds"] < 60 * minutes

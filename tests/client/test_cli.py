@@ -272,3 +272,32 @@ def test_a_bad_option_is_said_before_any_wait_for_the_server(capsys, tmp_path):
         assert time.monotonic() - started < 5
         err = capsys.readouterr().err
         assert err.startswith(f"error: {field}: ") and "waiting for" not in err
+
+
+def test_prune_first_and_last_reaches_the_spec_of_every_pruning_command(run, server, model_id):
+    for argv in (_prune_finetune(model_id, "--prune-first-and-last"),
+                 ["prune", "--model", model_id, "--dataset", "sample:digits", "--group-by", "cohort",
+                  "--sparsity", "0.5", "--prune-first-and-last"],
+                 ["budget", "--model", model_id, "--dataset", "sample:digits", "--group-by", "cohort",
+                  "--prune-first-and-last"]):
+        code, out, err = run(*argv)
+        assert code in (0, 1), err
+        assert server.faults.requests["CreateJob"][-1].spec.pruning.keep_first_and_last is False
+    run(*_prune_finetune(model_id))
+    assert not server.faults.requests["CreateJob"][-1].spec.pruning.HasField("keep_first_and_last")  # server default
+
+
+def test_demo_deploy_runs_again_for_other_settings_or_a_broken_record(run, server, tmp_path):
+    folder = tmp_path / "demo"
+    assert run("demo", "--out", str(folder))[0] == 0
+    jobs = len(server.faults.requests["CreateJob"])
+    code, out, err = run("demo", "--out", str(folder), "--sparsity", "0.8", "--deploy", "digits")
+    assert code == 0, err
+    assert "was built with other settings" in out and len(server.faults.requests["CreateJob"]) == jobs + 3
+    for broken in ("[1, 2]", '{"server": 5}', "not json"):
+        (folder / "demo.json").write_text(broken)
+        jobs = len(server.faults.requests["CreateJob"])
+        code, out, err = run("demo", "--out", str(folder), "--deploy", "digits")
+        assert code == 0 and "Traceback" not in err, err
+        assert len(server.faults.requests["CreateJob"]) == jobs + 3  # ran the demo again, saying why
+        assert "not a demo record" in out or "no earlier demo" in out

@@ -23,6 +23,7 @@ def _report(accs: dict[str, tuple[float, float, float]], psi: dict[str, float] |
         report.summary.max_excess_accuracy_gap_group = worst
         report.summary.tolerance = EPS
         report.summary.tolerance_met = psi[worst] <= EPS
+        report.summary.tolerance_met_with_confidence = psi[worst] <= EPS / 2  # stands in for the upper bound
     return report
 
 
@@ -31,8 +32,9 @@ HURT = _report({"majority": (0.68, 0.63, 0.73), "minority": (0.45, 0.35, 0.55)},
                {"majority": -0.04, "minority": 0.18}, overall=0.64)
 
 
-def _verdict(naive, fair, pruned=HURT):
-    return demo_verdict(DENSE, pruned, naive, fair, sparsity=0.9, split="test", fair_name="fair_distill")
+def _verdict(naive, fair, pruned=HURT, held_out=True):
+    return demo_verdict(DENSE, pruned, naive, fair, sparsity=0.9, split="test" if held_out else "train",
+                        held_out=held_out, fair_name="fair_distill")
 
 
 def test_promise_kept_when_fair_holds_and_naive_does_not():
@@ -43,9 +45,11 @@ def test_promise_kept_when_fair_holds_and_naive_does_not():
     v = _verdict(naive, fair)
     assert v.kept is True
     text = v.text()
-    assert "hurt the minority group most" in text and "from 96.0 % to 45.0 %" in text
-    assert "verdict: promise kept — fair_distill kept every group within ε" in text
-    assert "naive fine-tuning did not (+6.6, minority)" in text
+    assert "hurt the minority group most on the test split (data no model trained on)" in text
+    assert "from 96.0% to 45.0%" in text and "ψ_g +18.00 against ε = 2.00 points" in text
+    assert "verdict: promise kept — fair_distill kept every group within ε (worst ψ_g +0.70, majority; also with " \
+           "95 % confidence)" in text
+    assert "naive fine-tuning did not (worst ψ_g +6.60, minority)" in text
     assert "intervals overlap" in text and "does not show fair_distill beating naive beyond noise" in text
 
 
@@ -55,7 +59,7 @@ def test_not_repaired_is_said_plainly_with_how_much_the_gap_moved():
     v = _verdict(naive, fair)
     assert v.kept is False
     assert "verdict: not repaired — fair_distill did NOT keep every group within ε" in v.text()
-    assert "narrowed the worst gap against naive (15.6 points less)" in v.text()
+    assert "narrowed the worst gap against naive (15.60 points less)" in v.text()
     assert "intervals do not overlap" in v.text() and "fair_distill is ahead beyond" in v.text()
 
 
@@ -63,22 +67,37 @@ def test_promise_not_kept_when_naive_holds_and_fair_does_not():
     naive = _report({"majority": (0.93, 0.9, 0.95), "minority": (0.93, 0.86, 0.97)}, {"majority": 0.0, "minority": 0.01})
     fair = _report({"majority": (0.93, 0.9, 0.95), "minority": (0.88, 0.8, 0.93)}, {"majority": -0.01, "minority": 0.05})
     v = _verdict(naive, fair)
-    assert v.kept is False and "verdict: promise NOT kept" in v.text() and "naive fine-tuning also did" in v.text()
+    assert v.kept is False and "verdict: promise NOT kept" in v.text() and "naive fine-tuning did too" in v.text()
 
 
 def test_no_damage_means_nothing_to_show():
     mild = _report({"majority": (0.96, 0.94, 0.98), "minority": (0.95, 0.9, 0.98)}, {"majority": 0.01, "minority": 0.0})
     v = _verdict(mild, mild, pruned=mild)
-    assert "pruning alone kept every group within ε" in v.text() and "cannot show the fair method working" in v.text()
+    assert v.kept is None  # demo.json must not record a promise kept when nothing needed repair
+    assert v.text().startswith("verdict: nothing to repair — pruning to 90% alone kept every group within ε")
+    assert "cannot show the fair method working" in v.text()
 
 
 def test_reports_without_a_tolerance_verdict_are_not_judged():
     plain = _report({"majority": (0.9, 0.8, 0.95)})
-    v = demo_verdict(plain, plain, plain, plain, sparsity=0.9, split="test", fair_name="fair_distill")
+    v = demo_verdict(plain, plain, plain, plain, sparsity=0.9, split="test", held_out=True, fair_name="fair_distill")
     assert v.kept is None and v.text().startswith("verdict: no judgement possible")
 
 
 def test_both_repaired():
-    ok = _report({"majority": (0.95, 0.92, 0.97), "minority": (0.94, 0.88, 0.97)}, {"majority": 0.0, "minority": 0.01})
+    ok = _report({"majority": (0.95, 0.92, 0.97), "minority": (0.94, 0.88, 0.97)}, {"majority": 0.0, "minority": 0.015})
     v = _verdict(ok, ok)
-    assert v.kept is True and "verdict: both repaired" in v.text() and "naive fine-tuning also did" in v.text()
+    assert v.kept is True and "verdict: both repaired" in v.text() and "naive fine-tuning did too" in v.text()
+    assert "but not with 95 % confidence" in v.text()  # ψ_g +1.50: within ε = 2, not within its stand-in bound
+
+
+def test_a_split_the_models_trained_on_is_named_as_such():
+    naive = _report({"majority": (0.93, 0.9, 0.95), "minority": (0.84, 0.75, 0.9)}, {"majority": -0.01, "minority": 0.066})
+    text = _verdict(naive, naive, held_out=False).text()
+    assert "on the train split, which the models trained on" in text and "no model trained on" not in text
+
+
+def test_a_gap_that_rounds_to_epsilon_prints_unlike_it():
+    """ψ_g 2.04 points over ε = 2: printed with the digits that show it is over."""
+    naive = _report({"majority": (0.93, 0.9, 0.95), "minority": (0.84, 0.75, 0.9)}, {"majority": -0.01, "minority": 0.0204})
+    assert "(worst ψ_g +2.04, minority)" in _verdict(naive, naive).text()

@@ -105,11 +105,12 @@ def _run(client: EquipruneClient, args, out: Output) -> int:
 
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
-    split = _evaluation_split(job)
-    verdict = _verdict(job, baseline, split, args.sparsity)
+    split, held_out = _evaluation_split(job)
+    verdict = _verdict(job, baseline, split, held_out, args.sparsity)
     if verdict is not None:
         out.say("\n" + verdict.text())
-        document["verdict"] = {"promise_kept": verdict.kept, "split": split, "lines": list(verdict.lines)}
+        document["verdict"] = {"promise_kept": verdict.kept, "split": split, "held_out": held_out,
+                               "lines": list(verdict.lines)}
     document["picture"] = _picture(job, baseline, split, folder / "groups.png", args.sparsity, out)
     out.say("")
     document["downloads"] = download_outputs(client, job, folder, out, roles=("model", "report"))
@@ -117,9 +118,9 @@ def _run(client: EquipruneClient, args, out: Output) -> int:
     client.download(model_id, folder / DENSE_FILE)
     out.say(f"downloaded dense model ({model_id}) → {folder / DENSE_FILE}")
     document["downloads"].append({"role": "dense_model", "artifact_id": model_id, "path": str(folder / DENSE_FILE)})
-    record = {"server": args.server, "dataset": dataset.artifact_id, "dense_model": model_id,
-              "model": _model_output(job), "fair_job": job.job_id, "naive_job": baseline.job_id,
-              "group_by": list(group_by), "tolerance": FINETUNE["tolerance"]}
+    record = {"server": args.server, "settings": _settings(args), "dataset": dataset.artifact_id,
+              "dense_model": model_id, "model": _model_output(job), "fair_job": job.job_id,
+              "naive_job": baseline.job_id, "group_by": list(group_by), "tolerance": FINETUNE["tolerance"]}
     (folder / RECORD).write_text(json.dumps(record, indent=1) + "\n")
     if getattr(args, "deploy", None):
         document["served"] = to_dict(_deploy(client, args.deploy, record, out))
@@ -127,25 +128,39 @@ def _run(client: EquipruneClient, args, out: Output) -> int:
     return 0
 
 
+def _settings(args) -> dict:
+    """What a demo was asked to build: a later --deploy serves its model only for the same."""
+    return {"dataset": args.dataset or DIGITS_URI, "group_by": list(args.group_by or []), "arch": args.arch,
+            "arch_kwargs": args.arch_kwargs, "sparsity": args.sparsity}
+
+
+_RECORD_KEYS = {"server": str, "settings": dict, "dense_model": str, "model": str, "fair_job": str,
+                "group_by": list, "tolerance": float}
+
+
 def _last_demo(client: EquipruneClient, args, out: Output) -> dict | None:
-    """The record of the last demo run into --out against this server, if its models still exist."""
+    """The record of the last demo run into --out against this server with these settings, if
+    its models still exist; None (saying why) when the demo must run first."""
     path = Path(args.out) / RECORD
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         out.say(f"no earlier demo in {path}: running the demo first, then serving its model")
         return None
-    if record.get("server") != args.server:
-        out.say(f"the demo in {path} ran against {record.get('server')}, not {args.server}: running it again")
+    if not isinstance(record, dict) or any(not isinstance(record.get(k), t) for k, t in _RECORD_KEYS.items()):
+        out.say(f"{path} is not a demo record this version wrote: running the demo again")
+        return None
+    if record["server"] != args.server:
+        out.say(f"the demo in {path} ran against {record['server']}, not {args.server}: running it again")
+        return None
+    if record["settings"] != _settings(args):
+        out.say(f"the demo in {path} was built with other settings ({record['settings']}): running it again")
         return None
     try:
         for key in ("model", "dense_model"):
             client.get_artifact(record[key])
-    except (KeyError, TypeError):
-        out.say(f"{path} is not a demo record: running the demo again")
-        return None
     except EquipruneError as err:
-        if err.code != grpc.StatusCode.NOT_FOUND:
+        if err.code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
             raise
         out.say(f"the models of the demo in {path} are gone from the server: running the demo again")
         return None
@@ -161,14 +176,15 @@ def _deploy(client: EquipruneClient, name: str, record: dict, out: Output):
     return served
 
 
-def _evaluation_split(job: jobs_pb2.Job) -> str:
-    """The split the verdict reads: the job's evaluation split, else (none) the training one."""
+def _evaluation_split(job: jobs_pb2.Job) -> tuple[str, bool]:
+    """(the split the verdict reads, whether it is held out): the job's evaluation split, else
+    (the dataset has none) the one trained on, which the verdict then names as such."""
     splits = list(dict.fromkeys(r.split for r in job.result.reports))
-    others = [s for s in splits if s != "train"]
-    return others[0] if others else "train"
+    others = [s for s in splits if s not in ("train", "")]
+    return (others[0], True) if others else (splits[0] if splits else "", False)
 
 
-def _verdict(fair: jobs_pb2.Job, naive: jobs_pb2.Job, split: str, sparsity: float):
+def _verdict(fair: jobs_pb2.Job, naive: jobs_pb2.Job, split: str, held_out: bool, sparsity: float):
     def stage(job, which):
         return next((r.report for r in job.result.reports if r.split == split and r.stage == which), None)
 
@@ -176,7 +192,7 @@ def _verdict(fair: jobs_pb2.Job, naive: jobs_pb2.Job, split: str, sparsity: floa
                stage(naive, reports_pb2.REPORT_STAGE_FINETUNED), stage(fair, reports_pb2.REPORT_STAGE_FINETUNED))
     if any(r is None for r in reports):
         return None
-    return demo_verdict(*reports, sparsity=sparsity, split=split, fair_name=FAIR_METHOD)
+    return demo_verdict(*reports, sparsity=sparsity, split=split, held_out=held_out, fair_name=FAIR_METHOD)
 
 
 def _picture(fair: jobs_pb2.Job, naive: jobs_pb2.Job, split: str, path: Path, sparsity: float, out: Output):

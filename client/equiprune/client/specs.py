@@ -204,11 +204,13 @@ def prune_spec(*, model: str, dataset: str, group_by: Iterable[str] | str, spars
                n: int | None = None, m: int | None = None, tolerance: float | None = None,
                min_group_size: int | None = None, eval_split: str | None = None, train_split: str | None = None,
                diagnose: bool = False, model_sha256: str = "", dataset_sha256: str = "",
-               workers: int | None = None, gpus: int | None = None) -> jobs_pb2.JobSpec:
+               workers: int | None = None, gpus: int | None = None,
+               keep_first_and_last: bool | None = None) -> jobs_pb2.JobSpec:
     """Prune a model and report the per-group damage."""
     spec = _base(jobs_pb2.JOB_KIND_PRUNE, model, dataset, model_sha256, dataset_sha256, workers, gpus,
                  _grouped_data(group_by, tolerance, min_group_size, train_split, eval_split))
-    spec.pruning.CopyFrom(pruning_options(sparsity=sparsity, kind=kind, scope=scope, schedule=schedule, n=n, m=m))
+    spec.pruning.CopyFrom(pruning_options(sparsity=sparsity, kind=kind, scope=scope, schedule=schedule, n=n, m=m,
+                                          keep_first_and_last=keep_first_and_last))
     if diagnose:
         spec.diagnostics.CopyFrom(jobs_pb2.DiagnosticsOptions())
     return spec
@@ -258,12 +260,13 @@ def budget_spec(*, model: str, dataset: str, group_by: Iterable[str] | str, tole
                 scope: str | None = None, method: str | None = None, epochs: int | None = None,
                 lr: float | None = None, dual_lr: float | None = None, min_group_size: int | None = None,
                 eval_split: str | None = None, train_split: str | None = None, model_sha256: str = "",
-                dataset_sha256: str = "", workers: int | None = None, gpus: int | None = None) -> jobs_pb2.JobSpec:
+                dataset_sha256: str = "", workers: int | None = None, gpus: int | None = None,
+                keep_first_and_last: bool | None = None) -> jobs_pb2.JobSpec:
     """Highest sparsity within tolerance. With `method`, every probe is also fine-tuned."""
     spec = _base(jobs_pb2.JOB_KIND_BUDGET_SEARCH, model, dataset, model_sha256, dataset_sha256, workers, gpus,
                  _grouped_data(group_by, tolerance, min_group_size, train_split, eval_split))
-    # The search chooses every probe's sparsity; the kind and scope still apply to each probe.
-    spec.pruning.CopyFrom(pruning_options(kind=kind, scope=scope))
+    # The search chooses every probe's sparsity; the other pruning settings apply to each probe.
+    spec.pruning.CopyFrom(pruning_options(kind=kind, scope=scope, keep_first_and_last=keep_first_and_last))
     spec.budget.CopyFrom(options(jobs_pb2.BudgetOptions, low=low, high=high, resolution=resolution,
                                  max_probes=max_probes, require_confidence=require_confidence))
     if method is not None:

@@ -53,6 +53,9 @@ def _job_arguments(cmd: argparse.ArgumentParser, kind: str) -> None:
             cmd.add_argument("--sparsity", type=float, help="fraction of prunable weights removed, in (0, 1)")
         cmd.add_argument("--kind", default="unstructured", choices=PRUNING_KINDS.choices())
         cmd.add_argument("--scope", choices=PRUNING_SCOPES.choices())
+        if kind != "diagnose":
+            cmd.add_argument("--prune-first-and-last", dest="keep_first_and_last", action="store_false", default=None,
+                             help="prune the first and the last layer too (the server keeps them dense by default)")
     if kind in ("prune", "prune_and_finetune"):
         cmd.add_argument("--schedule", choices=PRUNING_SCHEDULES.choices())
         cmd.add_argument("--diagnose", action="store_true", help="diagnose the dense model first")
@@ -135,7 +138,8 @@ def spec_from_args(args):
                                    kind=args.kind, scope=args.scope, gpus=args.gpus)
     if kind == "prune":
         return specs.prune_spec(**model, **common, **judged, **compute, sparsity=args.sparsity, kind=args.kind,
-                                scope=args.scope, schedule=args.schedule, diagnose=args.diagnose)
+                                scope=args.scope, schedule=args.schedule, diagnose=args.diagnose,
+                                keep_first_and_last=args.keep_first_and_last)
     if kind == "finetune":
         return specs.finetune_spec(**model, **common, **judged, **compute, method=args.method, epochs=args.epochs,
                                    lr=args.lr, dual_lr=args.dual_lr, seed=args.seed,
@@ -145,12 +149,14 @@ def spec_from_args(args):
                                              kind=args.kind, scope=args.scope, schedule=args.schedule,
                                              method=args.method, epochs=args.epochs, lr=args.lr,
                                              dual_lr=args.dual_lr, seed=args.seed, diagnose=args.diagnose,
-                                             calibrate_outputs=False if args.no_output_calibration else None)
+                                             calibrate_outputs=False if args.no_output_calibration else None,
+                                             keep_first_and_last=args.keep_first_and_last)
     if kind == "budget":
         return specs.budget_spec(**model, **common, **judged, **compute, low=args.low, high=args.high,
                                  resolution=args.resolution, max_probes=args.max_probes,
                                  require_confidence=args.require_confidence, kind=args.kind, scope=args.scope,
-                                 method=args.method, epochs=args.epochs, lr=args.lr, dual_lr=args.dual_lr)
+                                 method=args.method, epochs=args.epochs, lr=args.lr, dual_lr=args.dual_lr,
+                                 keep_first_and_last=args.keep_first_and_last)
     raise SpecError("command", f"unknown job kind {kind!r}")
 
 
