@@ -14,17 +14,9 @@ import grpc
 import pytest
 
 from equiprune.client import cli, incidents
+from tests.tracebacks import traceback_text as _traceback
 
 pytestmark = pytest.mark.unit
-
-
-def _traceback(message: str) -> str:
-    try:
-        raise RuntimeError(message)
-    except RuntimeError as exc:
-        import traceback
-
-        return "".join(traceback.format_exception(exc))
 
 
 def test_records_are_appended_and_found_by_id_or_prefix(tmp_path):

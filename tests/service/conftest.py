@@ -16,3 +16,11 @@ def server(tmp_path_factory, import_root):
     process = ServerProcess(tmp_path_factory.mktemp("server") / "data", allow_import=[import_root]).start()
     yield process
     process.stop()
+
+
+@pytest.fixture
+def own_server(tmp_path):
+    """A server of the test's own, for tests that kill, restart or stop it."""
+    process = ServerProcess(tmp_path / "data").start()
+    yield process
+    process.stop()

@@ -19,13 +19,6 @@ from .server import ServerProcess
 N = 1000
 
 
-@pytest.fixture
-def own_server(tmp_path):
-    process = ServerProcess(tmp_path / "data").start()
-    yield process
-    process.stop()
-
-
 def _kill_everything(server: ServerProcess) -> None:
     """SIGKILL the launcher's process group and every process living under its Ray folder."""
     os.killpg(server.process.pid, signal.SIGKILL)

@@ -156,13 +156,6 @@ def _check_result(client: EquipruneClient, job: jobs_pb2.Job, tmp_path: Path) ->
 # --------------------------------------------------------------------------- one machine
 
 
-@pytest.fixture
-def own_server(tmp_path):
-    process = ServerProcess(tmp_path / "data").start()
-    yield process
-    process.stop()
-
-
 def test_worker_sigkill_is_retried_from_the_checkpoint_and_sigterm_stops_within_10s(own_server, tmp_path):
     data_dir = own_server.data_dir
     with EquipruneClient(own_server.target, timeout=60) as client:

@@ -11,17 +11,9 @@ import pytest
 from equiprune.client import incidents
 from equiprune.service import errors
 from equiprune.service.launcher import follow_incidents
+from tests.tracebacks import traceback_text as _traceback
 
 pytestmark = pytest.mark.unit
-
-
-def _traceback(message: str) -> str:
-    try:
-        raise RuntimeError(message)
-    except RuntimeError as exc:
-        import traceback
-
-        return "".join(traceback.format_exception(exc))
 
 
 def test_the_server_error_message_names_the_command():

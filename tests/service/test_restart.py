@@ -11,15 +11,6 @@ from equiprune.client import specs
 from equiprune.client.sdk import EquipruneClient
 from equiprune.v1 import jobs_pb2
 
-from .server import ServerProcess
-
-
-@pytest.fixture
-def own_server(tmp_path):
-    process = ServerProcess(tmp_path / "data").start()
-    yield process
-    process.stop()
-
 
 def test_a_job_interrupted_by_a_restart_resumes_from_its_checkpoint(own_server, tmp_path):
     with EquipruneClient(own_server.target, timeout=60) as client:
