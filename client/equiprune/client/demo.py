@@ -32,7 +32,7 @@ from .plots import PlotUnavailable
 from .runner import EXIT_JOB_FAILED, Output, download_outputs, follow, job_exit_code, to_dict
 from .sdk import EquipruneClient
 from .specs import SpecError
-from .stage_plots import draw, repair_series
+from .stage_plots import default_split, draw, repair_series
 
 DIGITS_URI = "sample:digits"
 # The set-up bench/demo_setup.py chose on a selection split (docs/results/demo-setup.md): a copy
@@ -177,19 +177,16 @@ def _deploy(client: EquipruneClient, name: str, record: dict, out: Output):
 
 
 def _evaluation_split(job: jobs_pb2.Job) -> tuple[str, bool]:
-    """(the split the verdict reads, whether it is held out): the job's evaluation split, else
-    (the dataset has none) the one trained on, which the verdict then names as such."""
-    splits = list(dict.fromkeys(r.split for r in job.result.reports))
-    others = [s for s in splits if s not in ("train", "")]
-    return (others[0], True) if others else (splits[0] if splits else "", False)
+    """(the split the verdict reads, whether it is held out): the plots' choice, the job's
+    evaluation split, else (the dataset has none) the one trained on, which the verdict names."""
+    split = default_split(job.result) or ""
+    return split, split not in ("", "train")
 
 
 def _verdict(fair: jobs_pb2.Job, naive: jobs_pb2.Job, split: str, held_out: bool, sparsity: float):
-    def stage(job, which):
-        return next((r.report for r in job.result.reports if r.split == split and r.stage == which), None)
-
-    reports = (stage(fair, reports_pb2.REPORT_STAGE_DENSE), stage(fair, reports_pb2.REPORT_STAGE_PRUNED),
-               stage(naive, reports_pb2.REPORT_STAGE_FINETUNED), stage(fair, reports_pb2.REPORT_STAGE_FINETUNED))
+    mine, theirs = tables.stage_reports(fair.result.reports, split), tables.stage_reports(naive.result.reports, split)
+    reports = (mine.get(reports_pb2.REPORT_STAGE_DENSE), mine.get(reports_pb2.REPORT_STAGE_PRUNED),
+               theirs.get(reports_pb2.REPORT_STAGE_FINETUNED), mine.get(reports_pb2.REPORT_STAGE_FINETUNED))
     if any(r is None for r in reports):
         return None
     return demo_verdict(*reports, sparsity=sparsity, split=split, held_out=held_out, fair_name=FAIR_METHOD)

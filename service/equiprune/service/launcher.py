@@ -219,7 +219,6 @@ def shutdown(application_name: str | None = None) -> None:
     SERVE_SHUTDOWN_S for it. A stop without failures prints nothing here: main()'s "stopping"
     and "stopped" are all the operator sees (tests/service/test_quiet_shutdown_e2e.py)."""
     import logging
-    import time
 
     import ray
     from ray import serve
