@@ -669,4 +669,22 @@ def test_concurrent_imports_cannot_pass_the_storage_quota_together(tmp_path):
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(attempt, sources))
     assert sum(r.startswith("art-") for r in results) == 1, results
-    assert store.stored_bytes("acme") == 900 and plane._reserved == {}
+    assert store.stored_bytes("acme") == 900 and store.held_bytes("acme") == 900  # no reservation left behind
+
+
+def test_an_import_and_an_upload_started_together_cannot_both_pass_the_quota(tmp_path):
+    """One held_bytes for both: an import's reservation counts for an upload start, and an
+    open upload's announced size for an import."""
+    from equiprune.service.tenants.store import Quotas
+
+    store = ArtifactStore(str(tmp_path / "store"), cache_dir=str(tmp_path / "cache"))
+    quotas = Quotas(max_stored_bytes=1000)
+    with store.quota_reservation("acme", quotas) as reserve:
+        reserve(900)
+        with pytest.raises(ResourceExhausted) as caught:
+            store.start_upload("dataset", "x.bin", 200, "0" * 64, tenant="acme", quotas=quotas)
+        assert caught.value.field == "quotas.max_stored_bytes" and "holds 900 bytes" in str(caught.value)
+    assert store.held_bytes("acme") == 0
+    store.start_upload("dataset", "x.bin", 200, "0" * 64, tenant="acme", quotas=quotas)
+    with store.quota_reservation("acme", quotas) as reserve, pytest.raises(ResourceExhausted):
+        reserve(900)

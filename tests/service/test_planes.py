@@ -14,7 +14,7 @@ from equiprune.engine.finetune.config import FinetuneConfig
 from equiprune.engine.jobs import DataConfig, JobSpec
 from equiprune.engine.prune import PruningConfig
 from equiprune.service.artifacts.plane import ArtifactsPlane
-from equiprune.service.errors import FailedPrecondition, InvalidArgument, NotFound
+from equiprune.service.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from equiprune.service.jobs.plane import JobsPlane
 from equiprune.service.jobs.wire import ArtifactSource
 from equiprune.service.serving.plane import DeployRequest, EvaluationRecord, Instance, ServingPlane
@@ -238,3 +238,19 @@ class _Alternating:
         sandbox = self.sandboxes[self.calls % len(self.sandboxes)]
         self.calls += 1
         return sandbox.run(*args, **kwargs)
+
+
+def test_a_tenant_holding_its_storage_quota_starts_no_job_counting_open_uploads(store, tmp_path):
+    """The job gate counts what uploads and imports count (held_bytes): stored plus announced."""
+    from equiprune.service.tenants.store import Quotas
+
+    dataset, model = _put(store, tmp_path, "dataset", DATASET, b"d"), _put(store, tmp_path, "model", MODEL, b"mm")
+    tight = Caller("admin", "admin", quotas=Quotas(max_stored_bytes=12))
+    manager = FakeManager()
+    plane = JobsPlane(store, manager)
+    run(plane.create(tight, _spec(dataset, model)))  # 3 bytes held of 12
+    store.start_upload("dataset", "big.bin", 9, "0" * 64, tenant="admin", quotas=tight.quotas)
+    with pytest.raises(ResourceExhausted) as caught:  # 3 stored + 9 announced = 12
+        run(plane.create(tight, _spec(dataset, model)))
+    assert caught.value.field == "quotas.max_stored_bytes" and "holds 12 bytes" in str(caught.value)
+    assert len(manager.created) == 1

@@ -7,13 +7,11 @@ event loop run them in a thread.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from equiprune.service.errors import InvalidArgument, ResourceExhausted, ServiceError, naming
+from equiprune.service.errors import InvalidArgument, ServiceError, naming
 from equiprune.service.jobs.wire import ArtifactSource
 from equiprune.service.artifacts.samples import is_sample, write_sample
 from equiprune.service.artifacts.store import ArtifactRecord, ArtifactStore, UploadRecord, sha256_of_file
@@ -37,8 +35,6 @@ class ArtifactsPlane:
         self.validate = validate  # runs in a sandboxed worker, never in this process
         self.samples_dir = Path(samples_dir)
         self.samples_dir.mkdir(parents=True, exist_ok=True)
-        self._reserved: dict[str, int] = {}  # bytes imports of each tenant hold until stored
-        self._reserved_lock = threading.Lock()
 
     # Every method acts for a `caller` (tenants/auth.py Caller): what it creates is the
     # caller's tenant's, and it sees nothing of another tenant's (NOT_FOUND, as if absent).
@@ -78,7 +74,7 @@ class ArtifactsPlane:
             existing = self.store.find(kind, source.sha256.lower(), caller.tenant)
             if existing is not None:
                 return existing
-            with self._reservation(caller) as reserve:
+            with self.store.quota_reservation(caller.tenant, caller.quotas) as reserve:
                 return self.store.import_uri(kind, source.uri, source.sha256, display_name, validate=self.validate,
                                              tenant=caller.tenant, quota=reserve)
         except ServiceError as err:
@@ -86,33 +82,6 @@ class ArtifactsPlane:
             if field != "source" and err.field and err.field.startswith("source."):
                 raise type(err)(err.message, field=field + err.field[len("source"):]) from None
             raise
-
-    @contextlib.contextmanager
-    def _reservation(self, caller):
-        """Yields `reserve(size)`: refuses when `size` more bytes would pass the caller's
-        max_stored_bytes, counting what concurrent imports of the tenant have reserved and not
-        yet stored, and holds the bytes until the import ends (stored or not)."""
-        held = [0]
-
-        def reserve(size: int) -> None:
-            with self._reserved_lock:
-                holds = self.store.held_bytes(caller.tenant) + self._reserved.get(caller.tenant, 0)
-                if holds + size > caller.quotas.max_stored_bytes:
-                    raise ResourceExhausted(
-                        f"tenant {caller.tenant} holds {holds} bytes (stored, announced by "
-                        f"open uploads, being imported); {size} more would pass its quota max_stored_bytes of "
-                        f"{caller.quotas.max_stored_bytes}", field="quotas.max_stored_bytes")
-                self._reserved[caller.tenant] = self._reserved.get(caller.tenant, 0) + size
-                held[0] += size
-        try:
-            yield reserve
-        finally:
-            with self._reserved_lock:
-                left = self._reserved.get(caller.tenant, 0) - held[0]
-                if left > 0:
-                    self._reserved[caller.tenant] = left
-                else:
-                    self._reserved.pop(caller.tenant, None)
 
     def _sample(self, caller, kind: str, uri: str, display_name: str, field: str) -> ArtifactRecord:
         if kind != "dataset":
@@ -122,7 +91,7 @@ class ArtifactsPlane:
             existing = self.store.find(kind, sha256_of_file(str(path)), caller.tenant)
             if existing is not None:
                 return existing
-            with self._reservation(caller) as reserve:
+            with self.store.quota_reservation(caller.tenant, caller.quotas) as reserve:
                 reserve(path.stat().st_size)
                 return self.store.put_file(str(path), kind, display_name or path.name, source=uri,
                                            description=self.validate(str(path), kind), tenant=caller.tenant)

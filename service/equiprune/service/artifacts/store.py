@@ -81,6 +81,7 @@ class ArtifactStore(UploadSessions, ContentPlacement):
         self._verified: dict[str, tuple[int, ...]] = {}  # path → (size, mtime, ctime, inode) found intact
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._reserved: dict[str, int] = {}  # bytes imports of each tenant hold until stored (uploads.py)
         self._fs.makedirs(self._path("artifacts"), exist_ok=True)
         self._fs.makedirs(self._path("uploads"), exist_ok=True)
 

@@ -15,6 +15,7 @@ object store has no disk to run out of here).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -130,10 +131,40 @@ class UploadSessions:
                 f"would pass its quota max_stored_bytes of {quotas.max_stored_bytes}", field="quotas.max_stored_bytes")
 
     def held_bytes(self, tenant: str, open_sessions: list[UploadRecord] | None = None) -> int:
-        """What counts against `tenant`'s max_stored_bytes: its stored artifacts and the full
-        sizes its open upload sessions announced (`open_sessions`: those, when already read)."""
+        """What counts against `tenant`'s max_stored_bytes: its stored artifacts, the full sizes
+        its open upload sessions announced (`open_sessions`: those, when already read) and the
+        bytes its running imports reserved (`quota_reservation`)."""
         sessions = self.open_uploads(tenant) if open_sessions is None else open_sessions
-        return self.stored_bytes(tenant) + sum(u.size_bytes for u in sessions)
+        return self.stored_bytes(tenant) + sum(u.size_bytes for u in sessions) + self._reserved.get(tenant, 0)
+
+    @contextlib.contextmanager
+    def quota_reservation(self, tenant: str, quotas):
+        """Yields `reserve(size)` for an import: refuses when `size` more bytes would pass
+        `tenant`'s max_stored_bytes (`held_bytes`, so uploads and other imports count), and
+        holds the bytes until the import ends, stored or not. Under the lock upload starts take:
+        an import and an upload started together cannot both pass the quota."""
+        held = 0
+
+        def reserve(size: int) -> None:
+            nonlocal held
+            with self._lock_for("new-upload-sessions"):
+                holds = self.held_bytes(tenant)
+                if holds + size > quotas.max_stored_bytes:
+                    raise ResourceExhausted(
+                        f"tenant {tenant} holds {holds} bytes (stored, announced by open uploads, being "
+                        f"imported); {size} more would pass its quota max_stored_bytes of "
+                        f"{quotas.max_stored_bytes}", field="quotas.max_stored_bytes")
+                self._reserved[tenant] = self._reserved.get(tenant, 0) + size
+                held += size
+        try:
+            yield reserve
+        finally:
+            with self._lock_for("new-upload-sessions"):
+                left = self._reserved.get(tenant, 0) - held
+                if left > 0:
+                    self._reserved[tenant] = left
+                else:
+                    self._reserved.pop(tenant, None)
 
     def open_uploads(self, tenant: str) -> list[UploadRecord]:
         return [u for u in self.expire_uploads() if u.tenant == tenant]

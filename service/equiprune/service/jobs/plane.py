@@ -61,9 +61,10 @@ class JobsPlane:
         check_job_fit(spec, model.description if model is not None else None, dataset.description, self.model_limits)
         # A job's outputs are stored whatever their size (it already ran): a tenant at its
         # storage quota starts no new job, or jobs would grow the store without bound.
-        stored = self.artifacts.stored_bytes(caller.tenant)
-        if stored >= caller.quotas.max_stored_bytes:
-            raise ResourceExhausted(f"tenant {caller.tenant} stores {stored} bytes, at its quota max_stored_bytes of "
+        held = self.artifacts.held_bytes(caller.tenant)  # as uploads and imports count it
+        if held >= caller.quotas.max_stored_bytes:
+            raise ResourceExhausted(f"tenant {caller.tenant} holds {held} bytes (stored, announced by open uploads, "
+                                    f"being imported), at its quota max_stored_bytes of "
                                     f"{caller.quotas.max_stored_bytes}; artifacts cannot be deleted yet, so ask an admin "
                                     "to raise it (UpdateTenantQuotas)", field="quotas.max_stored_bytes")
         return spec
