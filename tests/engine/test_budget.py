@@ -86,3 +86,13 @@ def test_under_require_confidence_a_small_group_is_told_to_bring_data_or_judge_t
     tips = " | ".join(shortfall.suggestions)
     assert "more evaluation data for minority" in tips and "leave out --require-confidence" in tips
     assert "fine-tuned (fair_distill for 3 epochs)" in tips
+
+
+def test_the_shortfall_reports_and_advises_on_the_measured_sparsity():
+    """Pruning rounds per layer: a probe aimed at 0.01 may reach 0.0098. The shortfall's number
+    and the sparsity its advice names are that measured value, written once."""
+    result = search_budget(lambda s: _report(0.031, tolerance=0.01), BudgetConfig(tolerance=0.01),
+                           measured=lambda target: round(target * 0.98, 4))
+    lowest = min(p.sparsity for p in result.frontier)
+    assert result.shortfall.sparsity == round(lowest * 0.98, 4)
+    assert any(f"sparsity {result.shortfall.sparsity:.3f}" in tip for tip in result.shortfall.suggestions)

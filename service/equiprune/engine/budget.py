@@ -110,13 +110,16 @@ def search_budget(
     on_probe: Callable[[BudgetProbe], None] | None = None,
     pruning_kind: str = "unstructured",
     finetuned: str | None = None,
+    measured: Callable[[float], float] = lambda target: target,
 ) -> BudgetResult:
     """Bracket and bisect for the largest sparsity whose report meets the tolerance.
 
     `probe(sparsity)` prunes the dense model, fine-tunes it and returns its report on the data
     the decision should rest on (a validation split, ideally not the final test split).
     `pruning_kind` and `finetuned` (how the probes were fine-tuned, e.g. "fair_distill for 3
-    epochs"; None: not at all) only shape the suggestions of a shortfall.
+    epochs"; None: not at all) only shape the suggestions of a shortfall. `measured(target)`:
+    the sparsity the probe at `target` really reached (pruning rounds per layer), which a
+    shortfall reports and advises on.
     """
     probes: list[BudgetProbe] = []
     reports: dict[float, GroupReport] = {}
@@ -167,7 +170,8 @@ def search_budget(
     shortfall = None
     if safe is None:
         lowest = frontier[0].sparsity
-        shortfall = budget_shortfall(reports[lowest], lowest, config, pruning_kind=pruning_kind, finetuned=finetuned)
+        shortfall = budget_shortfall(reports[lowest], measured(lowest), config, pruning_kind=pruning_kind,
+                                     finetuned=finetuned)
     return BudgetResult(safe, frontier, config, shortfall)
 
 

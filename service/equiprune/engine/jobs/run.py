@@ -137,21 +137,19 @@ def budget_search(spec: JobSpec, inputs: JobInputs, dataset: GroupDataset, emit:
     found = search_budget(probe, spec.budget, on_probe=lambda p: emit(JobEvent(
         "budget_probe", f"sparsity {p.sparsity:.3f}: {'within' if p.met else 'beyond'} tolerance",
         metrics={"sparsity": p.sparsity, "accuracy": p.accuracy})), pruning_kind=spec.pruning.kind,
-        finetuned=f"{ft.method} for {ft.epochs} epoch{'s' if ft.epochs != 1 else ''}" if ft is not None else None)
+        finetuned=f"{ft.method} for {ft.epochs} epoch{'s' if ft.epochs != 1 else ''}" if ft is not None else None,
+        measured=lambda target: next(s["sparsity"] for s in sweep if s["target"] == target))
     met = {p.sparsity: p.met for p in found.frontier}
     measured = {s["target"]: s["sparsity"] for s in sweep}
     points = tuple(sorted((BudgetPoint(s["sparsity"], met[s["target"]], s["report"]) for s in sweep),
                           key=lambda p: p.sparsity))
     # Shown beside the sweep, whose sparsities are the measured ones, not the targets.
     best = measured[found.best_sparsity] if found.best_sparsity is not None else None
-    shortfall = found.shortfall
-    if shortfall is not None:
-        shortfall = dataclasses.replace(shortfall, sparsity=measured[shortfall.sparsity])
     path = inputs.work_dir / "budget.json"
     path.write_text(json.dumps(json_safe({"budget": found.to_dict(), "sweep": [p.to_dict() for p in points]}),
                                indent=2, allow_nan=False))
     return JobOutcome(files=(_output("report", path, "report", "budget.json", inputs),), sweep=points,
-                      best_sparsity=best, budget_shortfall=shortfall)
+                      best_sparsity=best, budget_shortfall=found.shortfall)
 
 
 # ----------------------------------------------------------------------------- helpers
