@@ -5,7 +5,6 @@ same forward passes in-process, and exporter scrapes. Kept apart from the report
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -18,10 +17,10 @@ import torch
 
 from equiprune.client import specs
 from equiprune.client.sdk import EquipruneClient
-from equiprune.client.traffic import write_traffic
 from equiprune.v1 import jobs_pb2, serving_pb2
 
 from _common import DOCS_BENCH
+from harness.traffic import instances, percentile, traffic_rows  # noqa: F401 - bench_serving imports them from here
 
 MONITOR_CORE_DOC = "docs/bench/monitor.md"
 DIGITS_CNN = {"num_classes": 10, "in_channels": 1, "input_size": 8, "channels": [16, 32]}
@@ -30,11 +29,6 @@ PREDICT_MAX = 1024  # Predict's per-request limit
 
 
 # ---------------------------------------------------------------- statistics
-
-def percentile(ordered: list[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
 
 def latency(values: list[float]) -> dict:
     ordered = sorted(values)
@@ -110,18 +104,6 @@ def deploy_pruned_model(client: EquipruneClient, folder: Path, train_epochs: int
     client.download(pruned, path)
     return {"artifact_id": pruned, "path": path, "bytes": path.stat().st_size, "jobs_s": jobs_s,
             "deploy_s": deploy_s, "input_shape": list(served.input_shape)}
-
-
-def traffic_rows(folder: Path) -> list[dict]:
-    path = folder / "traffic.jsonl"
-    write_traffic("sample:digits", path, group_by=["cohort"])
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def instances(rows: list[dict], count: int, offset: int = 0) -> list[serving_pb2.Instance]:
-    """`count` instances cycling through the digits rows, starting at `offset`."""
-    picked = (rows[(offset + i) % len(rows)] for i in range(count))
-    return [serving_pb2.Instance(values=r["values"], groups=r["groups"]) for r in picked]
 
 
 def predict_requests(rows: list[dict], count: int, per_request: int) -> list[serving_pb2.PredictRequest]:

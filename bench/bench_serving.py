@@ -177,7 +177,7 @@ def table(r: dict) -> list[str]:
 def run(stub, client: EquipruneClient, args, folder: Path, server: ServerProcess) -> dict:
     model_info = deploy_pruned_model(client, folder, args.train_epochs)
     print(f"deployed {model_info['artifact_id']}", flush=True)
-    rows = traffic_rows(folder)
+    rows = traffic_rows()
     shape = model_info["input_shape"]
     torch.set_num_threads(1)
     model = load_model(str(model_info["path"])).module

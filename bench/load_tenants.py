@@ -32,6 +32,7 @@ from harness.load import QUOTA_FIELD, run_load, setup_tenants, train_model_file
 from harness.server import ServerProcess
 
 RPC_ORDER = ("Predict", "ReportOutcomes", "CreateJob", "GetJob", "WaitJob", "ListJobs", "CancelJob", "GetModelMetrics")
+REPORT_MOST = 64  # outcomes per ReportOutcomes call: what run_load is given and the doc states
 
 
 def _load() -> str:
@@ -127,15 +128,15 @@ def main(argv=None) -> int:
             tenants = setup_tenants(server.target, server.admin_token, names, model, args.max_concurrent_jobs)
             print(f"{len(tenants)} tenants set up in {time.monotonic() - started:.1f} s; load for {seconds:g} s",
                   flush=True)
-            results = run_load(server.target, tenants, seconds, batch=args.batch, job_every_s=args.job_every_s,
-                               hold_s=args.hold_s)
+            results = run_load(server.target, tenants, seconds, batch=args.batch, report_most=REPORT_MOST,
+                               job_every_s=args.job_every_s, hold_s=args.hold_s)
         except Exception:
             print(server.log())
             raise
         finally:
             server.stop()
     results.update(load_before=load_before, load_after=_load(), busy=busy, cpu_count=os.cpu_count(),
-                   server_cpus=server.num_cpus, batch=args.batch, report_most=64, job_every_s=args.job_every_s,
+                   server_cpus=server.num_cpus, batch=args.batch, report_most=REPORT_MOST, job_every_s=args.job_every_s,
                    hold_s=args.hold_s, max_concurrent_jobs=args.max_concurrent_jobs)
     meta = machine()
     lines = table(results)

@@ -17,10 +17,7 @@ and outcomes joined (exactly once, in its own tenant).
 
 from __future__ import annotations
 
-import json
-import math
 import queue
-import tempfile
 import threading
 import time
 import uuid
@@ -37,6 +34,7 @@ from equiprune.client.errors import EquipruneError
 from equiprune.client.sdk import EquipruneClient
 from equiprune.client.tenants import quotas_message
 from equiprune.v1 import jobs_pb2, jobs_pb2_grpc, serving_pb2, serving_pb2_grpc
+from harness.traffic import instances, percentile, traffic_rows
 
 SERVED = "digits"
 QUOTA_FIELD = "quotas.max_concurrent_jobs"
@@ -65,16 +63,6 @@ def train_model_file(path: Path) -> Path:
              FinetuneConfig(method="naive", epochs=3, lr=0.05))
     save_safetensors(model.eval(), spec, path)
     return path
-
-
-def traffic_rows() -> list[dict]:
-    """The digits test split as Predict instances with their labels."""
-    from equiprune.client.traffic import write_traffic
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "traffic.jsonl"
-        write_traffic("sample:digits", path, group_by=["cohort"])
-        return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @dataclass
@@ -148,9 +136,7 @@ def intended(rpc: str, error: EquipruneError) -> bool:
 
 
 def _predict_once(t: Tenant, stub, rec: Recorder, rows: list[dict], batch: int, offset: int, out: queue.Queue) -> None:
-    picked = [rows[(offset + i) % len(rows)] for i in range(batch)]
-    request = serving_pb2.PredictRequest(model=SERVED, instances=[
-        serving_pb2.Instance(values=r["values"], groups=r["groups"]) for r in picked])
+    request = serving_pb2.PredictRequest(model=SERVED, instances=instances(rows, batch, offset))
     reply, _ = rec.call("Predict", stub.Predict, request)
     if reply is None:
         return
@@ -158,7 +144,8 @@ def _predict_once(t: Tenant, stub, rec: Recorder, rows: list[dict], batch: int, 
     with t.lock:
         t.predicted += len(ids)
         t.foreign_ids += sum(not i.startswith(f"{t.name}/{SERVED}.") for i in ids)
-    out.put([(i, r["label"]) for i, r in zip(ids, picked)])
+    labels = (rows[(offset + i) % len(rows)]["label"] for i in range(batch))  # the instances' own, in order
+    out.put(list(zip(ids, labels)))
 
 
 def _predict(t: Tenant, stub, rec: Recorder, rows: list[dict], batch: int, deadline: float, out: queue.Queue) -> None:
@@ -265,11 +252,6 @@ def run_load(target: str, tenants: list[Tenant], seconds: float, *, batch: int =
     finally:
         for channel in channels.values():
             channel.close()
-
-
-def percentile(ordered: list[float], q: float) -> float:
-    """Nearest-rank percentile of a sorted list."""
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 def _tenant_checks(t: Tenant, stubs, rec: Recorder) -> tuple[dict, list[str]]:
