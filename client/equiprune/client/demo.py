@@ -32,7 +32,7 @@ from .plots import PlotUnavailable
 from .runner import EXIT_JOB_FAILED, Output, download_outputs, follow, job_exit_code, to_dict
 from .sdk import EquipruneClient
 from .specs import SpecError
-from .stage_plots import default_split, draw, repair_series
+from .stage_plots import draw, repair_series
 
 DIGITS_URI = "sample:digits"
 # The set-up bench/demo_setup.py chose on a selection split (docs/results/demo-setup.md): a copy
@@ -177,10 +177,11 @@ def _deploy(client: EquipruneClient, name: str, record: dict, out: Output):
 
 
 def _evaluation_split(job: jobs_pb2.Job) -> tuple[str, bool]:
-    """(the split the verdict reads, whether it is held out): the plots' choice, the job's
-    evaluation split, else (the dataset has none) the one trained on, which the verdict names."""
-    split = default_split(job.result) or ""
-    return split, split not in ("", "train")
+    """(the split the verdict reads, whether it is held out): the tables' and plots' choice,
+    the job's evaluation split, else (the dataset has none) the one trained on."""
+    split = tables.chosen_split(job) or ""
+    data = job.spec.data
+    return split, split not in ("", data.train_split if data.HasField("train_split") else "train")
 
 
 def _verdict(fair: jobs_pb2.Job, naive: jobs_pb2.Job, split: str, held_out: bool, sparsity: float):
