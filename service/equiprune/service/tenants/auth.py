@@ -57,48 +57,53 @@ class Authenticator:
     async def caller_async(self, metadata) -> Caller:
         """`caller`, for an event loop: a token not in the cache is looked up in a thread, so a
         flood of unknown tokens cannot hold the loop on database reads."""
-        remembered = self.remembered(metadata)
-        if remembered is not None:
-            return remembered
-        return await asyncio.to_thread(self.caller, metadata)
+        secret, key = _secret_and_key(metadata)
+        return self._cached(key) or await asyncio.to_thread(self._look_up, secret, key)
 
     def remembered(self, metadata) -> Caller | None:
         """The cached caller of a valid, cached token; None when the database must be asked."""
-        secret = bearer_token(metadata)
-        if secret is None:
-            raise Unauthenticated(_REFUSAL, field="authorization")
+        return self._cached(_secret_and_key(metadata)[1])
+
+    def caller(self, metadata) -> Caller:
+        """The caller named by a call's metadata (pairs of key and value), or Unauthenticated."""
+        secret, key = _secret_and_key(metadata)
+        return self._cached(key) or self._look_up(secret, key)
+
+    def _cached(self, key: str) -> Caller | None:
+        """The cached caller of `key`; None when not cached or expired; Unauthenticated for a
+        token remembered as unknown."""
         with self._lock:
-            cached = self._cache.get(token_hash(secret))
+            cached = self._cache.get(key)
         if cached is None or cached[0] <= self._clock():
             return None
         if cached[1] is None:
             raise Unauthenticated(_REFUSAL, field="authorization")
         return cached[1]
 
-    def caller(self, metadata) -> Caller:
-        """The caller named by a call's metadata (pairs of key and value), or Unauthenticated."""
-        secret = bearer_token(metadata)
-        if secret is None:
-            raise Unauthenticated(_REFUSAL, field="authorization")
-        key = token_hash(secret)
-        now = self._clock()
+    def _look_up(self, secret: str, key: str) -> Caller:
+        """Ask the store, and remember the answer (an unknown token too) for CACHE_S."""
+        tenant = self.store.authenticate(secret)
+        caller = Caller.of(tenant) if tenant is not None else None
         with self._lock:
-            cached = self._cache.get(key)
-        if cached is None or cached[0] <= now:
-            tenant = self.store.authenticate(secret)
-            cached = (now + CACHE_S, Caller.of(tenant) if tenant is not None else None)
-            with self._lock:
-                if len(self._cache) >= _CACHE_ENTRIES:  # many bad tokens must not grow memory
-                    self._cache.clear()
-                self._cache[key] = cached
-        if cached[1] is None:
+            if len(self._cache) >= _CACHE_ENTRIES:  # many bad tokens must not grow memory
+                self._cache.clear()
+            self._cache[key] = (self._clock() + CACHE_S, caller)
+        if caller is None:
             raise Unauthenticated(_REFUSAL, field="authorization")
-        return cached[1]
+        return caller
 
     def forget(self) -> None:
         """Drop every remembered token (after this replica revoked one)."""
         with self._lock:
             self._cache.clear()
+
+
+def _secret_and_key(metadata) -> tuple[str, str]:
+    """The bearer token of a call and its cache key (its hash), or Unauthenticated."""
+    secret = bearer_token(metadata)
+    if secret is None:
+        raise Unauthenticated(_REFUSAL, field="authorization")
+    return secret, token_hash(secret)
 
 
 def bearer_token(metadata) -> str | None:
