@@ -17,12 +17,12 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 # Set by `equiprune serve` for itself and every Ray worker it starts: the file to append to.
 LOG_VARIABLE = "EQUIPRUNE_INCIDENT_LOG"
 _BEGIN = "=== incident "
-_END = "=== end of incident "
+END = "=== end of incident "  # + the id: the line that closes a record
 _HEADER = re.compile(r"^=== incident ([0-9a-f]+) at (\S+) in (.*)$")
 
 
@@ -41,7 +41,7 @@ def record(incident: str, where: str, detail: str, path: str | os.PathLike | Non
     target = Path(target)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     where = " ".join(where.split()) or "the server"
-    text = f"{_BEGIN}{incident} at {stamp} in {where}\n{detail.rstrip()}\n{_END}{incident}\n"
+    text = f"{_BEGIN}{incident} at {stamp} in {where}\n{detail.rstrip()}\n{END}{incident}\n"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -54,16 +54,34 @@ def record(incident: str, where: str, detail: str, path: str | os.PathLike | Non
     return target
 
 
-def parse(text: str) -> Iterator[tuple[str, str, str]]:
-    """(id, header, body) of every complete record in `text`."""
+class Incident(NamedTuple):
+    """One complete record: its id, header line (without the `=== `) and traceback."""
+    ident: str
+    header: str
+    body: str
+
+    @property
+    def where(self) -> str:
+        """The process or task it happened in, as recorded."""
+        return _HEADER.match("=== " + self.header).group(3)
+
+    @property
+    def exception(self) -> str:
+        """The traceback's last non-empty line: the exception."""
+        lines = [line.strip() for line in self.body.splitlines() if line.strip()]
+        return lines[-1] if lines else "(no traceback)"
+
+
+def parse(text: str) -> Iterator[Incident]:
+    """Every complete record in `text`."""
     current: tuple[str, str] | None = None
     body: list[str] = []
     for line in text.splitlines():
         header = _HEADER.match(line)
         if header:
             current, body = (header.group(1), line[len("=== "):]), []
-        elif current is not None and line == f"{_END}{current[0]}":
-            yield current[0], current[1], "\n".join(body)
+        elif current is not None and line == f"{END}{current[0]}":
+            yield Incident(current[0], current[1], "\n".join(body))
             current = None
         elif current is not None:
             body.append(line)
@@ -85,5 +103,4 @@ def find(path: str | os.PathLike, incident: str) -> tuple[str, str] | None:
 
 def summary(header: str, body: str) -> str:
     """One line: the header and the traceback's last non-empty line (the exception)."""
-    lines = [line.strip() for line in body.splitlines() if line.strip()]
-    return f"{header}: {lines[-1] if lines else '(no traceback)'}"
+    return f"{header}: {Incident('', header, body).exception}"

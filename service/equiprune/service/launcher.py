@@ -186,14 +186,13 @@ def follow_incidents(path: Path, interval_s: float = 1.0, stream=None) -> thread
             position += len(chunk)
             pending += chunk
             text = pending.decode("utf-8", errors="replace")
-            done = text.rfind("\n=== end of incident ")
+            done = text.rfind("\n" + incidents.END)
             if done < 0:
                 continue
             cut = text.find("\n", done + 1) + 1
-            for ident, header, body in incidents.parse(text[:cut]):
-                print(f"incident {ident}: {incidents.summary(header, body).split(': ', 1)[-1]} (in "
-                      f"{header.split(' in ', 1)[-1]}); `equiprune incident {ident}` or {path} has the traceback",
-                      file=stream or sys.stderr, flush=True)
+            for found in incidents.parse(text[:cut]):
+                print(f"incident {found.ident}: {found.exception} (in {found.where}); `equiprune incident "
+                      f"{found.ident}` or {path} has the traceback", file=stream or sys.stderr, flush=True)
             pending = text[cut:].encode("utf-8")
 
     thread = threading.Thread(target=tail, args=(offset(),), name="incidents", daemon=True)
