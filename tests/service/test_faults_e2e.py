@@ -114,7 +114,10 @@ def _dense_model(client: EquipruneClient, dataset: str) -> str:
     return train.result.outputs[0].artifact.artifact_id
 
 
-def _long_job(client: EquipruneClient, model: str, dataset: str, workers: int = 1, epochs: int = EPOCHS) -> str:
+def _long_job(client: EquipruneClient, workers: int = 1, epochs: int = EPOCHS) -> str:
+    """A long prune-and-finetune job on the digits sample, of a dense model trained for it."""
+    dataset = client.import_uri("sample:digits", "dataset").artifact_id
+    model = _dense_model(client, dataset)
     spec = specs.prune_and_finetune_spec(model=model, dataset=dataset, group_by="cohort", sparsity=SPARSITY,
                                          method="naive", epochs=epochs, min_group_size=10)
     spec.resources.workers = workers
@@ -159,9 +162,7 @@ def _check_result(client: EquipruneClient, job: jobs_pb2.Job, tmp_path: Path) ->
 def test_worker_sigkill_is_retried_from_the_checkpoint_and_sigterm_stops_within_10s(own_server, tmp_path):
     data_dir = own_server.data_dir
     with EquipruneClient(own_server.target, timeout=60) as client:
-        dataset = client.import_uri("sample:digits", "dataset").artifact_id
-        model = _dense_model(client, dataset)
-        job_id = _long_job(client, model, dataset)
+        job_id = _long_job(client)
 
         # 1. SIGKILL of the worker process once a few epochs are checkpointed and stored.
         before_kill = _wait_stored(data_dir, job_id, epochs_done=3)
@@ -214,9 +215,7 @@ def test_worker_sigkill_is_retried_from_the_checkpoint_and_sigterm_stops_within_
 def test_a_killed_data_parallel_worker_is_retried_from_the_checkpoint(own_server, tmp_path):
     data_dir = own_server.data_dir
     with EquipruneClient(own_server.target, timeout=60) as client:
-        dataset = client.import_uri("sample:digits", "dataset").artifact_id
-        model = _dense_model(client, dataset)
-        job_id = _long_job(client, model, dataset, workers=2, epochs=200)
+        job_id = _long_job(client, workers=2, epochs=200)
         before_kill = _wait_stored(data_dir, job_id, epochs_done=3)
         train_workers = [pid for pid, (_, command) in _processes().items() if command.startswith("ray::RayTrainWorker")]
         assert len(train_workers) == 2, train_workers
@@ -317,9 +316,7 @@ def test_a_killed_node_s_job_resumes_on_the_other_node_from_the_stored_checkpoin
         nodes = [cluster.add_worker(), cluster.add_worker()]
         data_dir = server.data_dir
         with EquipruneClient(server.target, timeout=60) as client:
-            dataset = client.import_uri("sample:digits", "dataset").artifact_id
-            model = _dense_model(client, dataset)
-            job_id = _long_job(client, model, dataset)
+            job_id = _long_job(client)
             before_kill = _wait_stored(data_dir, job_id, epochs_done=3)
             first_node = before_kill["node_id"]
             assert first_node in nodes, (first_node, nodes)
